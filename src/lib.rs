@@ -20,6 +20,10 @@
 #![warn(missing_docs)]
 
 pub mod chunk;
+pub mod cli;
 pub mod crypto;
+pub mod home;
 pub mod id;
 pub mod manifest;
+pub mod store;
+pub mod transfer;

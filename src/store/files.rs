@@ -1,0 +1,112 @@
+//! Durable file writes: temp file → write → fsync → rename → fsync directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` so that, once this returns, the file is on disk
+/// under its final name with all its bytes, or not there at all. The temp file
+/// lives in `tmp_dir` (same file system) and is removed on failure.
+pub(crate) fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let tmp = tmp_dir.join(tmp_name);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+        drop(file);
+        let parent = path.parent().ok_or_else(|| io::Error::other("durable write target has no parent"))?;
+        create_dir_durably(parent)?;
+        fs::rename(&tmp, path)?;
+        sync_dir(parent)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.
+pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/"))),
+        // Another worker created it first; its creator syncs the parent.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The paths of the regular files directly in `dir` (none if it is missing).
+pub(crate) fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// The paths of the subdirectories directly in `dir` (none if it is missing).
+pub(crate) fn dirs_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_write_creates_parents_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let target = dir.path().join("a/b/file");
+        write_durably(&tmp, &target, b"hello").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"hello");
+        assert!(files_in(&tmp).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failed_write_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        // The target's parent is a file, so the rename cannot happen.
+        fs::write(dir.path().join("blocker"), b"").unwrap();
+        let target = dir.path().join("blocker/file");
+        assert!(write_durably(&tmp, &target, b"hello").is_err());
+        assert!(files_in(&tmp).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,355 @@
+//! A node's store: chunk files, manifest envelopes and the metadata database
+//! (docs/FORMAT.md, "On-disk layout").
+//!
+//! ```text
+//! store/chunks/ab/cd/<64 hex ChunkId>   ciphertext, BLAKE3-verified on every read
+//! store/manifests/<64 hex ManifestId>   envelopes
+//! store/quarantine/<64 hex ChunkId>     chunks whose bytes no longer match their id
+//! store/tmp/                            temp files of writes in progress
+//! store/meta.redb                       log entries, pins, refcounts, sealed-chunk map
+//! ```
+//!
+//! A chunk or manifest is on disk under its final name only once all its bytes
+//! are (temp file, fsync, rename, fsync directory); the metadata that refers
+//! to it is committed after that. So a crash leaves at worst unreferenced
+//! files, which [`Store::gc`] deletes. The store assumes one process uses it
+//! at a time: [`crate::home`] holds the lock.
+
+mod files;
+mod meta;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+pub use meta::{GcReport, PinRecord};
+
+use crate::crypto::TAG_LEN;
+use crate::id::{ChunkId, ManifestId};
+
+/// Largest manifest envelope the store reads, in bytes (enough for
+/// `manifest::MAX_CHUNKS` chunk references).
+pub const MAX_MANIFEST_LEN: u64 = 2 << 30;
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("{what} ({path}): {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The metadata database failed.
+    #[error("metadata database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The database error.
+        source: Box<redb::Error>,
+    },
+    /// A chunk the caller needs is not in the store.
+    #[error("chunk {0} is missing from the store")]
+    ChunkMissing(ChunkId),
+    /// A chunk's bytes do not match its id; the file was moved aside.
+    #[error("chunk {id} is corrupted on disk (its bytes do not match its id); moved to {quarantined}")]
+    ChunkCorrupted {
+        /// The chunk.
+        id: ChunkId,
+        /// Where the bad file now is.
+        quarantined: PathBuf,
+    },
+    /// A manifest the caller needs is not in the store.
+    #[error("manifest {0} is not in the store")]
+    ManifestMissing(ManifestId),
+    /// Stored metadata does not decode.
+    #[error("metadata database {path} holds a malformed record: {reason}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// The underlying OS error, if this is one (to recognise a full disk).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a `map_err` closure for an I/O failure on `path`.
+fn io_err<W: Into<String>>(what: W, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<W> {
+    let (what, path) = (what.into(), path.to_owned());
+    move |source| StoreError::Io { what, path, source }
+}
+
+/// One node's store, opened.
+pub struct Store {
+    root: PathBuf,
+    db: meta::Meta,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root` and clears temp files
+    /// that an interrupted process left.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for dir in ["chunks", "manifests", "quarantine", "tmp"] {
+            let dir = root.join(dir);
+            files::create_dir_durably(&dir).map_err(io_err("creating store directory", &dir))?;
+        }
+        let store = Self { root: root.to_owned(), db: meta::Meta::open(&root.join("meta.redb"))? };
+        store.clear_tmp()?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metadata database.
+    pub fn meta(&self) -> &meta::Meta {
+        &self.db
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where chunk `id` lives: `chunks/ab/cd/<hex>`.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_string();
+        self.root.join("chunks").join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    fn manifest_path(&self, id: &ManifestId) -> PathBuf {
+        self.root.join("manifests").join(id.to_string())
+    }
+
+    /// Whether chunk `id` is on disk under its final name.
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunk_path(id).is_file()
+    }
+
+    /// Stores a chunk durably unless it is already there. Returns whether it
+    /// wrote it. The caller vouches that `ciphertext` hashes to `id`.
+    pub fn put_chunk(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        if path.is_file() {
+            return Ok(false);
+        }
+        files::write_durably(&self.tmp_dir(), &path, ciphertext)
+            .map_err(io_err(format!("storing chunk {}", id.short(16)), &path))?;
+        Ok(true)
+    }
+
+    /// Reads chunk `id`, which must be `plaintext_len + 16` bytes long, into
+    /// `buf` and checks its BLAKE3. A chunk whose bytes do not match is moved
+    /// to quarantine and reported.
+    pub fn read_chunk(&self, id: &ChunkId, plaintext_len: u32, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let path = self.chunk_path(id);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::ChunkMissing(*id)),
+            Err(e) => return Err(io_err(format!("opening chunk {}", id.short(16)), &path)(e)),
+        };
+        let expected = u64::from(plaintext_len) + TAG_LEN as u64;
+        let actual = file.metadata().map_err(io_err("reading chunk metadata", &path))?.len();
+        buf.clear();
+        if actual == expected {
+            // Read one byte more than expected to notice a file growing under us.
+            file.by_ref()
+                .take(expected + 1)
+                .read_to_end(buf)
+                .map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
+        }
+        if buf.len() as u64 != expected || ChunkId::of(buf) != *id {
+            return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
+        }
+        Ok(())
+    }
+
+    /// Moves a bad chunk file out of the way, so it is neither served nor
+    /// mistaken for a good copy, and returns where it went.
+    pub fn quarantine(&self, id: &ChunkId) -> Result<PathBuf, StoreError> {
+        let from = self.chunk_path(id);
+        let to = self.root.join("quarantine").join(id.to_string());
+        fs::rename(&from, &to).map_err(io_err("moving a corrupted chunk to quarantine", &from))?;
+        Ok(to)
+    }
+
+    /// Stores a manifest envelope durably.
+    pub fn put_manifest(&self, id: &ManifestId, envelope: &[u8]) -> Result<(), StoreError> {
+        let path = self.manifest_path(id);
+        files::write_durably(&self.tmp_dir(), &path, envelope)
+            .map_err(io_err(format!("storing manifest {}", id.short(16)), &path))
+    }
+
+    /// Reads a manifest envelope (not yet verified: see `Manifest::open`).
+    pub fn read_manifest(&self, id: &ManifestId) -> Result<Vec<u8>, StoreError> {
+        let path = self.manifest_path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::ManifestMissing(*id)),
+            Err(e) => return Err(io_err("opening manifest", &path)(e)),
+        };
+        let mut envelope = Vec::new();
+        file.take(MAX_MANIFEST_LEN).read_to_end(&mut envelope).map_err(io_err("reading manifest", &path))?;
+        Ok(envelope)
+    }
+
+    /// Deletes every chunk and manifest that no live pin references, and
+    /// forgets sealed-chunk entries whose chunk is gone.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let chunks = self.root.join("chunks");
+        let walk = io_err("listing chunks", &chunks);
+        let mut chunk_files = Vec::new();
+        for outer in files::dirs_in(&chunks).map_err(walk)? {
+            for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
+                chunk_files.extend(files::files_in(&inner).map_err(io_err("listing chunks", &inner))?);
+            }
+        }
+        let referenced = self.db.referenced_chunks()?;
+        for path in chunk_files {
+            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ChunkId>().ok());
+            // Files that are not chunks are not ours to delete.
+            let Some(id) = id else { continue };
+            if !referenced.contains(&id) {
+                let len = path.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).map_err(io_err("deleting unreferenced chunk", &path))?;
+                report.chunks_deleted += 1;
+                report.bytes_freed += len;
+            }
+        }
+        let manifests = self.root.join("manifests");
+        let pinned = self.db.pinned_manifests()?;
+        for path in files::files_in(&manifests).map_err(io_err("listing manifests", &manifests))? {
+            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ManifestId>().ok());
+            let Some(id) = id else { continue };
+            if !pinned.contains(&id) {
+                let len = path.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).map_err(io_err("deleting unpinned manifest", &path))?;
+                report.manifests_deleted += 1;
+                report.bytes_freed += len;
+            }
+        }
+        report.sealed_entries_forgotten = self.db.forget_sealed_except(&referenced)?;
+        self.clear_tmp()?;
+        Ok(report)
+    }
+
+    /// Total bytes of chunk files, and their count.
+    pub fn chunk_usage(&self) -> Result<(u64, u64), StoreError> {
+        let chunks = self.root.join("chunks");
+        let (mut bytes, mut count) = (0, 0);
+        for outer in files::dirs_in(&chunks).map_err(io_err("listing chunks", &chunks))? {
+            for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
+                for file in files::files_in(&inner).map_err(io_err("listing chunks", &inner))? {
+                    bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+                    count += 1;
+                }
+            }
+        }
+        Ok((bytes, count))
+    }
+
+    fn clear_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.tmp_dir();
+        for file in files::files_in(&tmp).map_err(io_err("listing temp files", &tmp))? {
+            fs::remove_file(&file).map_err(io_err("removing a stale temp file", &file))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn chunks_round_trip_and_are_laid_out_by_prefix() {
+        let (_dir, store) = store();
+        let bytes = vec![5u8; 100 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        assert!(store.put_chunk(&id, &bytes).unwrap());
+        assert!(!store.put_chunk(&id, &bytes).unwrap(), "a second put writes nothing");
+        let hex = id.to_string();
+        assert!(store.root().join("chunks").join(&hex[..2]).join(&hex[2..4]).join(&hex).is_file());
+        let mut buf = Vec::new();
+        store.read_chunk(&id, 100, &mut buf).unwrap();
+        assert_eq!(buf, bytes);
+    }
+
+    #[test]
+    fn corrupted_chunk_is_quarantined() {
+        let (_dir, store) = store();
+        let bytes = vec![6u8; 50 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        let mut bad = bytes.clone();
+        bad[3] ^= 1;
+        fs::write(store.chunk_path(&id), &bad).unwrap();
+        let err = store.read_chunk(&id, 50, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, StoreError::ChunkCorrupted { .. }), "{err}");
+        assert!(!store.has_chunk(&id));
+        assert!(matches!(store.read_chunk(&id, 50, &mut Vec::new()), Err(StoreError::ChunkMissing(_))));
+    }
+
+    #[test]
+    fn truncated_chunk_is_corrupted_not_missing() {
+        let (_dir, store) = store();
+        let bytes = vec![7u8; 64 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        fs::write(store.chunk_path(&id), &bytes[..10]).unwrap();
+        assert!(matches!(store.read_chunk(&id, 64, &mut Vec::new()), Err(StoreError::ChunkCorrupted { .. })));
+    }
+
+    #[test]
+    fn gc_deletes_only_unreferenced_chunks_and_manifests() {
+        let (_dir, store) = store();
+        let kept = vec![1u8; 40];
+        let dropped = vec![2u8; 40];
+        let (kept_id, dropped_id) = (ChunkId::of(&kept), ChunkId::of(&dropped));
+        store.put_chunk(&kept_id, &kept).unwrap();
+        store.put_chunk(&dropped_id, &dropped).unwrap();
+        let manifest = ManifestId([9; 32]);
+        let orphan_manifest = ManifestId([8; 32]);
+        store.put_manifest(&manifest, b"envelope").unwrap();
+        store.put_manifest(&orphan_manifest, b"envelope").unwrap();
+        let pin = PinRecord { owner: crate::id::OwnerId([1; 32]), chunks: vec![kept_id, kept_id] };
+        store.meta().commit(&[], &[(manifest, pin)], &[], &[]).unwrap();
+
+        let report = store.gc().unwrap();
+        assert_eq!((report.chunks_deleted, report.manifests_deleted), (1, 1));
+        assert!(store.has_chunk(&kept_id));
+        assert!(!store.has_chunk(&dropped_id));
+        assert!(store.read_manifest(&manifest).is_ok());
+        assert!(matches!(store.read_manifest(&orphan_manifest), Err(StoreError::ManifestMissing(_))));
+    }
+
+    #[test]
+    fn reopening_clears_stale_temp_files() {
+        let (dir, store) = store();
+        fs::write(store.tmp_dir().join("leftover.tmp"), b"x").unwrap();
+        drop(store);
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        assert!(files::files_in(&store.tmp_dir()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,109 @@
+//! The pipelines that move file versions in and out of a store.
+//!
+//! - [`push`]: chunk → seal → store, then manifest and log entry.
+//! - [`pull`]: read → verify → open → write in order.
+//! - [`remove_versions`]: tombstone versions in the log and unpin them, so
+//!   that `Store::gc` can reclaim what no live version needs.
+//!
+//! Both pipelines run on a fixed number of threads with a fixed number of
+//! chunk buffers ([`Parallelism`]): memory does not grow with file size.
+
+pub mod pull;
+pub mod push;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::chunk::InvalidChunkerConfig;
+use crate::crypto::OwnerKeys;
+use crate::id::ChunkId;
+use crate::manifest::ManifestError;
+use crate::manifest::log::{History, LogError, LogOp, LogRecord, Version};
+use crate::store::{Store, StoreError};
+
+/// A push, pull or removal that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Reading the input failed.
+    #[error("reading the input: {source}")]
+    ReadInput {
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing the output: {source}")]
+    WriteOutput {
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The output file could not be created or moved into place.
+    #[error("creating {path}: {source}")]
+    CreateOutput {
+        /// The output path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A chunk matched its id but did not decrypt: the manifest's key for it is wrong.
+    #[error("chunk {0} does not decrypt with the key its manifest gives")]
+    ChunkAuth(ChunkId),
+    /// A pipeline thread stopped before finishing its work.
+    #[error("the transfer was interrupted before every chunk was processed")]
+    Interrupted,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A manifest could not be used.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The owner's log could not be read or extended.
+    #[error("the version log: {0}")]
+    Log(#[from] LogError),
+    /// The chunker configuration is invalid.
+    #[error(transparent)]
+    Chunker(#[from] InvalidChunkerConfig),
+}
+
+/// How many threads and chunk buffers a pipeline uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    /// Worker threads (sealing and storing, or reading and opening).
+    pub workers: usize,
+    /// Chunk buffers in flight; memory is at most this × the maximum chunk size.
+    pub buffers: usize,
+}
+
+impl Parallelism {
+    /// Enough workers to keep every core busy while others wait on fsync,
+    /// and enough buffers to keep every worker fed.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = (2 * cores).clamp(4, 32);
+        Self { workers, buffers: workers + 4 }
+    }
+}
+
+/// Tombstones `versions` in the owner's log and unpins their manifests, in
+/// one atomic commit. Their chunks stay until `Store::gc`.
+pub fn remove_versions(store: &Store, owner: &OwnerKeys, versions: &[Version]) -> Result<(), TransferError> {
+    let mut history = History::replay(owner, store.meta().log(&owner.owner_id())?)?;
+    let mut entries = Vec::with_capacity(versions.len());
+    for version in versions {
+        let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
+        entries.push(history.append(owner, record, rand::random())?);
+    }
+    let unpins: Vec<_> = versions.iter().map(|v| v.manifest).collect();
+    store.meta().commit(&entries, &[], &unpins, &[])?;
+    Ok(())
+}
+
+/// The owner's verified history, from the store's log.
+pub fn history(store: &Store, owner: &OwnerKeys) -> Result<History, TransferError> {
+    Ok(History::replay(owner, store.meta().log(&owner.owner_id())?)?)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_time_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,224 @@
+//! Push: chunk → key → (skip if sealed before) → seal → store durably → manifest → log.
+//!
+//! One reader thread chunks the input into recycled buffers; `workers` threads
+//! key, seal and store chunks; the calling thread collects the results. A
+//! buffer returns to the reader once its chunk is stored, and the reader makes
+//! at most `buffers` of them, so memory is bounded by `buffers × max chunk
+//! size` whatever the file size. The version is recorded (one atomic commit of
+//! log entry, pin and sealed-chunk map) only after every chunk and the
+//! manifest are durable.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::chunk::{Chunker, ChunkerConfig, CutPoints, GearTable};
+use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys, TAG_LEN, seal_chunk};
+use crate::id::{ChunkId, ManifestId};
+use crate::manifest::log::{History, LogOp, LogRecord, Version};
+use crate::manifest::{ChunkRef, Manifest};
+use crate::store::{PinRecord, Store};
+
+use super::{Parallelism, TransferError, unix_time_ms};
+
+/// What a push did.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// The new version as the log records it.
+    pub version: Version,
+    /// Chunks sealed in this push (the rest were known from earlier pushes).
+    pub chunks_sealed: u64,
+    /// Chunks written to the store (new to it).
+    pub chunks_stored: u64,
+    /// Wall time of the push.
+    pub elapsed: Duration,
+}
+
+/// Pushes everything `input` yields as a new version of `name`.
+pub fn push(
+    store: &Store,
+    owner: &OwnerKeys,
+    name: &str,
+    input: impl Read + Send,
+    chunker: ChunkerConfig,
+    parallelism: Parallelism,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PushReport, TransferError> {
+    let started = Instant::now();
+    let mut history = History::replay(owner, store.meta().log(&owner.owner_id())?)?;
+    let cuts = CutPoints::new(chunker, GearTable::from_seed(owner.chunker_seed()))?;
+    let outcome = store_chunks(store, owner, input, cuts, parallelism, progress)?;
+
+    let manifest = Manifest::new(name.to_owned(), outcome.chunks);
+    let fresh = EnvelopeRandomness {
+        file_key: FileKey(rand::random()),
+        wrap_nonce: rand::random(),
+        body_nonce: rand::random(),
+    };
+    let (manifest_id, envelope) = manifest.seal(owner, &fresh);
+    store.put_manifest(&manifest_id, &envelope)?;
+
+    let record = LogRecord {
+        time_ms: unix_time_ms(),
+        op: LogOp::Push {
+            name: name.to_owned(),
+            manifest: manifest_id,
+            size: manifest.size,
+            chunks: manifest.chunks.len() as u64,
+            new_bytes: outcome.new_bytes,
+        },
+    };
+    let entry = history.append(owner, record, rand::random())?;
+    let pin = PinRecord { owner: owner.owner_id(), chunks: manifest.chunks.iter().map(|c| c.id).collect() };
+    store.meta().commit(&[entry], &[(manifest_id, pin)], &[], &outcome.sealed)?;
+
+    let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
+    Ok(PushReport {
+        version,
+        chunks_sealed: outcome.sealed.len() as u64,
+        chunks_stored: outcome.stored,
+        elapsed: started.elapsed(),
+    })
+}
+
+impl PushReport {
+    /// The new version's manifest.
+    pub fn manifest(&self) -> ManifestId {
+        self.version.manifest
+    }
+}
+
+struct Stored {
+    chunks: Vec<ChunkRef>,
+    /// Key tags and ids of chunks sealed in this push, for the sealed-chunk map.
+    sealed: Vec<([u8; 32], ChunkId)>,
+    new_bytes: u64,
+    stored: u64,
+}
+
+/// What a worker did with one chunk.
+struct ChunkOutcome {
+    chunk: ChunkRef,
+    /// Set when the chunk was sealed here: its key tag, to remember.
+    sealed_tag: Option<[u8; 32]>,
+    /// Whether its file was written now.
+    written: bool,
+}
+
+fn store_chunks(
+    store: &Store,
+    owner: &OwnerKeys,
+    input: impl Read + Send,
+    cuts: CutPoints,
+    parallelism: Parallelism,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Stored, TransferError> {
+    let buffer_capacity = cuts.config().max_size as usize + TAG_LEN;
+    let abort = AtomicBool::new(false);
+    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(parallelism.workers);
+    // Owned by the workers only: when the last one exits, the reader's sends fail.
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(parallelism.buffers);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<ChunkOutcome, TransferError>)>();
+
+    thread::scope(|scope| {
+        let abort = &abort;
+        let reader = scope.spawn(move || -> Result<(), TransferError> {
+            let mut chunker = Chunker::new(input, cuts);
+            let mut allocated = 0;
+            for index in 0.. {
+                if abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut buf = if allocated < parallelism.buffers {
+                    allocated += 1;
+                    Vec::with_capacity(buffer_capacity)
+                } else {
+                    // Every worker gone means the push is over.
+                    let Ok(buf) = spare_rx.recv() else { break };
+                    buf
+                };
+                match chunker.next_chunk(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(source) => return Err(TransferError::ReadInput { source }),
+                }
+                if work_tx.send((index, buf)).is_err() {
+                    break;
+                }
+            }
+            drop(work_tx);
+            Ok(())
+        });
+
+        for _ in 0..parallelism.workers {
+            let (done_tx, spare_tx, work_rx) = (done_tx.clone(), spare_tx.clone(), Arc::clone(&work_rx));
+            scope.spawn(move || {
+                loop {
+                    let job = work_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok((index, mut buf)) = job else { break };
+                    let outcome = seal_and_store(store, owner, &mut buf);
+                    // The reader may have finished; then the buffer is freed here.
+                    let _ = spare_tx.send(buf);
+                    if done_tx.send((index, outcome)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((done_tx, spare_tx, work_rx));
+
+        let collected = collect(done_rx, progress);
+        if collected.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A read error explains a short result better than anything after it.
+        read?;
+        collected
+    })
+}
+
+fn collect(
+    done_rx: mpsc::Receiver<(usize, Result<ChunkOutcome, TransferError>)>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Stored, TransferError> {
+    let mut slots: Vec<Option<ChunkRef>> = Vec::new();
+    let mut stored = Stored { chunks: Vec::new(), sealed: Vec::new(), new_bytes: 0, stored: 0 };
+    let mut written = HashSet::new();
+    for (index, outcome) in done_rx {
+        let outcome = outcome?;
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
+        }
+        slots[index] = Some(outcome.chunk);
+        if let Some(tag) = outcome.sealed_tag {
+            stored.sealed.push((tag, outcome.chunk.id));
+        }
+        // Two workers may store the same new chunk at once; count it once.
+        if outcome.written && written.insert(outcome.chunk.id) {
+            stored.new_bytes += u64::from(outcome.chunk.len);
+            stored.stored += 1;
+        }
+        progress(u64::from(outcome.chunk.len));
+    }
+    stored.chunks = slots.into_iter().collect::<Option<Vec<_>>>().ok_or(TransferError::Interrupted)?;
+    Ok(stored)
+}
+
+fn seal_and_store(store: &Store, owner: &OwnerKeys, buf: &mut Vec<u8>) -> Result<ChunkOutcome, TransferError> {
+    let len = u32::try_from(buf.len()).expect("chunks are at most MAX_CHUNK_SIZE (16 MiB)");
+    let key: ChunkKey = owner.chunk_key(buf);
+    let tag = key.lookup_tag();
+    if let Some(id) = store.meta().lookup_sealed(&tag)?
+        && store.has_chunk(&id)
+    {
+        return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
+    }
+    let id = seal_chunk(&key, buf);
+    let written = store.put_chunk(&id, buf)?;
+    Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
+}
