@@ -39,8 +39,31 @@ pub enum ParseIdError {
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub [u8; ID_LEN]);
+
+        /// 32 raw bytes in binary formats (postcard), 64 hex characters in
+        /// human-readable ones (JSON).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if serializer.is_human_readable() {
+                    serializer.collect_str(self)
+                } else {
+                    self.0.serialize(serializer)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                if deserializer.is_human_readable() {
+                    let text = String::deserialize(deserializer)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; ID_LEN]>::deserialize(deserializer).map(Self)
+                }
+            }
+        }
 
         impl $name {
             /// The raw bytes.
@@ -215,6 +238,16 @@ mod tests {
         let prefix: IdPrefix = "ABABABAB".parse().unwrap();
         assert!(prefix.matches(&ManifestId([0xab; 32])));
         assert!(!prefix.matches(&ManifestId([0xac; 32])));
+    }
+
+    #[test]
+    fn ids_are_hex_in_json_and_raw_in_postcard() {
+        let id = ChunkId([0x1f; 32]);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{}\"", "1f".repeat(32)));
+        assert_eq!(serde_json::from_str::<ChunkId>(&serde_json::to_string(&id).unwrap()).unwrap(), id);
+        let raw = postcard::to_stdvec(&id).unwrap();
+        assert_eq!(raw, [0x1f; 32]);
+        assert_eq!(postcard::from_bytes::<ChunkId>(&raw).unwrap(), id);
     }
 
     proptest! {

@@ -48,6 +48,9 @@ enum Command {
         /// The name to store it under (default: the file's name).
         #[arg(long)]
         name: Option<String>,
+        /// Print a JSON report on stdout instead of the bare manifest id.
+        #[arg(long)]
+        json: bool,
     },
     /// Get a version back, verified.
     Pull {
@@ -132,7 +135,7 @@ fn execute(args: &Args) -> Result<()> {
     let home = Home::open(&home_path)?;
     match &args.command {
         Command::Init => unreachable!("handled above"),
-        Command::Push { file, name } => push_file(&home, file, name.as_deref(), args.quiet),
+        Command::Push { file, name, json } => push_file(&home, file, name.as_deref(), *json, args.quiet),
         Command::Pull { version, output, force } => pull_file(&home, version, output.as_deref(), *force, args.quiet),
         Command::Log { name, json } => show_log(&home, name.as_deref(), *json),
         Command::Ls { json } => list(&home, *json),
@@ -142,7 +145,7 @@ fn execute(args: &Args) -> Result<()> {
     }
 }
 
-fn push_file(home: &Home, file: &Path, name: Option<&str>, quiet: bool) -> Result<()> {
+fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, quiet: bool) -> Result<()> {
     let (input, name, total): (Box<dyn Read + Send>, String, Option<u64>) = if file == Path::new("-") {
         let name = name.context("pushing standard input needs a name: add --name NAME")?;
         (Box::new(io::stdin()), name.to_owned(), None)
@@ -176,7 +179,22 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, quiet: bool) -> Resul
         })
         .with_context(|| format!("pushing {}", file.display()))?;
     bar.finish_and_clear();
-    println!("{}", report.manifest());
+    if json {
+        let v = &report.version;
+        print_json(&serde_json::json!({
+            "manifest": v.manifest,
+            "name": v.name,
+            "version": v.number,
+            "size": v.size,
+            "chunks": v.chunks,
+            "new_bytes": v.new_bytes,
+            "chunks_stored": report.chunks_stored,
+            "chunks_sealed": report.chunks_sealed,
+            "seconds": report.elapsed.as_secs_f64(),
+        }))?;
+    } else {
+        println!("{}", report.manifest());
+    }
     if !quiet {
         let v = &report.version;
         let reused = v.chunks - report.chunks_stored;

@@ -1,0 +1,143 @@
+//! Harness for tests that run the real `p2pfs` binary against temp homes.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Chunk sizes small enough that a few MiB make many chunks.
+pub const SMALL_CHUNKS: (u32, u32, u32) = (16 * 1024, 64 * 1024, 256 * 1024);
+
+/// One home directory and a working directory for inputs and outputs.
+pub struct Node {
+    pub home: PathBuf,
+    pub work: PathBuf,
+    _dir: TempDir,
+}
+
+impl Node {
+    /// A node whose home does not exist yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = dir.path().join("home");
+        let work = dir.path().join("work");
+        fs::create_dir(&work).unwrap();
+        Self { home, work, _dir: dir }
+    }
+
+    /// A node with an initialised home using `chunks` (min, avg, max).
+    pub fn with_chunks(chunks: (u32, u32, u32)) -> Self {
+        let node = Self::new();
+        node.ok(&["init"]);
+        node.set_chunker(chunks);
+        node
+    }
+
+    /// The binary, with this node's home and working directory.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_p2pfs"));
+        command.env("P2PFS_HOME", &self.home).env_remove("RUST_LOG").current_dir(&self.work);
+        command
+    }
+
+    /// Runs `p2pfs ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).stdin(Stdio::null()).output().expect("run p2pfs")
+    }
+
+    /// Runs `p2pfs ARGS`, which must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "p2pfs {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("stdout is UTF-8")
+    }
+
+    /// Runs `p2pfs ARGS`, which must fail with `code`; returns its stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "p2pfs {args:?}: expected exit {code}, stderr: {stderr}");
+        stderr
+    }
+
+    /// Pushes a file and returns the manifest id it printed.
+    pub fn push(&self, file: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["push", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let id = self.ok(&args).trim().to_owned();
+        assert_eq!(id.len(), 64, "push prints a 64-hex id, got {id:?}");
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        id
+    }
+
+    /// Pushes with `--json` and returns the report.
+    pub fn push_json(&self, file: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["push", "--json", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).expect("push --json prints JSON")
+    }
+
+    /// Writes `config.toml` with these chunk sizes.
+    pub fn set_chunker(&self, (min, avg, max): (u32, u32, u32)) {
+        let text = format!("[chunker]\nmin_size = {min}\navg_size = {avg}\nmax_size = {max}\n");
+        fs::write(self.home.join("config.toml"), text).unwrap();
+    }
+
+    /// Writes a file in the working directory.
+    pub fn write(&self, name: &str, data: &[u8]) -> PathBuf {
+        let path = self.work.join(name);
+        fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// Every chunk file in the store.
+    pub fn chunk_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let chunks = self.home.join("store/chunks");
+        for outer in read_dir(&chunks) {
+            for inner in read_dir(&outer) {
+                out.extend(read_dir(&inner));
+            }
+        }
+        out
+    }
+
+    /// Every manifest file in the store.
+    pub fn manifest_files(&self) -> Vec<PathBuf> {
+        read_dir(&self.home.join("store/manifests"))
+    }
+
+    /// Every file under the working directory.
+    pub fn work_files(&self) -> Vec<PathBuf> {
+        read_dir(&self.work)
+    }
+}
+
+fn read_dir(dir: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `len` pseudo-random bytes, the same for the same seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&seed.to_le_bytes());
+    hasher.finalize_xof().fill(&mut out);
+    out
+}
+
+/// Polls `condition` until it holds, failing the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
