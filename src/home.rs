@@ -29,7 +29,7 @@ const KEY_NAMES: [&str; 3] = ["node.key", "owner.key", "network.key"];
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
     /// A file system operation failed.
-    #[error("{what} ({path}): {source}")]
+    #[error("{what} ({path})")]
     Io {
         /// What was being done.
         what: &'static str,

@@ -427,24 +427,38 @@ fn hint(err: &anyhow::Error) -> Option<String> {
                 _ => {}
             }
         }
-        if let Some(StoreError::ChunkCorrupted { .. } | StoreError::ChunkMissing(_)) = cause.downcast_ref() {
+        // Transparent wrappers forward `source()` past the error they wrap,
+        // so look inside them as well as at each link of the chain.
+        let transfer = cause.downcast_ref::<TransferError>();
+        let store = cause.downcast_ref::<StoreError>().or(match transfer {
+            Some(TransferError::Store(e)) => Some(e),
+            _ => None,
+        });
+        let manifest = cause.downcast_ref::<ManifestError>().or(match transfer {
+            Some(TransferError::Manifest(e)) => Some(e),
+            _ => None,
+        });
+        if let Some(StoreError::ChunkCorrupted { .. } | StoreError::ChunkMissing(_)) = store {
             return Some(
                 "the store's copy of this version is damaged; nothing was written to the output. \
                  Pushing the original file again repairs it"
                     .into(),
             );
         }
-        if let Some(ManifestError::Crypto { source: CryptoError::WrongOwnerKey, .. }) = cause.downcast_ref() {
-            return Some(
-                "this manifest was pushed with another owner key: use the home that pushed it, \
-                 or that home's keys/owner.key"
-                    .into(),
-            );
+        match manifest {
+            Some(ManifestError::Crypto { source: CryptoError::WrongOwnerKey, .. }) => {
+                return Some(
+                    "this manifest was pushed with another owner key: use the home that pushed it, \
+                     or that home's keys/owner.key"
+                        .into(),
+                );
+            }
+            Some(ManifestError::IdMismatch(_) | ManifestError::Crypto { .. }) => {
+                return Some("the manifest file in the store was altered; it cannot be trusted or repaired".into());
+            }
+            _ => {}
         }
-        if let Some(ManifestError::IdMismatch(_) | ManifestError::Crypto { .. }) = cause.downcast_ref() {
-            return Some("the manifest file in the store was altered; it cannot be trusted or repaired".into());
-        }
-        if let Some(TransferError::ChunkAuth(_)) = cause.downcast_ref() {
+        if let Some(TransferError::ChunkAuth(_)) = transfer {
             return Some("the manifest and the chunk disagree; the manifest may have been forged".into());
         }
     }

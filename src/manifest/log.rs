@@ -99,7 +99,7 @@ pub enum LogError {
     #[error("log entry {0} belongs to another owner")]
     WrongOwner(u64),
     /// Signature or seal failed.
-    #[error("log entry {seq} fails verification: {source}")]
+    #[error("log entry {seq} fails verification")]
     Crypto {
         /// Its position.
         seq: u64,

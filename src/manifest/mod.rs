@@ -52,7 +52,7 @@ pub enum ManifestError {
     #[error("manifest {0} is corrupted: its bytes do not match its id")]
     IdMismatch(ManifestId),
     /// Decryption or authentication failed.
-    #[error("manifest {id} cannot be opened: {source}")]
+    #[error("manifest {id} cannot be opened")]
     Crypto {
         /// The manifest.
         id: ManifestId,

@@ -35,7 +35,7 @@ pub const MAX_MANIFEST_LEN: u64 = 2 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file system operation failed.
-    #[error("{what} ({path}): {source}")]
+    #[error("{what} ({path})")]
     Io {
         /// What was being done.
         what: String,
@@ -45,7 +45,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The metadata database failed.
-    #[error("metadata database {path}: {source}")]
+    #[error("metadata database {path}")]
     Db {
         /// The database file.
         path: PathBuf,

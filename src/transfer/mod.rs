@@ -26,19 +26,19 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// Reading the input failed.
-    #[error("reading the input: {source}")]
+    #[error("reading the input")]
     ReadInput {
         /// The OS error.
         source: io::Error,
     },
     /// Writing the output failed.
-    #[error("writing the output: {source}")]
+    #[error("writing the output")]
     WriteOutput {
         /// The OS error.
         source: io::Error,
     },
     /// The output file could not be created or moved into place.
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     CreateOutput {
         /// The output path.
         path: PathBuf,
@@ -58,7 +58,7 @@ pub enum TransferError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The owner's log could not be read or extended.
-    #[error("the version log: {0}")]
+    #[error("the version log cannot be used")]
     Log(#[from] LogError),
     /// The chunker configuration is invalid.
     #[error(transparent)]
