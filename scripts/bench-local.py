@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""End-to-end local benchmark: push and pull through the real binary.
+
+Usage:  python3 scripts/bench-local.py [--size-mib 1024] [--runs 3] [--dir DIR] [--rss-size-mib 4096]
+
+Builds the release binary, makes a file of random bytes, and measures, in the
+same run so the figures compare:
+  * baselines: `cp` of the file (page-cache copy), `dd conv=fsync` (durable
+    write of the same bytes), and `restic backup` of the file (if installed;
+    Debian package `restic`), each into DIR;
+  * p2pfs push of new data (home in DIR: every chunk fsynced), push of the
+    same file unchanged, push with 1 MiB overwritten in the middle, and pull;
+  * the same push and pull with the home on tmpfs (/dev/shm), which shows the
+    CPU pipeline without the disk;
+  * peak RSS (from /usr/bin/time -v) of push and pull of a --rss-size-mib file.
+Each figure is the median of --runs runs. MB/s are decimal megabytes/second.
+This is a benchmark, not a test: it asserts nothing and the machine is noisy.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "p2pfs")
+
+
+def run(cmd, env=None, stdout=subprocess.DEVNULL):
+    """Runs cmd; returns (seconds, peak RSS in KiB)."""
+    timed = ["/usr/bin/time", "-v"] + cmd
+    start = time.perf_counter()
+    proc = subprocess.run(timed, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return elapsed, rss
+
+
+def write_random(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def drop_file(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+class Results:
+    def __init__(self, size):
+        self.size = size
+        self.rows = []
+
+    def add(self, name, seconds, note=""):
+        median = statistics.median(seconds)
+        mbps = self.size / median / 1e6
+        self.rows.append((name, median, mbps, note))
+        print(f"  {name:<44} {median:7.2f} s  {mbps:7.0f} MB/s  {note}", flush=True)
+
+
+def p2pfs_env(home):
+    env = dict(os.environ)
+    env["P2PFS_HOME"] = home
+    env.pop("RUST_LOG", None)
+    return env
+
+
+def bench_p2pfs(results, label, home, data, edited, runs, out_dir):
+    env = p2pfs_env(home)
+    fresh, unchanged, edit, pull = [], [], [], []
+    for _ in range(runs):
+        drop_file(home)
+        subprocess.run([BIN, "init", "-q"], env=env, check=True)
+        fresh.append(run([BIN, "push", "-q", data, "--name", "f"], env)[0])
+        unchanged.append(run([BIN, "push", "-q", data, "--name", "f"], env)[0])
+        edit.append(run([BIN, "push", "-q", edited, "--name", "f"], env)[0])
+        out = os.path.join(out_dir, "pulled.bin")
+        drop_file(out)
+        pull.append(run([BIN, "pull", "-q", "f@1", "-o", out], env)[0])
+        drop_file(out)
+    results.add(f"p2pfs push, new data ({label})", fresh)
+    results.add(f"p2pfs push, unchanged ({label})", unchanged)
+    results.add(f"p2pfs push, 1 MiB edited ({label})", edit)
+    results.add(f"p2pfs pull ({label})", pull)
+    drop_file(home)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rss-size-mib", type=int, default=4096)
+    parser.add_argument("--dir", default=os.path.join(ROOT, "target", "bench"))
+    args = parser.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    os.makedirs(args.dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="p2pfs-bench-", dir=args.dir)
+    size = args.size_mib << 20
+    data = os.path.join(work, "data.bin")
+    edited = os.path.join(work, "edited.bin")
+    print(f"making {args.size_mib} MiB of random data in {work}", flush=True)
+    write_random(data, size)
+    shutil.copyfile(data, edited)
+    with open(edited, "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(1 << 20))
+
+    results = Results(size)
+    print(f"{args.runs} runs each, medians; {os.cpu_count()} cores", flush=True)
+
+    copy, durable, restic = [], [], []
+    for _ in range(args.runs):
+        target = os.path.join(work, "copy.bin")
+        copy.append(run(["cp", data, target])[0])
+        drop_file(target)
+        durable.append(run(["dd", f"if={data}", f"of={target}", "bs=4M", "conv=fsync"])[0])
+        drop_file(target)
+    results.add("baseline: cp (page cache)", copy)
+    results.add("baseline: dd conv=fsync (durable write)", durable)
+
+    if shutil.which("restic"):
+        for _ in range(args.runs):
+            repo = os.path.join(work, "restic-repo")
+            drop_file(repo)
+            env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=repo)
+            subprocess.run(["restic", "init", "-q"], env=env, check=True, stdout=subprocess.DEVNULL)
+            restic.append(run(["restic", "backup", "-q", data], env)[0])
+            drop_file(repo)
+        results.add("restic backup, new data (disk)", restic)
+    else:
+        print("  (restic not installed: apt-get install restic, to compare)")
+
+    bench_p2pfs(results, "disk", os.path.join(work, "home"), data, edited, args.runs, work)
+    if os.path.isdir("/dev/shm"):
+        bench_p2pfs(results, "tmpfs", "/dev/shm/p2pfs-bench-home", data, edited, args.runs, "/dev/shm")
+
+    if restic:
+        push = next(r for r in results.rows if r[0] == "p2pfs push, new data (disk)")
+        ratio = statistics.median(restic) / push[1]
+        print(f"  p2pfs push / restic backup throughput ratio: {ratio:.2f}x")
+
+    if args.rss_size_mib:
+        big = os.path.join(work, "rss.bin")
+        print(f"peak RSS with a {args.rss_size_mib} MiB file:", flush=True)
+        write_random(big, args.rss_size_mib << 20)
+        home = os.path.join(work, "rss-home")
+        env = p2pfs_env(home)
+        subprocess.run([BIN, "init", "-q"], env=env, check=True)
+        seconds, rss = run([BIN, "push", "-q", big, "--name", "big"], env)
+        print(f"  push: {rss / 1024:.0f} MiB peak RSS ({(args.rss_size_mib << 20) / seconds / 1e6:.0f} MB/s)")
+        drop_file(big)
+        out = os.path.join(work, "rss-out.bin")
+        seconds, rss = run([BIN, "pull", "-q", "big", "-o", out], env)
+        print(f"  pull: {rss / 1024:.0f} MiB peak RSS ({(args.rss_size_mib << 20) / seconds / 1e6:.0f} MB/s)")
+        drop_file(out)
+        drop_file(home)
+
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
