@@ -16,6 +16,27 @@
 //!
 //! `ARCHITECTURE.md` has the bird's-eye view and the invariants; `docs/FORMAT.md`
 //! the byte layouts.
+//!
+//! # Example: one chunk through the pure core
+//!
+//! ```
+//! use p2pfs::chunk::{ChunkerConfig, CutPoints, GearTable};
+//! use p2pfs::crypto::{open_chunk, seal_chunk, OwnerKeys};
+//! use p2pfs::id::ChunkId;
+//!
+//! let owner = OwnerKeys::derive(&[7; 32]); // normally keys/owner.key
+//! let cuts = CutPoints::new(ChunkerConfig::default(), GearTable::from_seed(owner.chunker_seed()))?;
+//! let file = vec![42u8; 100_000];
+//! let first = &file[..cuts.next_len(&file)];
+//!
+//! let key = owner.chunk_key(first); // convergent: same bytes, same key
+//! let mut buf = first.to_vec();
+//! let id = seal_chunk(&key, &mut buf); // buf now holds the ciphertext
+//! assert_eq!(ChunkId::of(&buf), id); // anyone can verify a chunk by its id
+//! open_chunk(&key, &mut buf)?;
+//! assert_eq!(buf, first);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
