@@ -51,23 +51,15 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// The paths of the regular files directly in `dir` (none if it is missing).
 pub(crate) fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
+    entries_in(dir, |kind| kind.is_file())
 }
 
 /// The paths of the subdirectories directly in `dir` (none if it is missing).
 pub(crate) fn dirs_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    entries_in(dir, |kind| kind.is_dir())
+}
+
+fn entries_in(dir: &Path, wanted: impl Fn(&fs::FileType) -> bool) -> io::Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -76,7 +68,7 @@ pub(crate) fn dirs_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
+        if wanted(&entry.file_type()?) {
             out.push(entry.path());
         }
     }

@@ -156,22 +156,23 @@ impl Meta {
 
     /// Every chunk at least one pin needs.
     pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
-        let table = txn.open_table(REFS).map_err(self.err())?;
-        let mut out = HashSet::new();
-        for row in table.iter().map_err(self.err())? {
-            out.insert(ChunkId(*row.map_err(self.err())?.0.value()));
-        }
-        Ok(out)
+        Ok(self.keys_of(REFS)?.into_iter().map(ChunkId).collect())
     }
 
     /// Every pinned manifest.
     pub fn pinned_manifests(&self) -> Result<HashSet<ManifestId>, StoreError> {
+        Ok(self.keys_of(PINS)?.into_iter().map(ManifestId).collect())
+    }
+
+    fn keys_of<V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<&[u8; 32], V>,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
         let txn = self.db.begin_read().map_err(self.err())?;
-        let table = txn.open_table(PINS).map_err(self.err())?;
-        let mut out = HashSet::new();
+        let table = txn.open_table(table).map_err(self.err())?;
+        let mut out = Vec::new();
         for row in table.iter().map_err(self.err())? {
-            out.insert(ManifestId(*row.map_err(self.err())?.0.value()));
+            out.push(*row.map_err(self.err())?.0.value());
         }
         Ok(out)
     }

@@ -18,9 +18,12 @@
 mod files;
 mod meta;
 
+use std::collections::HashSet;
 use std::fs::{self, File};
+use std::hash::Hash;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 pub use meta::{GcReport, PinRecord};
 
@@ -90,6 +93,27 @@ impl StoreError {
 fn io_err<W: Into<String>>(what: W, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<W> {
     let (what, path) = (what.into(), path.to_owned());
     move |source| StoreError::Io { what, path, source }
+}
+
+/// Deletes each of `paths` whose file name is an id not in `keep`; returns
+/// how many files and bytes went. Files not named by an id are not ours to
+/// delete and stay.
+fn delete_unreferenced<I: FromStr + Eq + Hash>(
+    paths: Vec<PathBuf>,
+    keep: &HashSet<I>,
+    what: &str,
+) -> Result<(u64, u64), StoreError> {
+    let (mut count, mut bytes) = (0, 0);
+    for path in paths {
+        let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<I>().ok());
+        if id.is_some_and(|id| !keep.contains(&id)) {
+            let len = path.metadata().map_or(0, |m| m.len());
+            fs::remove_file(&path).map_err(io_err(what, &path))?;
+            count += 1;
+            bytes += len;
+        }
+    }
+    Ok((count, bytes))
 }
 
 /// One node's store, opened.
@@ -211,38 +235,15 @@ impl Store {
     /// forgets sealed-chunk entries whose chunk is gone.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
-        let chunks = self.root.join("chunks");
-        let walk = io_err("listing chunks", &chunks);
-        let mut chunk_files = Vec::new();
-        for outer in files::dirs_in(&chunks).map_err(walk)? {
-            for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
-                chunk_files.extend(files::files_in(&inner).map_err(io_err("listing chunks", &inner))?);
-            }
-        }
         let referenced = self.db.referenced_chunks()?;
-        for path in chunk_files {
-            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ChunkId>().ok());
-            // Files that are not chunks are not ours to delete.
-            let Some(id) = id else { continue };
-            if !referenced.contains(&id) {
-                let len = path.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&path).map_err(io_err("deleting unreferenced chunk", &path))?;
-                report.chunks_deleted += 1;
-                report.bytes_freed += len;
-            }
-        }
+        (report.chunks_deleted, report.bytes_freed) =
+            delete_unreferenced(self.chunk_files()?, &referenced, "deleting an unreferenced chunk")?;
         let manifests = self.root.join("manifests");
-        let pinned = self.db.pinned_manifests()?;
-        for path in files::files_in(&manifests).map_err(io_err("listing manifests", &manifests))? {
-            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<ManifestId>().ok());
-            let Some(id) = id else { continue };
-            if !pinned.contains(&id) {
-                let len = path.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&path).map_err(io_err("deleting unpinned manifest", &path))?;
-                report.manifests_deleted += 1;
-                report.bytes_freed += len;
-            }
-        }
+        let listed = files::files_in(&manifests).map_err(io_err("listing manifests", &manifests))?;
+        let (deleted, freed) =
+            delete_unreferenced(listed, &self.db.pinned_manifests()?, "deleting an unpinned manifest")?;
+        report.manifests_deleted = deleted;
+        report.bytes_freed += freed;
         report.sealed_entries_forgotten = self.db.forget_sealed_except(&referenced)?;
         self.clear_tmp()?;
         Ok(report)
@@ -250,17 +251,20 @@ impl Store {
 
     /// Total bytes of chunk files, and their count.
     pub fn chunk_usage(&self) -> Result<(u64, u64), StoreError> {
-        let chunks = self.root.join("chunks");
-        let (mut bytes, mut count) = (0, 0);
-        for outer in files::dirs_in(&chunks).map_err(io_err("listing chunks", &chunks))? {
+        let files = self.chunk_files()?;
+        let bytes = files.iter().map(|file| file.metadata().map_or(0, |m| m.len())).sum();
+        Ok((bytes, files.len() as u64))
+    }
+
+    /// Every file under `chunks/ab/cd/`.
+    fn chunk_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for outer in files::dirs_in(&self.root.join("chunks")).map_err(io_err("listing chunks", &self.root))? {
             for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
-                for file in files::files_in(&inner).map_err(io_err("listing chunks", &inner))? {
-                    bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
-                    count += 1;
-                }
+                out.extend(files::files_in(&inner).map_err(io_err("listing chunks", &inner))?);
             }
         }
-        Ok((bytes, count))
+        Ok(out)
     }
 
     fn clear_tmp(&self) -> Result<(), StoreError> {
