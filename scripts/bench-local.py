@@ -5,9 +5,10 @@ Usage:  python3 scripts/bench-local.py [--size-mib 1024] [--runs 3] [--dir DIR] 
 
 Builds the release binary, makes a file of random bytes, and measures, in the
 same run so the figures compare:
-  * baselines: `cp` of the file (page-cache copy), `dd conv=fsync` (durable
-    write of the same bytes), and `restic backup` of the file (if installed;
-    Debian package `restic`), each into DIR;
+  * baselines: `cp` of the file (an in-kernel copy), `dd bs=4M` (the same
+    bytes through user space, as p2pfs must move them), `dd conv=fsync` (a
+    durable write), and `restic backup` of the file (if installed; Debian
+    package `restic`), each into DIR;
   * p2pfs push of new data (home in DIR: every chunk fsynced), push of the
     same file unchanged, push with 1 MiB overwritten in the middle, and pull;
   * the same push and pull with the home on tmpfs (/dev/shm), which shows the
@@ -79,22 +80,31 @@ def p2pfs_env(home):
 
 
 def bench_p2pfs(results, label, home, data, edited, runs, out_dir):
+    """Times push and pull, each run right beside the baseline it is judged
+    against (this machine's page-cache and disk speed drift by several times
+    within minutes), and reports medians and the median per-run ratio."""
     env = p2pfs_env(home)
-    fresh, unchanged, edit, pull = [], [], [], []
+    fresh, unchanged, edit, pull, durable, copy = [], [], [], [], [], []
+    out = os.path.join(out_dir, "pulled.bin")
     for _ in range(runs):
         drop_file(home)
         subprocess.run([BIN, "init", "-q"], env=env, check=True)
+        durable.append(run(["dd", f"if={data}", f"of={out}", "bs=4M", "conv=fsync"])[0])
+        drop_file(out)
         fresh.append(run([BIN, "push", "-q", data, "--name", "f"], env)[0])
         unchanged.append(run([BIN, "push", "-q", data, "--name", "f"], env)[0])
         edit.append(run([BIN, "push", "-q", edited, "--name", "f"], env)[0])
-        out = os.path.join(out_dir, "pulled.bin")
+        copy.append(run(["dd", f"if={data}", f"of={out}", "bs=4M"])[0])
         drop_file(out)
         pull.append(run([BIN, "pull", "-q", "f@1", "-o", out], env)[0])
         drop_file(out)
-    results.add(f"p2pfs push, new data ({label})", fresh)
+    ratio = lambda ours, base: statistics.median(b / o for o, b in zip(ours, base))
+    results.add(f"p2pfs push, new data ({label})", fresh, f"{ratio(fresh, durable):.2f}x dd conv=fsync beside it")
     results.add(f"p2pfs push, unchanged ({label})", unchanged)
     results.add(f"p2pfs push, 1 MiB edited ({label})", edit)
-    results.add(f"p2pfs pull ({label})", pull)
+    results.add(f"p2pfs pull ({label})", pull, f"{ratio(pull, copy):.2f}x dd bs=4M beside it")
+    results.add(f"  beside it: dd bs=4M conv=fsync ({label})", durable)
+    results.add(f"  beside it: dd bs=4M ({label})", copy)
     drop_file(home)
 
 
@@ -122,15 +132,18 @@ def main():
     results = Results(size)
     print(f"{args.runs} runs each, medians; {os.cpu_count()} cores", flush=True)
 
-    copy, durable, restic = [], [], []
+    copy, user_copy, durable, restic = [], [], [], []
     for _ in range(args.runs):
         target = os.path.join(work, "copy.bin")
         copy.append(run(["cp", data, target])[0])
         drop_file(target)
+        user_copy.append(run(["dd", f"if={data}", f"of={target}", "bs=4M"])[0])
+        drop_file(target)
         durable.append(run(["dd", f"if={data}", f"of={target}", "bs=4M", "conv=fsync"])[0])
         drop_file(target)
-    results.add("baseline: cp (page cache)", copy)
-    results.add("baseline: dd conv=fsync (durable write)", durable)
+    results.add("baseline: cp (in-kernel copy_file_range)", copy)
+    results.add("baseline: dd bs=4M (copy through user space)", user_copy)
+    results.add("baseline: dd bs=4M conv=fsync (durable write)", durable)
 
     if shutil.which("restic"):
         for _ in range(args.runs):
