@@ -7,6 +7,7 @@
 //! - [`chunk`]: streaming FastCDC with an owner-keyed gear table.
 //! - [`crypto`]: key derivation, convergent chunk sealing, manifest envelope, signatures.
 //! - [`manifest`]: the manifest of one version and the signed per-owner version log.
+//! - [`wire`]: protocol frames ↔ bytes, with hard limits (docs/PROTOCOL.md).
 //!
 //! I/O modules:
 //! - [`store`]: chunk files and the metadata database of one node, durable writes, GC.
@@ -48,3 +49,4 @@ pub mod id;
 pub mod manifest;
 pub mod store;
 pub mod transfer;
+pub mod wire;
