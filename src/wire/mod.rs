@@ -533,6 +533,45 @@ pub fn decode(bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
     Ok(Some((frame, total)))
 }
 
+/// Decodes `input` three ways (whole, one byte at a time, and split at a
+/// point the input's first byte picks) and panics unless all three agree
+/// and every frame decoded re-encodes to itself. The `decode_frame` fuzz
+/// target and the corpus replay test both run this, so an input that once
+/// crashed the fuzzer fails `cargo test` too once it is committed.
+pub fn check_decoder(input: &[u8]) {
+    let whole = decode_all(input, input.len().max(1));
+    let bytewise = decode_all(input, 1);
+    assert_eq!(whole, bytewise, "decoding must not depend on how input is split");
+    let at = input.first().map_or(1, |&b| usize::from(b) % input.len() + 1);
+    assert_eq!(whole, decode_all(input, at), "decoding must not depend on how input is split");
+    for frame in whole.iter().filter_map(|r| r.as_ref().ok()) {
+        let mut again = Vec::new();
+        frame.encode(&mut again).expect("a decoded frame is within the limits, so it encodes");
+        assert_eq!(decode(&again).expect("a re-encoded frame decodes"), Some((frame.clone(), again.len())));
+    }
+}
+
+/// Feeds `input` to [`decode_frame`] `step` bytes at a time; returns every
+/// frame and the first error.
+fn decode_all(input: &[u8], step: usize) -> Vec<Result<Frame, DecodeError>> {
+    let mut buf = BytesMut::new();
+    let mut results = Vec::new();
+    for piece in input.chunks(step) {
+        buf.extend_from_slice(piece);
+        loop {
+            match decode_frame(&mut buf) {
+                Ok(Some(frame)) => results.push(Ok(frame)),
+                Ok(None) => break,
+                Err(e) => {
+                    results.push(Err(e));
+                    return results;
+                }
+            }
+        }
+    }
+    results
+}
+
 /// One valid frame of every type, for tests, seeds and benchmarks.
 pub fn sample_frames() -> Vec<Frame> {
     let id = [0xab; 32];
