@@ -725,6 +725,15 @@ mod tests {
         assert_eq!(decode_frame(&mut buf).unwrap(), None);
     }
 
+    #[test]
+    fn a_bad_frame_after_a_good_one_does_not_hide_it() {
+        let mut bytes = encoded(&Frame::Ping(Ping { nonce: 9 }));
+        bytes.extend_from_slice(&frame_bytes(1, 0x7f, &[]));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(decode_frame(&mut buf), Ok(Some(Frame::Ping(Ping { nonce: 9 }))));
+        assert_eq!(decode_frame(&mut buf), Err(DecodeError::UnknownType(0x7f)));
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_and_splits_do_not_matter(
