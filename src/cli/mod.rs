@@ -197,15 +197,16 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, quiet: bo
     }
     if !quiet {
         let v = &report.version;
-        let reused = v.chunks - report.chunks_stored;
+        let reused_chunks = v.chunks - report.chunks_stored;
         eprintln!(
-            "pushed {}: {} in {} chunks; {} new in {} chunks, {} reused; {:.2} s, {}",
+            "pushed {}: {} in {} chunks; {} new ({} chunks), {} reused ({} chunks); {:.2} s, {}",
             v.label(),
             output::size(v.size),
             v.chunks,
             output::size(v.new_bytes),
             report.chunks_stored,
-            reused,
+            output::size(v.size - v.new_bytes),
+            reused_chunks,
             report.elapsed.as_secs_f64(),
             output::rate(v.size, report.elapsed),
         );
@@ -334,13 +335,16 @@ fn list(home: &Home, json: bool) -> Result<()> {
                 v.name.clone(),
                 count.to_string(),
                 v.number.to_string(),
-                output::size(v.size),
                 output::utc_time(v.pushed_ms),
+                output::size(v.size),
+                v.chunks.to_string(),
+                output::size(v.new_bytes),
                 v.manifest.short(16),
             ]
         })
         .collect();
-    print!("{}", output::table(&["NAME", "VERSIONS", "LATEST", "SIZE", "PUSHED", "ID"], &rows));
+    let header = ["NAME", "VERSIONS", "LATEST", "PUSHED", "SIZE", "CHUNKS", "NEW", "ID"];
+    print!("{}", output::table(&header, &rows));
     Ok(())
 }
 
