@@ -247,6 +247,36 @@ pub struct Hello {
     pub proof: [u8; 32],
 }
 
+/// A peer's address as the wire carries it: IP and port. An IPv6 flow label
+/// and scope id mean nothing on another host, so they are not sent (and
+/// serde's own `SocketAddr` encoding would drop them silently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum PeerAddr {
+    /// IPv4 address and port.
+    V4([u8; 4], u16),
+    /// IPv6 address and port.
+    V6([u8; 16], u16),
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(v4) => Self::V4(v4.ip().octets(), v4.port()),
+            SocketAddr::V6(v6) => Self::V6(v6.ip().octets(), v6.port()),
+        }
+    }
+}
+
+impl From<PeerAddr> for SocketAddr {
+    fn from(addr: PeerAddr) -> Self {
+        match addr {
+            PeerAddr::V4(ip, port) => SocketAddr::from((ip, port)),
+            PeerAddr::V6(ip, port) => SocketAddr::from((ip, port)),
+        }
+    }
+}
+
 /// One peer in `Peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -254,7 +284,7 @@ pub struct PeerInfo {
     /// Its NodeId.
     pub node: NodeId,
     /// Where it listens.
-    pub addrs: Bounded<SocketAddr, MAX_PEER_ADDRS>,
+    pub addrs: Bounded<PeerAddr, MAX_PEER_ADDRS>,
 }
 
 /// Fields of `Peers`.
@@ -583,7 +613,7 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Peers(Peers {
             peers: Bounded::new(vec![PeerInfo {
                 node: NodeId(id),
-                addrs: Bounded::new(vec![addr, addr6]).expect("2 ≤ MAX_PEER_ADDRS"),
+                addrs: Bounded::new(vec![addr.into(), addr6.into()]).expect("2 ≤ MAX_PEER_ADDRS"),
             }])
             .expect("1 ≤ MAX_PEERS"),
         }),
@@ -723,6 +753,24 @@ mod tests {
         assert_eq!(decode_frame(&mut buf).unwrap(), Some(Frame::Ping(Ping { nonce: 1 })));
         assert_eq!(decode_frame(&mut buf).unwrap(), Some(Frame::Pong(Pong { nonce: 2 })));
         assert_eq!(decode_frame(&mut buf).unwrap(), None);
+    }
+
+    /// Regression (found by `frame_roundtrip`): an IPv6 address with a flow
+    /// label and scope id did not decode to what was encoded.
+    #[test]
+    fn peer_addresses_round_trip_exactly() {
+        let scoped: SocketAddr = SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 7070, 9, 3));
+        let addr = PeerAddr::from(scoped);
+        assert_eq!(addr, PeerAddr::V6("fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets(), 7070));
+        let frame = Frame::Peers(Peers {
+            peers: Bounded::new(vec![PeerInfo { node: NodeId([1; 32]), addrs: Bounded::new(vec![addr]).unwrap() }])
+                .unwrap(),
+        });
+        let bytes = encoded(&frame);
+        assert_eq!(decode(&bytes).unwrap(), Some((frame, bytes.len())));
+        // The documented encoding: variant 1, 16 address bytes, the port as a varint.
+        let body = postcard::to_stdvec(&addr).unwrap();
+        assert_eq!((body[0], body.len()), (1, 1 + 16 + 2));
     }
 
     #[test]
