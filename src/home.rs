@@ -95,6 +95,16 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Reads the home's keys without taking its lock (for commands that
+    /// only talk to peers, and may run beside `p2pfs serve`).
+    pub fn load(home: &Path) -> Result<Self, HomeError> {
+        Ok(Keys {
+            node: read_key(&home.join("keys/node.key"))?,
+            owner: read_key(&home.join("keys/owner.key"))?,
+            network: read_key(&home.join("keys/network.key"))?,
+        })
+    }
+
     /// This machine's NodeId.
     pub fn node_id(&self) -> NodeId {
         NodeId(ed25519_dalek::SigningKey::from_bytes(&self.node).verifying_key().to_bytes())
@@ -171,6 +181,17 @@ fn default_config_text() -> String {
 }
 
 /// Writes a new file readable by its owner only, durably.
+/// Replaces one of the home's key files (`owner.key` or `network.key`)
+/// atomically: a private temp file, fsynced, renamed over the old one.
+pub fn replace_key(home: &Path, name: &str, key: &[u8; KEY_LEN]) -> Result<(), HomeError> {
+    let keys_dir = home.join("keys");
+    let path = keys_dir.join(name);
+    let tmp = keys_dir.join(format!(".{name}.{:08x}.tmp", rand::random::<u32>()));
+    write_new_private(&tmp, format!("{}\n", id::to_hex(key)).as_bytes())?;
+    fs::rename(&tmp, &path).map_err(io_err("replacing key file", &path))?;
+    File::open(&keys_dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", &keys_dir))
+}
+
 fn write_new_private(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -199,11 +220,7 @@ impl Home {
     /// Locks, reads and opens the home at `path`, which must be initialised.
     pub fn open(path: &Path) -> Result<Self, HomeError> {
         let lock = lock(path)?;
-        let keys = Keys {
-            node: read_key(&path.join("keys/node.key"))?,
-            owner: read_key(&path.join("keys/owner.key"))?,
-            network: read_key(&path.join("keys/network.key"))?,
-        };
+        let keys = Keys::load(path)?;
         let config_path = path.join("config.toml");
         let text = fs::read_to_string(&config_path).map_err(io_err("reading configuration", &config_path))?;
         let config: Config = toml::from_str(&text)

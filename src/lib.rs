@@ -12,7 +12,10 @@
 //! I/O modules:
 //! - [`store`]: chunk files and the metadata database of one node, durable writes, GC.
 //! - [`home`]: the `$P2PFS_HOME` directory: keys, configuration, the lock, the store.
-//! - [`transfer`]: the push and pull pipelines (chunk → seal → store; read → verify → open → write).
+//! - [`net`]: the QUIC endpoint, pinned mutual TLS, the membership handshake, framed requests.
+//! - [`node`]: `p2pfs serve`: answers every request of the protocol from a store; the peer table.
+//! - [`transfer`]: the push and pull pipelines (chunk → seal → store or send to peers;
+//!   fetch or read → verify → open → write), and rendezvous placement.
 //! - [`cli`]: command-line arguments, output and progress.
 //!
 //! `ARCHITECTURE.md` has the bird's-eye view and the invariants; `docs/FORMAT.md`
@@ -47,6 +50,8 @@ pub mod crypto;
 pub mod home;
 pub mod id;
 pub mod manifest;
+pub mod net;
+pub mod node;
 pub mod store;
 pub mod transfer;
 pub mod wire;

@@ -4,6 +4,7 @@
 //! `-o -`, `--json`); summaries, progress and errors go to stderr. Exit codes:
 //! 0 ok, 1 the operation failed, 2 usage error.
 
+mod network;
 mod output;
 
 use std::fs::File;
@@ -15,12 +16,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
-use crate::crypto::CryptoError;
+use crate::crypto::{CryptoError, FileKey};
 use crate::home::{self, Home, InitOutcome};
 use crate::id::ManifestId;
 use crate::manifest::log::{History, Version};
 use crate::manifest::{Manifest, ManifestError};
+use crate::node::peers::{KnownPeer, PeerTable};
 use crate::store::StoreError;
+use crate::transfer::remote::{Fetch, Replicate};
 use crate::transfer::{self, Parallelism, TransferError, pull, push};
 
 /// A peer-to-peer, end-to-end encrypted, deduplicating, versioned file store.
@@ -40,7 +43,11 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the home directory: keys, configuration and store.
-    Init,
+    Init {
+        /// Join a network: the token `p2pfs invite` printed on one of its nodes.
+        #[arg(long, value_name = "TOKEN")]
+        join: Option<String>,
+    },
     /// Store a file as a new version; prints its manifest id.
     Push {
         /// The file to store, or `-` for standard input (needs --name).
@@ -51,10 +58,14 @@ enum Command {
         /// Print a JSON report on stdout instead of the bare manifest id.
         #[arg(long)]
         json: bool,
+        /// Replicas per chunk when pushing to peers (capped by the peers reachable).
+        #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        replicas: u16,
     },
     /// Get a version back, verified.
     Pull {
-        /// NAME (latest version), NAME@VERSION, or a manifest id (a unique prefix of 8+ hex digits will do).
+        /// NAME (latest version), NAME@VERSION, a manifest id (a unique prefix of 8+ hex digits
+        /// will do), or a share ticket.
         version: String,
         /// Where to write it: a path, a directory, or `-` for standard output (default: its name, here).
         #[arg(short, long)]
@@ -94,6 +105,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a storage node: answer peers' requests from this home's store.
+    Serve {
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7070", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// A peer to join at start (repeatable).
+        #[arg(long, value_name = "NODEID@ADDR")]
+        bootstrap: Vec<String>,
+    },
+    /// Print a token that lets another home join this node's network.
+    Invite {
+        /// The address to give out (default: where this home's node listens).
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// List known peers: NodeId, address, state and round-trip time.
+    Peers {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a ticket with which someone else can pull one version (and nothing else).
+    Share {
+        /// NAME (latest version) or NAME@VERSION.
+        version: String,
+    },
+    /// Move the owner key between machines.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Print the owner key (a secret: it reads every file of this owner).
+    Export,
+    /// Make this home use an exported owner key.
+    Import {
+        /// A file with the key, or `-` for standard input.
+        file: PathBuf,
+        /// Replace the key even though this home has versions of its current owner.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -118,7 +172,10 @@ fn execute(args: &Args) -> Result<()> {
             eprintln!("{message}");
         }
     };
-    if let Command::Init = args.command {
+    if let Command::Init { join: Some(token) } = &args.command {
+        return network::join(&home_path, token, args.quiet);
+    }
+    if let Command::Init { join: None } = args.command {
         let message = match home::init(&home_path)? {
             InitOutcome::Created => format!("initialised p2pfs home at {}", home_path.display()),
             InitOutcome::AlreadyInitialised => {
@@ -132,10 +189,24 @@ fn execute(args: &Args) -> Result<()> {
         home::init(&home_path)?;
         say(format!("initialised p2pfs home at {}", home_path.display()));
     }
+    // These only read keys and talk to peers: they work beside a running node.
+    match &args.command {
+        Command::Invite { addr } => return network::invite(&home_path, *addr),
+        Command::Peers { json } => return network::peers(&home_path, *json),
+        Command::Key(KeyCommand::Export) => return network::key_export(&home_path, args.quiet),
+        _ => {}
+    }
     let home = Home::open(&home_path)?;
     match &args.command {
-        Command::Init => unreachable!("handled above"),
-        Command::Push { file, name, json } => push_file(&home, file, name.as_deref(), *json, args.quiet),
+        Command::Init { .. } | Command::Invite { .. } | Command::Peers { .. } | Command::Key(KeyCommand::Export) => {
+            unreachable!("handled above")
+        }
+        Command::Serve { listen, bootstrap } => network::serve(home, *listen, bootstrap, args.quiet),
+        Command::Share { version } => share(&home, version),
+        Command::Key(KeyCommand::Import { file, force }) => network::key_import(&home, file, *force, args.quiet),
+        Command::Push { file, name, json, replicas } => {
+            push_file(&home, file, name.as_deref(), *json, usize::from(*replicas), args.quiet)
+        }
         Command::Pull { version, output, force } => pull_file(&home, version, output.as_deref(), *force, args.quiet),
         Command::Log { name, json } => show_log(&home, name.as_deref(), *json),
         Command::Ls { json } => list(&home, *json),
@@ -145,7 +216,7 @@ fn execute(args: &Args) -> Result<()> {
     }
 }
 
-fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, quiet: bool) -> Result<()> {
+fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, replicas: usize, quiet: bool) -> Result<()> {
     let (input, name, total): (Box<dyn Read + Send>, String, Option<u64>) = if file == Path::new("-") {
         let name = name.context("pushing standard input needs a name: add --name NAME")?;
         (Box::new(io::stdin()), name.to_owned(), None)
@@ -172,12 +243,51 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, quiet: bo
         bail!("'{name}' cannot be a name: give 1 to {} bytes", crate::manifest::MAX_NAME_LEN);
     }
     let owner = home.keys().owner_keys();
+    let networked = !PeerTable::load(home.path()).context("reading the peer table")?.is_empty();
     let bar = output::progress_bar(total, quiet, "push");
-    let report =
-        push::push(home.store(), &owner, &name, input, home.config().chunker, Parallelism::for_this_machine(), &|n| {
-            bar.inc(n)
-        })
-        .with_context(|| format!("pushing {}", file.display()))?;
+    let progress = |n| bar.inc(n);
+    let chunker = home.config().chunker;
+    let mut peer_summary = None;
+    let report = if networked {
+        let rt = network::runtime()?;
+        let _guard = rt.enter();
+        let net = network::client(home.keys())?;
+        let swarm = network::connect_swarm(&rt, home.path(), &net, &[])?;
+        let previous = previous_chunks(home, &owner, &name);
+        let destination = Replicate::new(&swarm, &owner, replicas, &previous);
+        if destination.replicas < replicas && !quiet {
+            eprintln!(
+                "p2pfs: warning: only {} peers reachable: each chunk gets {} replicas, not {replicas}",
+                swarm.len(),
+                destination.replicas
+            );
+        }
+        let report = push::push(
+            home.store(),
+            &destination,
+            &owner,
+            &name,
+            input,
+            chunker,
+            Parallelism::for_network(),
+            &progress,
+        )
+        .with_context(|| format!("pushing {} to peers", file.display()))?;
+        peer_summary = Some((destination.replicas, swarm.report(), swarm.unreachable.clone()));
+        report
+    } else {
+        push::push(
+            home.store(),
+            home.store(),
+            &owner,
+            &name,
+            input,
+            chunker,
+            Parallelism::for_this_machine(),
+            &progress,
+        )
+        .with_context(|| format!("pushing {}", file.display()))?
+    };
     bar.finish_and_clear();
     if json {
         let v = &report.version;
@@ -210,22 +320,77 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, quiet: bo
             report.elapsed.as_secs_f64(),
             output::rate(v.size, report.elapsed),
         );
+        if let Some((replicas, members, unreachable)) = &peer_summary {
+            eprintln!("every chunk has {replicas} durable replicas:");
+            network::print_member_report(members, unreachable, false);
+        }
     }
     Ok(())
 }
 
+/// The chunks of the latest live version of `name`, which a new version
+/// probably shares: peers are asked about them in one batched `Has`.
+fn previous_chunks(home: &Home, owner: &crate::crypto::OwnerKeys, name: &str) -> Vec<crate::id::ChunkId> {
+    let Ok(history) = transfer::history(home.store(), owner) else { return Vec::new() };
+    let Some(latest) = history.versions_of(name).filter(|v| v.is_live()).last() else { return Vec::new() };
+    match pull::open_manifest(home.store(), owner, latest.manifest) {
+        Ok(manifest) => manifest.chunks.iter().map(|c| c.id).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet: bool) -> Result<()> {
     let owner = home.keys().owner_keys();
-    let history = transfer::history(home.store(), &owner)?;
-    let (manifest_id, label) = resolve_for_pull(&history, spec)?;
-    let manifest =
-        pull::open_manifest(home.store(), &owner, manifest_id).with_context(|| format!("pulling {label}"))?;
+    let networked = !PeerTable::load(home.path()).context("reading the peer table")?.is_empty();
+    let ticket = if network::is_share_ticket(spec) { Some(network::parse_share_ticket(spec)?) } else { None };
+    let (manifest_id, label) = match &ticket {
+        Some(ticket) => (ticket.manifest, format!("shared manifest {}", ticket.manifest.short(16))),
+        None => resolve_for_pull(&transfer::history(home.store(), &owner)?, spec)?,
+    };
+    // Peers are needed for a share ticket, or when this home is part of a network.
+    let rt = if networked || ticket.is_some() { Some(network::runtime()?) } else { None };
+    let _guard = rt.as_ref().map(|rt| rt.enter());
+    let swarm = match &rt {
+        Some(rt) => {
+            let net = network::client(home.keys())?;
+            let extra: Vec<KnownPeer> = ticket
+                .iter()
+                .flat_map(|t| &t.peers)
+                .map(|p| KnownPeer { node: p.node, addrs: p.addrs.iter().map(|&a| a.into()).collect() })
+                .collect();
+            Some(network::connect_swarm(rt, home.path(), &net, &extra)?)
+        }
+        None => None,
+    };
+    let envelope = match home.store().read_manifest(&manifest_id) {
+        Ok(envelope) => envelope,
+        Err(StoreError::ManifestMissing(_)) if swarm.is_some() => swarm
+            .as_ref()
+            .expect("checked above")
+            .fetch_manifest(&manifest_id)
+            .with_context(|| format!("pulling {label}"))?,
+        Err(e) => return Err(anyhow::Error::new(TransferError::from(e)).context(format!("pulling {label}"))),
+    };
+    let manifest = match &ticket {
+        Some(ticket) => Manifest::open_with_file_key(&FileKey(ticket.file_key), manifest_id, &envelope),
+        None => Manifest::open(&owner, manifest_id, &envelope).map(|(_, manifest)| manifest),
+    }
+    .map_err(TransferError::from)
+    .with_context(|| format!("pulling {label}"))?;
+
+    let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, Some(home.store())));
+    let source: &dyn pull::Source = match &fetch {
+        Some(fetch) => fetch,
+        None => home.store(),
+    };
+    let parallelism = if swarm.is_some() { Parallelism::for_network() } else { Parallelism::for_this_machine() };
     let started = Instant::now();
     let bar = output::progress_bar(Some(manifest.size), quiet || output == Some(Path::new("-")), "pull");
+    let mut resumed = None;
     let destination = match output {
         Some(path) if path == Path::new("-") => {
             let mut stdout = io::stdout().lock();
-            pull::write_to(home.store(), &manifest, &mut stdout, Parallelism::for_this_machine(), &|n| bar.inc(n))
+            pull::write_to(source, &manifest, &mut stdout, parallelism, &|n| bar.inc(n))
                 .with_context(|| format!("pulling {label}"))?;
             "standard output".to_owned()
         }
@@ -234,8 +399,12 @@ fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet:
             if path.exists() && !force {
                 bail!("{} exists; add --force to overwrite it, or -o another path", path.display());
             }
-            pull::write_to_path(home.store(), &manifest, &path, Parallelism::for_this_machine(), &|n| bar.inc(n))
+            let outcome =
+                pull::write_to_path(source, &manifest, &manifest_id, &path, parallelism, swarm.is_some(), &|n| {
+                    bar.inc(n)
+                })
                 .with_context(|| format!("pulling {label}"))?;
+            resumed = Some(outcome);
             path.display().to_string()
         }
     };
@@ -249,7 +418,28 @@ fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet:
             elapsed.as_secs_f64(),
             output::rate(manifest.size, elapsed),
         );
+        if let Some(outcome) = resumed.filter(|o| o.resumed_chunks > 0) {
+            eprintln!(
+                "resumed an interrupted pull: {} chunks ({}) were already there and verified",
+                outcome.resumed_chunks,
+                output::size(outcome.resumed_bytes)
+            );
+        }
+        if let Some(swarm) = &swarm {
+            network::print_member_report(&swarm.report(), &swarm.unreachable, true);
+        }
     }
+    Ok(())
+}
+
+fn share(home: &Home, spec: &str) -> Result<()> {
+    let owner = home.keys().owner_keys();
+    let history = transfer::history(home.store(), &owner)?;
+    let version = history.select_one(spec)?;
+    let envelope = home.store().read_manifest(&version.manifest).map_err(TransferError::from)?;
+    let (file_key, _) = Manifest::open(&owner, version.manifest, &envelope).map_err(TransferError::from)?;
+    println!("{}", network::share_ticket(home, version.manifest, &file_key)?);
+    eprintln!("this ticket reads {} (and nothing else); anyone in the network who has it can pull it", version.label());
     Ok(())
 }
 
@@ -353,8 +543,19 @@ fn remove(home: &Home, spec: &str, quiet: bool) -> Result<()> {
     let history = transfer::history(home.store(), &owner)?;
     let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
     transfer::remove_versions(home.store(), &owner, &versions)?;
+    let labels: Vec<String> = versions.iter().map(Version::label).collect();
+    if !PeerTable::load(home.path()).context("reading the peer table")?.is_empty() {
+        let rt = network::runtime()?;
+        let _guard = rt.enter();
+        let net = network::client(home.keys())?;
+        let swarm = network::connect_swarm(&rt, home.path(), &net, &[])?;
+        let manifests: Vec<ManifestId> = versions.iter().map(|v| v.manifest).collect();
+        let failures = swarm.unpin(&owner, &manifests);
+        if !failures.is_empty() {
+            eprintln!("p2pfs: warning: some peers did not confirm the unpin: {}", failures.join("; "));
+        }
+    }
     if !quiet {
-        let labels: Vec<String> = versions.iter().map(Version::label).collect();
         eprintln!("removed {}; `p2pfs gc` frees the chunks no live version needs", labels.join(", "));
     }
     Ok(())

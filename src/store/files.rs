@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` so that, once this returns, the file is on disk
 /// under its final name with all its bytes, or not there at all. The temp file
 /// lives in `tmp_dir` (same file system) and is removed on failure.
-pub(crate) fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));

@@ -6,6 +6,7 @@
 //! - `pins`: ManifestId → postcard `PinRecord` (who keeps it, which chunks it needs)
 //! - `refs`: ChunkId → number of pins that need it (rows at zero are deleted)
 //! - `sealed`: BLAKE3(chunk key) → ChunkId, so a push skips sealing chunks it has sealed before
+//! - `heads`: OwnerId → the newest signed log entry a peer sent (`PutHead`), for any owner
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ const LOG: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("log"
 const PINS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pins");
 const REFS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("refs");
 const SEALED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("sealed");
+const HEADS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("heads");
 
 /// An owner's promise to keep one manifest's chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,7 @@ impl Meta {
         txn.open_table(PINS).map_err(db_err(path))?;
         txn.open_table(REFS).map_err(db_err(path))?;
         txn.open_table(SEALED).map_err(db_err(path))?;
+        txn.open_table(HEADS).map_err(db_err(path))?;
         txn.commit().map_err(db_err(path))?;
         Ok(meta)
     }
@@ -93,6 +96,37 @@ impl Meta {
         let txn = self.db.begin_read().map_err(self.err())?;
         let table = txn.open_table(SEALED).map_err(self.err())?;
         Ok(table.get(tag).map_err(self.err())?.map(|id| ChunkId(*id.value())))
+    }
+
+    /// The newest log entry held for `owner` from `PutHead`, encoded.
+    pub fn head(&self, owner: &OwnerId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(self.err())?;
+        let table = txn.open_table(HEADS).map_err(self.err())?;
+        Ok(table.get(owner.as_bytes()).map_err(self.err())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Keeps `entry` (already signature-checked) as its owner's head if its
+    /// sequence number is higher than the held one's; returns whether it did.
+    pub fn put_head(&self, entry: &LogEntry) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(self.err())?;
+        let newer = {
+            let mut table = txn.open_table(HEADS).map_err(self.err())?;
+            let held = match table.get(entry.owner.as_bytes()).map_err(self.err())? {
+                Some(bytes) => Some(
+                    LogEntry::decode(0, bytes.value())
+                        .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: format!("head: {e}") })?
+                        .seq,
+                ),
+                None => None,
+            };
+            let newer = held.is_none_or(|seq| entry.seq > seq);
+            if newer {
+                table.insert(entry.owner.as_bytes(), entry.encode().as_slice()).map_err(self.err())?;
+            }
+            newer
+        };
+        txn.commit().map_err(self.err())?;
+        Ok(newer)
     }
 
     /// The pin of a manifest, if it has one.

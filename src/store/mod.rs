@@ -25,6 +25,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use files::write_durably;
 pub use meta::{GcReport, PinRecord};
 
 use crate::crypto::TAG_LEN;
@@ -116,7 +117,10 @@ fn delete_unreferenced<I: FromStr + Eq + Hash>(
     Ok((count, bytes))
 }
 
-/// One node's store, opened.
+/// The largest chunk file: the largest chunk (16 MiB) and its tag.
+pub const MAX_CHUNK_FILE_LEN: u32 = crate::chunk::MAX_CHUNK_SIZE + TAG_LEN as u32;
+
+/// One node's store, opened: chunks, manifests and metadata on disk.
 pub struct Store {
     root: PathBuf,
     db: meta::Meta,
@@ -180,16 +184,29 @@ impl Store {
     /// `buf` and checks its BLAKE3. A chunk whose bytes do not match is moved
     /// to quarantine and reported.
     pub fn read_chunk(&self, id: &ChunkId, plaintext_len: u32, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let expected = u64::from(plaintext_len) + TAG_LEN as u64;
+        if self.read_verified(id, Some(expected), buf)? { Ok(()) } else { Err(StoreError::ChunkMissing(*id)) }
+    }
+
+    /// Reads chunk `id`'s ciphertext, of whatever length, into `buf` and
+    /// checks its BLAKE3 (quarantining a mismatch). `Ok(false)` if the store
+    /// does not have it. This is what a node serves to peers.
+    pub fn read_chunk_ciphertext(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        self.read_verified(id, None, buf)
+    }
+
+    fn read_verified(&self, id: &ChunkId, expected: Option<u64>, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         let mut file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::ChunkMissing(*id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(format!("opening chunk {}", id.short(16)), &path)(e)),
         };
-        let expected = u64::from(plaintext_len) + TAG_LEN as u64;
         let actual = file.metadata().map_err(io_err("reading chunk metadata", &path))?.len();
+        let expected = expected.unwrap_or(actual);
         buf.clear();
-        if actual == expected {
+        if actual == expected && expected <= u64::from(MAX_CHUNK_FILE_LEN) {
+            buf.reserve(expected as usize + 1);
             // Read one byte more than expected to notice a file growing under us.
             file.by_ref()
                 .take(expected + 1)
@@ -199,7 +216,7 @@ impl Store {
         if buf.len() as u64 != expected || ChunkId::of(buf) != *id {
             return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Moves a bad chunk file out of the way, so it is neither served nor

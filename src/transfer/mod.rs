@@ -2,14 +2,17 @@
 //!
 //! - [`push`]: chunk → seal → store, then manifest and log entry.
 //! - [`pull`]: read → verify → open → write in order.
+//! - [`remote`]: peers as a push destination and a pull source; [`placement`] picks them.
 //! - [`remove_versions`]: tombstone versions in the log and unpin them, so
 //!   that `Store::gc` can reclaim what no live version needs.
 //!
 //! Both pipelines run on a fixed number of threads with a fixed number of
 //! chunk buffers ([`Parallelism`]): memory does not grow with file size.
 
+pub mod placement;
 pub mod pull;
 pub mod push;
+pub mod remote;
 
 use std::io;
 use std::path::PathBuf;
@@ -60,6 +63,38 @@ pub enum TransferError {
     /// The owner's log could not be read or extended.
     #[error("the version log cannot be used")]
     Log(#[from] LogError),
+    /// A chunk (or a version's manifest) did not reach enough peers.
+    #[error("chunk {chunk} reached {acked} of the {wanted} peers it needs: {reasons}")]
+    Replication {
+        /// The chunk (or manifest) id.
+        chunk: ChunkId,
+        /// Durable acks received.
+        acked: usize,
+        /// Replicas wanted.
+        wanted: usize,
+        /// What went wrong with the others.
+        reasons: String,
+    },
+    /// No live peer could give a chunk.
+    #[error("no peer could give chunk {chunk} ({live} peers still usable): {reasons}")]
+    ChunkUnavailable {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Peers still usable.
+        live: usize,
+        /// What each peer said.
+        reasons: String,
+    },
+    /// No peer could give a manifest.
+    #[error("none of {peers} peers has manifest {manifest}: {reasons}")]
+    ManifestUnavailable {
+        /// The manifest.
+        manifest: crate::id::ManifestId,
+        /// Peers asked.
+        peers: usize,
+        /// What each peer said.
+        reasons: String,
+    },
     /// The chunker configuration is invalid.
     #[error(transparent)]
     Chunker(#[from] InvalidChunkerConfig),
@@ -81,6 +116,12 @@ impl Parallelism {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = (2 * cores).clamp(4, 32);
         Self { workers, buffers: workers + 4 }
+    }
+
+    /// For transfers to and from peers: each worker waits on one request in
+    /// flight, so there are more of them than cores.
+    pub fn for_network() -> Self {
+        Self { workers: 16, buffers: 20 }
     }
 }
 

@@ -7,14 +7,14 @@
 //! `buffers` chunk buffers exist. A file output is written to a temp file
 //! beside the target and renamed into place only when complete.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 
-use crate::crypto::{TAG_LEN, open_chunk};
+use crate::crypto::{TAG_LEN, open_chunk, seal_chunk};
 use crate::id::ManifestId;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::store::Store;
@@ -31,16 +31,40 @@ pub fn open_manifest(
     Ok(Manifest::open(owner, id, &envelope)?.1)
 }
 
+/// Where a pull gets chunk ciphertext: the local store, or peers (`transfer::remote`).
+pub trait Source: Sync {
+    /// Reads chunk `chunk.id`'s ciphertext into `buf`, verified against its id.
+    fn read(&self, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError>;
+}
+
+impl Source for Store {
+    fn read(&self, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
+        Ok(self.read_chunk(&chunk.id, chunk.len, buf)?)
+    }
+}
+
 /// Writes the file `manifest` describes to `out`, in order.
 pub fn write_to(
-    store: &Store,
+    source: &dyn Source,
     manifest: &Manifest,
     out: &mut dyn Write,
     parallelism: Parallelism,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), TransferError> {
+    write_from(source, manifest, 0, out, parallelism, progress)
+}
+
+/// Writes chunks `start..` of the file to `out`, in order.
+fn write_from(
+    source: &dyn Source,
+    manifest: &Manifest,
+    start: usize,
+    out: &mut dyn Write,
+    parallelism: Parallelism,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), TransferError> {
     let chunks = &manifest.chunks;
-    let next_job = AtomicUsize::new(0);
+    let next_job = AtomicUsize::new(start);
     let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(parallelism.buffers);
     for _ in 0..parallelism.buffers {
         spare_tx.send(Vec::new()).expect("the channel has room for every buffer");
@@ -58,7 +82,7 @@ pub fn write_to(
                     let Ok(mut buf) = spare else { break };
                     let index = next_job.fetch_add(1, Ordering::Relaxed);
                     let Some(chunk) = chunks.get(index) else { break };
-                    let result = read_and_open(store, chunk, &mut buf).map(|()| buf);
+                    let result = read_and_open(source, chunk, &mut buf).map(|()| buf);
                     if done_tx.send((index, result)).is_err() {
                         break;
                     }
@@ -66,11 +90,12 @@ pub fn write_to(
             });
         }
         drop((done_tx, spare_rx));
-        write_in_order(chunks.len(), done_rx, spare_tx, out, progress)
+        write_in_order(start, chunks.len(), done_rx, spare_tx, out, progress)
     })
 }
 
 fn write_in_order(
+    start: usize,
     total: usize,
     done_rx: mpsc::Receiver<(usize, Result<Vec<u8>, TransferError>)>,
     spare_tx: mpsc::SyncSender<Vec<u8>>,
@@ -78,7 +103,7 @@ fn write_in_order(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), TransferError> {
     let mut pending = std::collections::BTreeMap::new();
-    let mut next = 0;
+    let mut next = start;
     while next < total {
         let Ok((index, result)) = done_rx.recv() else { return Err(TransferError::Interrupted) };
         pending.insert(index, result?);
@@ -93,37 +118,81 @@ fn write_in_order(
     out.flush().map_err(|source| TransferError::WriteOutput { source })
 }
 
-fn read_and_open(store: &Store, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
+fn read_and_open(source: &dyn Source, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
     buf.reserve(chunk.len as usize + TAG_LEN);
-    store.read_chunk(&chunk.id, chunk.len, buf)?;
+    source.read(chunk, buf)?;
     open_chunk(&chunk.key, buf).map_err(|_| TransferError::ChunkAuth(chunk.id))?;
     Ok(())
 }
 
 /// Writes the file to `path` through a temp file beside it, renamed into
-/// place only when every byte is verified and written. On failure nothing
-/// appears under `path` and the temp file is removed.
+/// place only when every byte is verified and written.
+///
+/// The temp file is named after the manifest, so a pull that failed with
+/// `keep_partial` set resumes where it stopped: the chunks already in the
+/// temp file are checked (sealed again with their keys, the result compared
+/// with their ids) and only the rest are read from `source`. Without
+/// `keep_partial`, a failure removes the temp file.
 pub fn write_to_path(
-    store: &Store,
+    source: &dyn Source,
     manifest: &Manifest,
+    manifest_id: &ManifestId,
     path: &Path,
     parallelism: Parallelism,
+    keep_partial: bool,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(), TransferError> {
-    let tmp = temp_path_beside(path);
+) -> Result<PullOutcome, TransferError> {
+    let tmp = partial_path(path, manifest_id);
     let output_err = |source: io::Error| TransferError::CreateOutput { path: path.to_owned(), source };
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(output_err)?;
-    let result = write_to(store, manifest, &mut file, parallelism, progress).and_then(|()| {
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&tmp).map_err(output_err)?;
+    let (resumed, offset) = verified_prefix(&mut file, manifest).map_err(output_err)?;
+    file.set_len(offset).map_err(output_err)?;
+    file.seek(SeekFrom::Start(offset)).map_err(output_err)?;
+    progress(offset);
+    let result = write_from(source, manifest, resumed, &mut file, parallelism, progress).and_then(|()| {
         drop(file);
         fs::rename(&tmp, path).map_err(output_err)
     });
-    if result.is_err() {
+    if result.is_err() && !keep_partial {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| PullOutcome { resumed_chunks: resumed, resumed_bytes: offset })
 }
 
-fn temp_path_beside(path: &Path) -> PathBuf {
+/// What a pull to a file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullOutcome {
+    /// Chunks found already written (and verified) by an earlier, interrupted pull.
+    pub resumed_chunks: usize,
+    /// Their bytes.
+    pub resumed_bytes: u64,
+}
+
+/// How many leading chunks of `file` are the manifest's, verified, and the byte offset after them.
+fn verified_prefix(file: &mut File, manifest: &Manifest) -> io::Result<(usize, u64)> {
+    let len = file.metadata()?.len();
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for (index, chunk) in manifest.chunks.iter().enumerate() {
+        let end = offset + u64::from(chunk.len);
+        if end > len {
+            return Ok((index, offset));
+        }
+        buf.clear();
+        buf.reserve(chunk.len as usize + TAG_LEN);
+        file.seek(SeekFrom::Start(offset))?;
+        Read::by_ref(file).take(u64::from(chunk.len)).read_to_end(&mut buf)?;
+        if seal_chunk(&chunk.key, &mut buf) != chunk.id {
+            return Ok((index, offset));
+        }
+        offset = end;
+    }
+    Ok((manifest.chunks.len(), offset))
+}
+
+/// `.NAME.<manifest id prefix>.p2pfs-partial` beside `path`.
+pub fn partial_path(path: &Path, manifest_id: &ManifestId) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{:08x}.p2pfs-partial", rand::random::<u32>()))
+    path.with_file_name(format!(".{name}.{}.p2pfs-partial", manifest_id.short(16)))
 }

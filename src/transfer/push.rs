@@ -37,9 +37,51 @@ pub struct PushReport {
     pub elapsed: Duration,
 }
 
-/// Pushes everything `input` yields as a new version of `name`.
+/// Where a push puts chunks: the local store, or peers (`transfer::remote`).
+pub trait Destination: Sync {
+    /// Whether chunk `id` is already stored wherever it must be, so it need
+    /// be neither sealed again nor sent.
+    fn holds(&self, id: &ChunkId) -> bool;
+
+    /// Stores a sealed chunk durably. Returns whether any bytes were written or sent.
+    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError>;
+
+    /// Makes a version's manifest, pin and log entry durable at the
+    /// destination, after all its chunks and before it is recorded locally.
+    fn publish(&self, _version: &Published<'_>) -> Result<(), TransferError> {
+        Ok(())
+    }
+}
+
+/// A new version, ready to be published to peers.
+pub struct Published<'a> {
+    /// The manifest's id.
+    pub manifest: ManifestId,
+    /// Its sealed envelope.
+    pub envelope: &'a [u8],
+    /// Its chunks, in file order.
+    pub chunks: &'a [ChunkId],
+    /// The owner's log entry recording it.
+    pub entry: &'a crate::manifest::log::LogEntry,
+}
+
+impl Destination for Store {
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.has_chunk(id)
+    }
+
+    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError> {
+        Ok(self.put_chunk(id, ciphertext)?)
+    }
+}
+
+/// Pushes everything `input` yields as a new version of `name`: chunks go
+/// to `destination`, the manifest and log entry to `store` (and, through
+/// [`Destination::publish`], to the destination).
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub fn push(
     store: &Store,
+    destination: &dyn Destination,
     owner: &OwnerKeys,
     name: &str,
     input: impl Read + Send,
@@ -50,7 +92,7 @@ pub fn push(
     let started = Instant::now();
     let mut history = History::replay(owner, store.meta().log(&owner.owner_id())?)?;
     let cuts = CutPoints::new(chunker, GearTable::from_seed(owner.chunker_seed()))?;
-    let outcome = store_chunks(store, owner, input, cuts, parallelism, progress)?;
+    let outcome = store_chunks(store, destination, owner, input, cuts, parallelism, progress)?;
 
     let manifest = Manifest::new(name.to_owned(), outcome.chunks);
     let fresh = EnvelopeRandomness {
@@ -72,7 +114,14 @@ pub fn push(
         },
     };
     let entry = history.append(owner, record, rand::random())?;
-    let pin = PinRecord { owner: owner.owner_id(), chunks: manifest.chunks.iter().map(|c| c.id).collect() };
+    let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    destination.publish(&Published {
+        manifest: manifest_id,
+        envelope: &envelope,
+        chunks: &chunk_ids,
+        entry: &entry,
+    })?;
+    let pin = PinRecord { owner: owner.owner_id(), chunks: chunk_ids };
     store.meta().commit(&[entry], &[(manifest_id, pin)], &[], &outcome.sealed)?;
 
     let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
@@ -110,6 +159,7 @@ struct ChunkOutcome {
 
 fn store_chunks(
     store: &Store,
+    destination: &dyn Destination,
     owner: &OwnerKeys,
     input: impl Read + Send,
     cuts: CutPoints,
@@ -160,7 +210,7 @@ fn store_chunks(
                 loop {
                     let job = work_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok((index, mut buf)) = job else { break };
-                    let outcome = seal_and_store(store, owner, &mut buf);
+                    let outcome = seal_and_store(store, destination, owner, &mut buf);
                     // The reader may have finished; then the buffer is freed here.
                     let _ = spare_tx.send(buf);
                     if done_tx.send((index, outcome)).is_err() {
@@ -209,16 +259,21 @@ fn collect(
     Ok(stored)
 }
 
-fn seal_and_store(store: &Store, owner: &OwnerKeys, buf: &mut Vec<u8>) -> Result<ChunkOutcome, TransferError> {
+fn seal_and_store(
+    store: &Store,
+    destination: &dyn Destination,
+    owner: &OwnerKeys,
+    buf: &mut Vec<u8>,
+) -> Result<ChunkOutcome, TransferError> {
     let len = u32::try_from(buf.len()).expect("chunks are at most MAX_CHUNK_SIZE (16 MiB)");
     let key: ChunkKey = owner.chunk_key(buf);
     let tag = key.lookup_tag();
     if let Some(id) = store.meta().lookup_sealed(&tag)?
-        && store.has_chunk(&id)
+        && destination.holds(&id)
     {
         return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
     }
     let id = seal_chunk(&key, buf);
-    let written = store.put_chunk(&id, buf)?;
+    let written = destination.put(&id, buf)?;
     Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
 }

@@ -475,6 +475,31 @@ pub struct Error {
     pub message: BoundedString<MAX_ERROR_MESSAGE_LEN>,
 }
 
+/// The signature domain of `Pin` (docs/PROTOCOL.md, "Signatures").
+pub const PIN_DOMAIN: &str = "p2pfs pin v1";
+/// The signature domain of `Unpin`.
+pub const UNPIN_DOMAIN: &str = "p2pfs unpin v1";
+
+/// What a `Pin`'s owner signs: `owner ‖ manifest ‖ chunks as u32 LE ‖ BLAKE3(chunk id bytes)`.
+pub fn pin_message(owner: &OwnerId, manifest: &ManifestId, chunks: &[ChunkId]) -> Vec<u8> {
+    let mut ids = blake3::Hasher::new();
+    for id in chunks {
+        ids.update(id.as_bytes());
+    }
+    let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let mut message = Vec::with_capacity(32 + 32 + 4 + 32);
+    message.extend_from_slice(owner.as_bytes());
+    message.extend_from_slice(manifest.as_bytes());
+    message.extend_from_slice(&count.to_le_bytes());
+    message.extend_from_slice(ids.finalize().as_bytes());
+    message
+}
+
+/// What an `Unpin`'s owner signs: `owner ‖ manifest`.
+pub fn unpin_message(owner: &OwnerId, manifest: &ManifestId) -> Vec<u8> {
+    [owner.as_bytes().as_slice(), manifest.as_bytes()].concat()
+}
+
 impl Frame {
     /// Raw bytes that follow this frame on its stream.
     pub fn payload_len(&self) -> u64 {

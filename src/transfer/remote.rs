@@ -1,0 +1,400 @@
+//! Peers as a push destination and a pull source.
+//!
+//! A [`Swarm`] is the set of peers one push or pull talks to: every known
+//! peer it could reach at the start, each a verified QUIC connection. The
+//! pipelines' worker threads call into it and wait on the tokio runtime, so
+//! each worker is one request in flight, on its own stream: a push with 16
+//! workers has 16 chunks in flight, spread over the peers by placement.
+//!
+//! - Push ([`Replicate`]): each chunk goes to the R best-placed live peers
+//!   (rendezvous order); a peer that fails is dropped and the chunk goes to
+//!   the next one in that order. A chunk counts only when acked, and a peer
+//!   acks only once the chunk is durable. Chunks of the name's previous
+//!   version are asked about first (batched `Has`), so unchanged chunks are
+//!   neither sealed nor sent again.
+//! - Pull ([`Fetch`]): each chunk from the best-placed live peer that has
+//!   it; one that fails or sends bytes that do not hash to the chunk's id is
+//!   dropped for the rest of the pull and the next replica is used.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+use super::TransferError;
+use super::placement;
+use super::pull::Source;
+use super::push::{Destination, Published};
+use crate::crypto::OwnerKeys;
+use crate::id::{ChunkId, ManifestId, NodeId};
+use crate::manifest::ChunkRef;
+use crate::net::{Net, NetError, Peer};
+use crate::node::peers::KnownPeer;
+use crate::store::Store;
+use crate::wire::{self, ErrorCode, PeerInfo, Pin, Signature, Unpin};
+
+/// One peer of a swarm, and what this transfer did with it.
+pub struct Member {
+    peer: Peer,
+    gone: AtomicBool,
+    failure: Mutex<Option<String>>,
+    chunks_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    chunks_fetched: AtomicU64,
+}
+
+/// What one peer got or gave in a transfer, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberReport {
+    /// The peer.
+    pub node: NodeId,
+    /// Where it was reached.
+    pub addr: SocketAddr,
+    /// Chunks it acked (push).
+    pub chunks_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Chunks fetched from it (pull).
+    pub chunks_fetched: u64,
+    /// Why it was dropped, if it was.
+    pub failure: Option<String>,
+}
+
+/// The peers one transfer talks to.
+pub struct Swarm {
+    runtime: Handle,
+    members: Vec<Member>,
+    nodes: Vec<NodeId>,
+    /// Peers that could not be reached at the start, and why.
+    pub unreachable: Vec<(NodeId, String)>,
+    /// Peers learned from the others (by peer exchange), to remember.
+    pub learned: Vec<PeerInfo>,
+}
+
+impl Swarm {
+    /// Connects to every peer of `known` at once; the ones that answer are
+    /// the swarm. Then asks them for the peers they know, and connects to
+    /// those too (one round).
+    pub async fn connect(runtime: Handle, net: &Net, known: &[KnownPeer]) -> Swarm {
+        let mut swarm =
+            Swarm { runtime, members: Vec::new(), nodes: Vec::new(), unreachable: Vec::new(), learned: Vec::new() };
+        swarm.dial(net, known).await;
+        let mut learned: HashMap<NodeId, PeerInfo> = HashMap::new();
+        let exchanges = swarm.members.iter().map(|m| m.peer.exchange_peers(Vec::new()));
+        for peers in join_all(exchanges).await.into_iter().flatten() {
+            for info in peers {
+                let new = info.node != net.node_id()
+                    && !swarm.nodes.contains(&info.node)
+                    && !swarm.unreachable.iter().any(|(n, _)| *n == info.node);
+                if new {
+                    learned.insert(info.node, info);
+                }
+            }
+        }
+        let more: Vec<KnownPeer> = learned
+            .values()
+            .map(|info| KnownPeer { node: info.node, addrs: info.addrs.iter().map(|&a| a.into()).collect() })
+            .collect();
+        swarm.dial(net, &more).await;
+        swarm.learned = learned.into_values().collect();
+        swarm
+    }
+
+    async fn dial(&mut self, net: &Net, known: &[KnownPeer]) {
+        let attempts = known.iter().map(|peer| async move {
+            let mut last = String::from("no address known");
+            for &addr in &peer.addrs {
+                match net.connect(peer.node, addr).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err((peer.node, last))
+        });
+        for result in join_all(attempts).await {
+            match result {
+                Ok(peer) => {
+                    self.nodes.push(peer.node_id());
+                    self.members.push(Member {
+                        peer,
+                        gone: AtomicBool::new(false),
+                        failure: Mutex::new(None),
+                        chunks_sent: AtomicU64::new(0),
+                        bytes_sent: AtomicU64::new(0),
+                        chunks_fetched: AtomicU64::new(0),
+                    });
+                }
+                Err(unreachable) => self.unreachable.push(unreachable),
+            }
+        }
+    }
+
+    /// How many peers answered.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether no peer answered.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// How many peers are still usable.
+    pub fn live(&self) -> usize {
+        self.members.iter().filter(|m| !m.gone.load(Ordering::Relaxed)).count()
+    }
+
+    /// Live members' indices, best-placed first for `id`.
+    fn ranked(&self, id: &[u8; 32]) -> Vec<usize> {
+        placement::rank(&self.nodes, id)
+            .into_iter()
+            .filter(|&i| !self.members[i].gone.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Drops a member for the rest of this transfer.
+    fn drop_member(&self, index: usize, why: &NetError) {
+        let member = &self.members[index];
+        if !member.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!("dropping peer {}: {why}", member.peer.node_id().short(16));
+            *member.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_string());
+        }
+    }
+
+    /// Whether an error means "do not use this peer again in this transfer".
+    fn disqualifies(error: &NetError) -> bool {
+        error.peer_is_gone()
+            || matches!(error, NetError::Corrupt { .. } | NetError::Decode { .. } | NetError::Unexpected { .. })
+            || error.remote_code() == Some(ErrorCode::STORAGE_FULL.0)
+    }
+
+    /// What each peer did, for the summary.
+    pub fn report(&self) -> Vec<MemberReport> {
+        self.members
+            .iter()
+            .map(|m| MemberReport {
+                node: m.peer.node_id(),
+                addr: m.peer.remote_addr(),
+                chunks_sent: m.chunks_sent.load(Ordering::Relaxed),
+                bytes_sent: m.bytes_sent.load(Ordering::Relaxed),
+                chunks_fetched: m.chunks_fetched.load(Ordering::Relaxed),
+                failure: m.failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            })
+            .collect()
+    }
+
+    /// Fetches a manifest envelope: best-placed peers first, then the rest.
+    pub fn fetch_manifest(&self, id: &ManifestId) -> Result<Vec<u8>, TransferError> {
+        let mut reasons = Vec::new();
+        for index in placement::rank(&self.nodes, id.as_bytes()) {
+            let member = &self.members[index];
+            match self.runtime.block_on(member.peer.get_manifest(*id)) {
+                Ok(Some(envelope)) => return Ok(envelope),
+                Ok(None) => reasons.push(format!("{}: not there", member.peer.node_id().short(16))),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        Err(TransferError::ManifestUnavailable {
+            manifest: *id,
+            peers: self.members.len(),
+            reasons: reasons.join("; "),
+        })
+    }
+
+    /// Removes an owner's pins of `manifests` on every live peer. Returns the
+    /// peers that did not confirm, with why.
+    pub fn unpin(&self, owner: &OwnerKeys, manifests: &[ManifestId]) -> Vec<String> {
+        let mut failures = Vec::new();
+        for manifest in manifests {
+            let signature = owner.sign(wire::UNPIN_DOMAIN, &wire::unpin_message(&owner.owner_id(), manifest));
+            let unpin = Unpin { owner: owner.owner_id(), manifest: *manifest, signature: Signature(signature) };
+            let calls = self.members.iter().map(|m| m.peer.unpin(unpin.clone()));
+            failures.extend(
+                self.runtime.block_on(join_all(calls)).into_iter().filter_map(|r| r.err().map(|e| e.to_string())),
+            );
+        }
+        failures
+    }
+}
+
+/// Push to peers: R replicas per chunk.
+pub struct Replicate<'a> {
+    swarm: &'a Swarm,
+    owner: &'a OwnerKeys,
+    /// Replicas wanted per chunk.
+    pub replicas: usize,
+    /// Peers holding each chunk of the previous version (from the batched `Has`).
+    held: HashMap<ChunkId, usize>,
+}
+
+impl<'a> Replicate<'a> {
+    /// Replication to `replicas` peers per chunk (capped by the swarm's size).
+    /// `previous` are chunks likely to be there already (the name's previous
+    /// version); every live peer is asked about them in batched `Has` requests.
+    pub fn new(swarm: &'a Swarm, owner: &'a OwnerKeys, replicas: usize, previous: &[ChunkId]) -> Self {
+        let replicas = replicas.clamp(1, swarm.len().max(1));
+        let mut held: HashMap<ChunkId, usize> = HashMap::new();
+        if !previous.is_empty() {
+            let asks = swarm.members.iter().map(|m| m.peer.has(previous));
+            for (index, answer) in swarm.runtime.block_on(join_all(asks)).into_iter().enumerate() {
+                match answer {
+                    Ok(present) => {
+                        for (id, _) in previous.iter().zip(present).filter(|(_, p)| *p) {
+                            *held.entry(*id).or_default() += 1;
+                        }
+                    }
+                    Err(e) => swarm.drop_member(index, &e),
+                }
+            }
+        }
+        Self { swarm, owner, replicas, held }
+    }
+}
+
+impl Destination for Replicate<'_> {
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.held.get(id).is_some_and(|&n| n >= self.replicas)
+    }
+
+    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError> {
+        let swarm = self.swarm;
+        let mut acked = 0;
+        let mut tried = vec![false; swarm.members.len()];
+        let mut failures = Vec::new();
+        while acked < self.replicas {
+            let batch: Vec<usize> =
+                swarm.ranked(id.as_bytes()).into_iter().filter(|&i| !tried[i]).take(self.replicas - acked).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let puts = batch.iter().map(|&i| swarm.members[i].peer.put_chunk(*id, ciphertext));
+            for (&index, result) in batch.iter().zip(swarm.runtime.block_on(join_all(puts))) {
+                tried[index] = true;
+                let member = &swarm.members[index];
+                match result {
+                    Ok(()) => {
+                        acked += 1;
+                        member.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                        member.bytes_sent.fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if Swarm::disqualifies(&e) {
+                            swarm.drop_member(index, &e);
+                        }
+                        failures.push(e.to_string());
+                    }
+                }
+            }
+        }
+        if acked < self.replicas {
+            return Err(TransferError::Replication {
+                chunk: *id,
+                acked,
+                wanted: self.replicas,
+                reasons: failures.join("; "),
+            });
+        }
+        Ok(true)
+    }
+
+    fn publish(&self, version: &Published<'_>) -> Result<(), TransferError> {
+        let swarm = self.swarm;
+        let owner_id = self.owner.owner_id();
+        let message = wire::pin_message(&owner_id, &version.manifest, version.chunks);
+        let signature = Signature(self.owner.sign(wire::PIN_DOMAIN, &message));
+        let pin = Pin {
+            owner: owner_id,
+            manifest: version.manifest,
+            chunks: u32::try_from(version.chunks.len()).unwrap_or(u32::MAX),
+            signature,
+        };
+        let entry = version.entry.encode();
+        let entry_hash = version.entry.hash();
+        // Every live peer keeps the manifest, the pin and the head: the
+        // manifest is small, and any of them can then serve a pull by id.
+        let publish = |peer: &Peer| {
+            let (pin, entry) = (pin.clone(), entry.clone());
+            let peer = peer.clone();
+            async move {
+                peer.put_manifest(version.manifest, version.envelope).await?;
+                peer.pin(pin, version.chunks).await?;
+                match peer.put_head(entry, entry_hash).await {
+                    // A newer head from another machine of this owner is fine.
+                    Err(e) if e.remote_code() == Some(ErrorCode::STALE_HEAD.0) => Ok(()),
+                    other => other,
+                }
+            }
+        };
+        let live: Vec<usize> =
+            (0..swarm.members.len()).filter(|&i| !swarm.members[i].gone.load(Ordering::Relaxed)).collect();
+        let calls = live.iter().map(|&i| publish(&swarm.members[i].peer));
+        let mut published = 0;
+        let mut failures = Vec::new();
+        for (&index, result) in live.iter().zip(swarm.runtime.block_on(join_all(calls))) {
+            match result {
+                Ok(()) => published += 1,
+                Err(e) => {
+                    swarm.drop_member(index, &e);
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        if published < self.replicas {
+            return Err(TransferError::Replication {
+                chunk: ChunkId(version.manifest.0),
+                acked: published,
+                wanted: self.replicas,
+                reasons: format!("publishing the manifest: {}", failures.join("; ")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Pull from peers (and the local store first, if it has a chunk).
+pub struct Fetch<'a> {
+    swarm: &'a Swarm,
+    local: Option<&'a Store>,
+}
+
+impl<'a> Fetch<'a> {
+    /// Fetching from `swarm`, and from `local` first when given.
+    pub fn new(swarm: &'a Swarm, local: Option<&'a Store>) -> Self {
+        Self { swarm, local }
+    }
+}
+
+impl Source for Fetch<'_> {
+    fn read(&self, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
+        if let Some(store) = self.local
+            && store.has_chunk(&chunk.id)
+            && store.read_chunk(&chunk.id, chunk.len, buf).is_ok()
+        {
+            return Ok(());
+        }
+        let swarm = self.swarm;
+        let mut reasons = Vec::new();
+        for index in swarm.ranked(chunk.id.as_bytes()) {
+            let member = &swarm.members[index];
+            match swarm.runtime.block_on(member.peer.get_chunk(chunk.id, buf)) {
+                Ok(true) => {
+                    member.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(false) => reasons.push(format!("{}: not there", member.peer.node_id().short(16))),
+                Err(e) => {
+                    if Swarm::disqualifies(&e) {
+                        swarm.drop_member(index, &e);
+                    }
+                    reasons.push(e.to_string());
+                }
+            }
+        }
+        Err(TransferError::ChunkUnavailable { chunk: chunk.id, live: swarm.live(), reasons: reasons.join("; ") })
+    }
+}
