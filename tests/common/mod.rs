@@ -141,3 +141,79 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A running `p2pfs serve` on 127.0.0.1, killed when dropped.
+pub struct Server {
+    pub node: Node,
+    pub child: std::process::Child,
+    pub addr: String,
+    pub id: String,
+}
+
+impl Server {
+    /// Starts a node on a free port (`127.0.0.1:0`) with a fresh home.
+    pub fn start() -> Self {
+        let node = Node::new();
+        node.ok(&["init"]);
+        Self::start_in(node, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a node with `home` listening on `listen`, optionally bootstrapping.
+    pub fn start_in(node: Node, listen: &str, bootstrap: &[&str]) -> Self {
+        let mut command = node.command();
+        command.args(["serve", "--listen", listen]);
+        for peer in bootstrap {
+            command.args(["--bootstrap", peer]);
+        }
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
+        let pid = child.id();
+        let serve_file = node.home.join("serve.json");
+        let mut info = serde_json::Value::Null;
+        wait_until(Duration::from_secs(20), "the node writes serve.json", || {
+            info = fs::read(&serve_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            info["pid"].as_u64() == Some(u64::from(pid))
+        });
+        let addr = info["addrs"][0].as_str().unwrap().to_owned();
+        let id = info["node"].as_str().unwrap().to_owned();
+        Self { node, child, addr, id }
+    }
+
+    /// `NODEID@ADDR`.
+    pub fn node_addr(&self) -> String {
+        format!("{}@{}", self.id, self.addr)
+    }
+
+    /// The join token of this node's network.
+    pub fn invite(&self) -> String {
+        self.node.ok(&["invite"]).trim().to_owned()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the node and starts it again on the same home and port.
+    pub fn restart(mut self) -> Self {
+        self.kill();
+        let addr = self.addr.clone();
+        let node = std::mem::replace(&mut self.node, Node::new());
+        Server::start_in(node, &addr, &[])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client home that joined the network with `token`, with small chunks.
+pub fn client(token: &str) -> Node {
+    let node = Node::new();
+    node.ok(&["init", "--join", token]);
+    node.set_chunker(SMALL_CHUNKS);
+    node
+}

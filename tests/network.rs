@@ -1,0 +1,231 @@
+//! Several real `p2pfs serve` processes on 127.0.0.1: replication, failover,
+//! restarts, membership, pinned keys, key export and share tickets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Node, Server, client, random_bytes, wait_until};
+
+/// Three nodes that know each other through the first one's bootstrap.
+fn three_nodes() -> Vec<Server> {
+    let a = Server::start();
+    let token = a.invite();
+    let mut servers = vec![a];
+    for _ in 0..2 {
+        let node = Node::new();
+        node.ok(&["init", "--join", &token]);
+        servers.push(Server::start_in(node, "127.0.0.1:0", &[&servers[0].node_addr()]));
+    }
+    // Peer exchange: the first node learns the others when they dial it.
+    let peers_file = servers[0].node.home.join("peers.json");
+    wait_until(Duration::from_secs(20), "the first node knows the other two", || {
+        fs::read_to_string(&peers_file).is_ok_and(|t| servers[1..].iter().all(|s| t.contains(&s.id)))
+    });
+    servers
+}
+
+/// How many copies of each chunk the servers hold between them.
+fn replica_counts(servers: &[&Server]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for server in servers {
+        for file in server.node.chunk_files() {
+            *counts.entry(file.file_name().unwrap().to_string_lossy().into_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn three_nodes_keep_two_replicas_and_survive_a_killed_node() {
+    let mut servers = three_nodes();
+    let me = client(&servers[0].invite());
+    let data = random_bytes(6 << 20, 1);
+    let file = me.write("data.bin", &data);
+    let out = me.command().args(["push", "--replicas", "2", file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("every chunk has 2 durable replicas"), "{summary}");
+    for server in &servers {
+        assert!(summary.contains(&server.id[..16]), "the summary names every peer: {summary}");
+    }
+    let counts = replica_counts(&servers.iter().collect::<Vec<_>>());
+    assert!(counts.len() > 20, "many chunks: {}", counts.len());
+    assert!(counts.values().all(|&n| n == 2), "exactly two replicas of each chunk: {counts:?}");
+    assert!(me.chunk_files().is_empty(), "a networked push keeps no chunks locally");
+
+    // Kill the node with the most chunks: every chunk still has a live copy.
+    let busiest = (0..3).max_by_key(|&i| servers[i].node.chunk_files().len()).unwrap();
+    servers[busiest].kill();
+    me.ok(&["pull", "data.bin", "-o", "back.bin"]);
+    assert_eq!(fs::read(me.work.join("back.bin")).unwrap(), data);
+
+    // Restart it and kill another: the restarted node serves its chunks again.
+    let restarted = servers.remove(busiest).restart();
+    servers[0].kill();
+    let out = me.command().args(["pull", "data.bin", "-o", "again.bin"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(me.work.join("again.bin")).unwrap(), data);
+    let report = String::from_utf8_lossy(&out.stderr);
+    let fetched_from_restarted = report
+        .lines()
+        .find(|l| l.contains(&restarted.id[..16]))
+        .is_some_and(|l| !l.contains(": 0 chunks fetched"));
+    assert!(fetched_from_restarted, "the restarted node served chunks: {report}");
+}
+
+#[test]
+fn a_node_killed_during_a_push_never_yields_a_false_success() {
+    let mut servers = three_nodes();
+    let me = client(&servers[0].invite());
+    let data = random_bytes(8 << 20, 2);
+    let mut push = me
+        .command()
+        .args(["push", "-", "--name", "live.bin", "--replicas", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(&data[..3 << 20]).unwrap();
+    stdin.flush().unwrap();
+    wait_until(Duration::from_secs(30), "some chunks reach the nodes", || {
+        servers.iter().map(|s| s.node.chunk_files().len()).sum::<usize>() >= 8
+    });
+    servers[2].kill();
+    stdin.write_all(&data[3 << 20..]).unwrap();
+    drop(stdin);
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // Success means two durable copies of every chunk, the dead node's disk included.
+        let counts = replica_counts(&servers.iter().collect::<Vec<_>>());
+        assert!(counts.values().all(|&n| n >= 2), "{counts:?}\n{stderr}");
+        let pulled = me.run(&["pull", "live.bin", "-o", "-"]);
+        assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+        assert!(pulled.stdout == data, "the pulled bytes are the pushed bytes");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("reached") || stderr.contains("peer"), "a clear error: {stderr}");
+        me.fails(&["pull", "live.bin", "-o", "-"], 1);
+    }
+}
+
+#[test]
+fn a_key_that_does_not_match_the_dialled_node_is_refused() {
+    let a = Server::start();
+    let impostor = Server::start_in(
+        {
+            let node = Node::new();
+            node.ok(&["init", "--join", &a.invite()]);
+            node
+        },
+        "127.0.0.1:0",
+        &[],
+    );
+    // The client believes A lives at the impostor's address.
+    let me = Node::new();
+    me.ok(&["init"]);
+    fs::copy(a.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
+    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, impostor.addr);
+    fs::write(me.home.join("peers.json"), table).unwrap();
+    let file = me.write("secret.bin", &random_bytes(100_000, 3));
+    let stderr = me.fails(&["push", file.to_str().unwrap()], 1);
+    assert!(stderr.contains("no peer reachable"), "{stderr}");
+    assert!(impostor.node.chunk_files().is_empty(), "nothing was sent to the impostor");
+    let peers = me.ok(&["peers"]);
+    assert!(peers.contains("unreachable"), "{peers}");
+}
+
+#[test]
+fn a_node_without_the_network_key_is_refused_before_any_request() {
+    let a = Server::start();
+    let outsider = Node::new();
+    outsider.ok(&["init"]);
+    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, a.addr);
+    fs::write(outsider.home.join("peers.json"), table).unwrap();
+    let file = outsider.write("x.bin", &random_bytes(100_000, 4));
+    let stderr = outsider.fails(&["push", file.to_str().unwrap()], 1);
+    assert!(stderr.contains("not a member"), "{stderr}");
+    assert!(a.node.chunk_files().is_empty() && a.node.manifest_files().is_empty());
+    let stderr = outsider.fails(&["pull", &"ab".repeat(32)], 1);
+    assert!(stderr.contains("not a member"), "{stderr}");
+}
+
+#[test]
+fn the_owner_key_moves_and_a_share_ticket_reads_one_version_only() {
+    let a = Server::start();
+    let token = a.invite();
+    let owner = client(&token);
+    let v1 = random_bytes(1 << 20, 5);
+    let v2 = random_bytes(1 << 20, 6);
+    let id1 = owner.push(&owner.write("doc.bin", &v1), &[]);
+    let id2 = owner.push(&owner.write("doc.bin", &v2), &[]);
+
+    // The same owner on another machine: a new home, the exported key.
+    let laptop = client(&token);
+    let key = owner.ok(&["key", "export"]);
+    fs::write(laptop.work.join("owner.key"), &key).unwrap();
+    laptop.ok(&["key", "import", "owner.key"]);
+    laptop.ok(&["pull", &id2, "-o", "v2.bin"]);
+    assert_eq!(fs::read(laptop.work.join("v2.bin")).unwrap(), v2);
+
+    // Another owner: the ticket of v1 reads v1, and v2 stays closed.
+    let friend = client(&token);
+    let ticket = owner.ok(&["share", "doc.bin@1"]).trim().to_owned();
+    friend.ok(&["pull", &ticket, "-o", "shared.bin"]);
+    assert_eq!(fs::read(friend.work.join("shared.bin")).unwrap(), v1);
+    let stderr = friend.fails(&["pull", &id2, "-o", "stolen.bin"], 1);
+    assert!(stderr.contains("another owner key"), "{stderr}");
+    assert!(!friend.work.join("stolen.bin").exists());
+    let _ = id1;
+}
+
+#[test]
+fn a_rerun_pull_resumes_after_a_peer_comes_back() {
+    let a = Server::start();
+    let token = a.invite();
+    let b = Server::start_in(
+        {
+            let node = Node::new();
+            node.ok(&["init", "--join", &token]);
+            node
+        },
+        "127.0.0.1:0",
+        &[],
+    );
+    let me = client(&token);
+    fs::write(
+        me.home.join("peers.json"),
+        format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}},{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, a.addr, b.id, b.addr),
+    )
+    .unwrap();
+    let data = random_bytes(4 << 20, 7);
+    me.push(&me.write("big.bin", &data), &["--replicas", "1"]);
+    assert!(!a.node.chunk_files().is_empty() && !b.node.chunk_files().is_empty(), "chunks spread over both");
+
+    let b = {
+        let mut b = b;
+        b.kill();
+        b
+    };
+    let stderr = me.fails(&["pull", "big.bin", "-o", "out.bin"], 1);
+    assert!(stderr.contains("no peer could give chunk"), "{stderr}");
+    assert!(!me.work.join("out.bin").exists(), "no output under its name until complete");
+    let partial = me.work_files().into_iter().find(|p| p.to_string_lossy().ends_with(".p2pfs-partial"));
+    let partial_len = partial.as_ref().map_or(0, |p| fs::metadata(p).unwrap().len());
+
+    let _b = b.restart();
+    let out = me.command().args(["pull", "big.bin", "-o", "out.bin"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(me.work.join("out.bin")).unwrap(), data);
+    if partial_len > 0 {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resumed an interrupted pull"));
+    }
+    assert!(me.work_files().iter().all(|p| !p.to_string_lossy().ends_with(".p2pfs-partial")));
+}
