@@ -71,10 +71,8 @@ fn three_nodes_keep_two_replicas_and_survive_a_killed_node() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(me.work.join("again.bin")).unwrap(), data);
     let report = String::from_utf8_lossy(&out.stderr);
-    let fetched_from_restarted = report
-        .lines()
-        .find(|l| l.contains(&restarted.id[..16]))
-        .is_some_and(|l| !l.contains(": 0 chunks fetched"));
+    let fetched_from_restarted =
+        report.lines().find(|l| l.contains(&restarted.id[..16])).is_some_and(|l| !l.contains(": 0 chunks fetched"));
     assert!(fetched_from_restarted, "the restarted node served chunks: {report}");
 }
 
@@ -202,7 +200,10 @@ fn a_rerun_pull_resumes_after_a_peer_comes_back() {
     let me = client(&token);
     fs::write(
         me.home.join("peers.json"),
-        format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}},{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, a.addr, b.id, b.addr),
+        format!(
+            r#"{{"peers":[{{"node":"{}","addrs":["{}"]}},{{"node":"{}","addrs":["{}"]}}]}}"#,
+            a.id, a.addr, b.id, b.addr
+        ),
     )
     .unwrap();
     let data = random_bytes(4 << 20, 7);

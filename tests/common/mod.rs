@@ -165,7 +165,8 @@ impl Server {
         for peer in bootstrap {
             command.args(["--bootstrap", peer]);
         }
-        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
+        let child =
+            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
         let pid = child.id();
         let serve_file = node.home.join("serve.json");
         let mut info = serde_json::Value::Null;

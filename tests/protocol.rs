@@ -1,0 +1,118 @@
+//! A member speaking the protocol directly to a real `p2pfs serve`: bad
+//! frames, forged pins and unpins. The client is the library's own `Net`.
+
+mod common;
+
+use std::time::Duration;
+
+use p2pfs::crypto::OwnerKeys;
+use p2pfs::home::Keys;
+use p2pfs::id::{ChunkId, ManifestId, NodeId};
+use p2pfs::net::Net;
+use p2pfs::net::stream::FrameReader;
+use p2pfs::wire::{self, ErrorCode, Frame, Pin, Signature, Unpin};
+
+use common::{Server, wait_until};
+
+/// A member of `server`'s network, connected to it.
+fn member_client(server: &Server, rt: &tokio::runtime::Runtime) -> (Net, p2pfs::net::Peer) {
+    let keys = Keys::load(&server.node.home).unwrap();
+    let _guard = rt.enter();
+    let net =
+        Net::bind("127.0.0.1:0".parse().unwrap(), &rand::random(), keys.network, Default::default(), false).unwrap();
+    let node: NodeId = server.id.parse().unwrap();
+    let peer = rt.block_on(net.connect(node, server.addr.parse().unwrap())).unwrap();
+    (net, peer)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn a_rejected_frame_closes_its_stream_and_the_node_serves_on() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    let reply = rt.block_on(async {
+        let (mut send, mut recv) = peer.open().await.unwrap();
+        // A frame of an unknown type 0x7f.
+        send.write_all(&[2, 0, 0, 0, 1, 0x7f]).await.unwrap();
+        let _ = send.finish();
+        FrameReader::new(&mut recv).next_frame().await.unwrap()
+    });
+    match reply {
+        Frame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::BAD_FRAME);
+            assert!(e.message.contains("unknown frame type"), "{}", &*e.message);
+        }
+        other => panic!("expected an Error frame, got {other:?}"),
+    }
+    // The same connection still works, and so does a second client.
+    rt.block_on(peer.ping()).unwrap();
+    let (_net2, other) = member_client(&server, &rt);
+    rt.block_on(other.ping()).unwrap();
+    // A chunk whose bytes do not hash to its id is refused and not stored.
+    let err = rt.block_on(peer.put_chunk(ChunkId([1; 32]), b"not those bytes")).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_FRAME.0), "{err}");
+    assert!(server.node.chunk_files().is_empty());
+}
+
+#[test]
+fn pins_and_unpins_signed_by_another_owner_are_rejected() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    let (alice, mallory) = (OwnerKeys::derive(&[1; 32]), OwnerKeys::derive(&[2; 32]));
+    let chunk = b"ciphertext of some chunk".to_vec();
+    let chunk_id = ChunkId::of(&chunk);
+    let manifest = ManifestId([9; 32]);
+    rt.block_on(peer.put_chunk(chunk_id, &chunk)).unwrap();
+
+    // Mallory signs a pin in Alice's name: refused.
+    let message = wire::pin_message(&alice.owner_id(), &manifest, &[chunk_id]);
+    let forged = Pin {
+        owner: alice.owner_id(),
+        manifest,
+        chunks: 1,
+        signature: Signature(mallory.sign(wire::PIN_DOMAIN, &message)),
+    };
+    let err = rt.block_on(peer.pin(forged, &[chunk_id])).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+
+    // Alice's own pin is accepted.
+    let pin = Pin {
+        owner: alice.owner_id(),
+        manifest,
+        chunks: 1,
+        signature: Signature(alice.sign(wire::PIN_DOMAIN, &message)),
+    };
+    rt.block_on(peer.pin(pin, &[chunk_id])).unwrap();
+
+    // Mallory cannot unpin it: neither in Alice's name nor in her own.
+    let unpin_message = wire::unpin_message(&alice.owner_id(), &manifest);
+    let forged = Unpin {
+        owner: alice.owner_id(),
+        manifest,
+        signature: Signature(mallory.sign(wire::UNPIN_DOMAIN, &unpin_message)),
+    };
+    let err = rt.block_on(peer.unpin(forged)).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    let own = wire::unpin_message(&mallory.owner_id(), &manifest);
+    let hers =
+        Unpin { owner: mallory.owner_id(), manifest, signature: Signature(mallory.sign(wire::UNPIN_DOMAIN, &own)) };
+    let err = rt.block_on(peer.unpin(hers)).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+
+    // Alice can, and the chunk stays on disk until the node collects garbage.
+    let unpin = Unpin {
+        owner: alice.owner_id(),
+        manifest,
+        signature: Signature(alice.sign(wire::UNPIN_DOMAIN, &unpin_message)),
+    };
+    rt.block_on(peer.unpin(unpin)).unwrap();
+    wait_until(Duration::from_secs(5), "the chunk is still served", || {
+        let mut buf = Vec::new();
+        rt.block_on(peer.get_chunk(chunk_id, &mut buf)).unwrap_or(false)
+    });
+}
