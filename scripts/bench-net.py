@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""End-to-end loopback benchmark: push and pull 1 GiB of random data to one
+`p2pfs serve` on 127.0.0.1 (two processes sharing this machine's cores), with
+the tuned transport and with quinn's defaults, beside `rsync -e ssh` of the
+same file in the same run.
+
+    cargo build --release && python3 scripts/bench-net.py [--size-mib 1024] [--runs 3] [--tmpfs]
+
+Every push goes to a fresh node, so all of its chunks travel. Reports the
+median MB/s (10^6 bytes/s) and the peak RSS of client and node. --tmpfs puts
+homes and files on /dev/shm, taking the disk (and fsync) out of the figures.
+Needs rsync and sshd for the baseline (installs them with apt-get if missing).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "p2pfs")
+
+
+def run(cmd, env=None, **kw):
+    return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, **kw)
+
+
+def timed(cmd, env):
+    """Wall seconds and peak RSS (KiB) of one command."""
+    start = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-v"] + cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1))
+    return elapsed, rss
+
+
+def env_for(home, transport):
+    env = dict(os.environ, P2PFS_HOME=home)
+    env.pop("RUST_LOG", None)
+    if transport == "default":
+        env["P2PFS_TRANSPORT"] = "default"
+    return env
+
+
+def start_node(base, transport):
+    home = tempfile.mkdtemp(dir=base, prefix="node-")
+    env = env_for(home, transport)
+    run([BIN, "init", "-q"], env)
+    proc = subprocess.Popen([BIN, "serve", "-q", "--listen", "127.0.0.1:0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = os.path.join(home, "serve.json")
+    deadline = time.time() + 20
+    while True:
+        try:
+            info = json.load(open(serve))
+            if info["pid"] == proc.pid:
+                break
+        except (OSError, ValueError):
+            pass
+        if time.time() > deadline:
+            sys.exit("the node did not start")
+        time.sleep(0.02)
+    token = run([BIN, "invite"], env).stdout.strip()
+    return proc, home, token
+
+
+def node_peak_rss(proc):
+    with open(f"/proc/{proc.pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+
+
+def stop_node(proc, home):
+    proc.terminate()
+    proc.wait()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def p2pfs_round(base, data, size, transport):
+    proc, node_home, token = start_node(base, transport)
+    client = tempfile.mkdtemp(dir=base, prefix="client-")
+    env = env_for(client, transport)
+    run([BIN, "init", "-q", "--join", token], env)
+    push_s, push_rss = timed([BIN, "push", "-q", data], env)
+    out = os.path.join(base, "pulled.bin")
+    pull_s, pull_rss = timed([BIN, "pull", "-q", "data.bin", "-o", out], env)
+    node_rss = node_peak_rss(proc)
+    if os.path.getsize(out) != size:
+        sys.exit("pulled file has the wrong size")
+    os.remove(out)
+    stop_node(proc, node_home)
+    shutil.rmtree(client, ignore_errors=True)
+    return size / push_s / 1e6, size / pull_s / 1e6, push_rss, pull_rss, node_rss
+
+
+def ensure_sshd(base):
+    if not shutil.which("sshd") and os.path.exists("/usr/sbin/sshd") is False or not shutil.which("rsync"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        run(["apt-get", "install", "-y", "-qq", "rsync", "openssh-server"],
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    keydir = tempfile.mkdtemp(dir=base, prefix="ssh-")
+    key = os.path.join(keydir, "id")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
+    host = os.path.join(keydir, "host")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host])
+    auth = os.path.join(keydir, "authorized_keys")
+    shutil.copy(key + ".pub", auth)
+    os.chmod(auth, 0o600)
+    os.makedirs("/run/sshd", exist_ok=True)
+    port = "2222"
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-p", port, "-h", host, "-o", f"AuthorizedKeysFile={auth}",
+                             "-o", "PermitRootLogin=yes", "-o", "StrictModes=no", "-o", "ListenAddress=127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ssh = f"ssh -p {port} -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    deadline = time.time() + 10
+    while subprocess.run(ssh.split() + ["127.0.0.1", "true"], capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            sys.exit("sshd did not start")
+        time.sleep(0.1)
+    return sshd, ssh
+
+
+def rsync_round(base, data, size, ssh):
+    dest = tempfile.mkdtemp(dir=base, prefix="rsync-")
+    start = time.perf_counter()
+    run(["rsync", "-a", "--whole-file", "-e", ssh, data, f"127.0.0.1:{dest}/"])
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(dest)
+    return size / elapsed / 1e6
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tmpfs", action="store_true")
+    args = parser.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    base = tempfile.mkdtemp(prefix="p2pfs-bench-net-", dir="/dev/shm" if args.tmpfs else None)
+    try:
+        data = os.path.join(base, "data.bin")
+        size = args.size_mib << 20
+        with open(data, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(1 << 20))
+        sshd, ssh = ensure_sshd(base)
+        results = {"tuned": [], "default": [], "rsync": []}
+        for i in range(args.runs):
+            for transport in ("tuned", "default"):
+                results[transport].append(p2pfs_round(base, data, size, transport))
+            results["rsync"].append(rsync_round(base, data, size, ssh))
+            print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+        sshd.terminate()
+        where = "tmpfs (/dev/shm)" if args.tmpfs else "disk"
+        print(f"{args.size_mib} MiB random data, one node on 127.0.0.1, homes on {where}, median of {args.runs}")
+        rsync = statistics.median(results["rsync"])
+        for transport in ("tuned", "default"):
+            rows = results[transport]
+            push = statistics.median(r[0] for r in rows)
+            pull = statistics.median(r[1] for r in rows)
+            print(f"  {transport:8} push {push:6.0f} MB/s ({push / rsync:.2f}x rsync)   "
+                  f"pull {pull:6.0f} MB/s ({pull / rsync:.2f}x rsync)   "
+                  f"peak RSS: push {max(r[2] for r in rows) / 1024:.0f} MiB, "
+                  f"pull {max(r[3] for r in rows) / 1024:.0f} MiB, node {max(r[4] for r in rows) / 1024:.0f} MiB")
+        print(f"  rsync -e ssh  {rsync:6.0f} MB/s")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
