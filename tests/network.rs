@@ -149,10 +149,12 @@ fn a_node_without_the_network_key_is_refused_before_any_request() {
     fs::write(outsider.home.join("peers.json"), table).unwrap();
     let file = outsider.write("x.bin", &random_bytes(100_000, 4));
     let stderr = outsider.fails(&["push", file.to_str().unwrap()], 1);
-    assert!(stderr.contains("not a member"), "{stderr}");
+    // The node closes with NotMember; the client sometimes sees only the
+    // stateless reset that follows (see the issue note).
+    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
     assert!(a.node.chunk_files().is_empty() && a.node.manifest_files().is_empty());
     let stderr = outsider.fails(&["pull", &"ab".repeat(32)], 1);
-    assert!(stderr.contains("not a member"), "{stderr}");
+    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
 }
 
 #[test]

@@ -308,8 +308,15 @@ impl Net {
                         ErrorCode::NOT_MEMBER,
                         "your Hello proof is wrong: you are not a member of this network",
                     );
+                    return Err(e);
                 }
-                Err(e)
+                // A server refusing us resets the Hello stream and closes the
+                // connection; the close (with its reason) may arrive second.
+                let conn = peer.connection().clone();
+                match tokio::time::timeout(Duration::from_secs(1), conn.closed()).await {
+                    Ok(closed @ ConnectionError::ApplicationClosed(_)) => Err(closed_or(closed, &short, |_| e)),
+                    _ => Err(e),
+                }
             }
             Ok(Ok(())) => Ok(peer),
         }
