@@ -84,6 +84,18 @@ pub struct Config {
     pub chunker: ChunkerConfig,
 }
 
+impl Config {
+    /// Reads and checks the home's `config.toml` (no lock needed: only `init` writes it).
+    pub fn load(home: &Path) -> Result<Self, HomeError> {
+        let config_path = home.join("config.toml");
+        let text = fs::read_to_string(&config_path).map_err(io_err("reading configuration", &config_path))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| HomeError::Config { path: config_path.clone(), reason: e.message().to_owned() })?;
+        config.chunker.validate().map_err(|e| HomeError::Config { path: config_path, reason: e.to_string() })?;
+        Ok(config)
+    }
+}
+
 /// The three secrets of a home.
 pub struct Keys {
     /// This machine's Ed25519 secret.
@@ -221,14 +233,7 @@ impl Home {
     pub fn open(path: &Path) -> Result<Self, HomeError> {
         let lock = lock(path)?;
         let keys = Keys::load(path)?;
-        let config_path = path.join("config.toml");
-        let text = fs::read_to_string(&config_path).map_err(io_err("reading configuration", &config_path))?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| HomeError::Config { path: config_path.clone(), reason: e.message().to_owned() })?;
-        config
-            .chunker
-            .validate()
-            .map_err(|e| HomeError::Config { path: config_path.clone(), reason: e.to_string() })?;
+        let config = Config::load(path)?;
         let store = Store::open(&path.join("store"))?;
         Ok(Self { path: path.to_owned(), keys, config, store, _lock: lock })
     }

@@ -232,3 +232,55 @@ fn a_rerun_pull_resumes_after_a_peer_comes_back() {
     }
     assert!(me.work_files().iter().all(|p| !p.to_string_lossy().ends_with(".p2pfs-partial")));
 }
+
+#[test]
+fn commands_on_a_served_home_go_through_its_node() {
+    let peer = Server::start();
+    let home = Node::new();
+    home.ok(&["init", "--join", &peer.invite()]);
+    home.set_chunker(common::SMALL_CHUNKS);
+    let served = Server::start_in(home, "127.0.0.1:0", &[&peer.node_addr()]);
+    let me = &served.node;
+
+    // push: the home's own node is one more member, the log goes to it.
+    let v1 = random_bytes(3 << 20, 21);
+    let v2 = [&v1[..2 << 20], &random_bytes(1 << 20, 22)].concat();
+    let file = me.write("doc.bin", &v1);
+    let out = me.command().args(["push", "--replicas", "2", file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains(&served.id[..16]) && summary.contains(&peer.id[..16]), "{summary}");
+    let counts = replica_counts(&[&served, &peer]);
+    assert!(counts.len() > 5 && counts.values().all(|&n| n == 2), "both nodes hold every chunk: {counts:?}");
+    let chunks_after_v1 = counts.len();
+    let id2 = me.push(&me.write("doc.bin", &v2), &["--replicas", "2"]);
+    let new_chunks = replica_counts(&[&served, &peer]).len() - chunks_after_v1;
+    assert!(new_chunks > 0 && new_chunks < chunks_after_v1, "only changed chunks travel: {new_chunks}");
+
+    // log, ls, status and pull read what the node keeps.
+    let log = me.ok(&["log", "doc.bin"]);
+    assert!(log.contains("doc.bin@1") && log.contains("doc.bin@2"), "{log}");
+    assert!(me.ok(&["ls"]).contains("doc.bin"));
+    let status: serde_json::Value = serde_json::from_str(&me.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["served_by_pid"].as_u64(), Some(u64::from(served.child.id())), "{status}");
+    assert_eq!(status["live_versions"], 2, "{status}");
+    assert_eq!(status["stored_chunks"].as_u64(), Some(me.chunk_files().len() as u64), "{status}");
+    me.ok(&["pull", "doc.bin@1", "-o", "v1.bin"]);
+    assert_eq!(fs::read(me.work.join("v1.bin")).unwrap(), v1);
+    me.ok(&["pull", &id2, "-o", "v2.bin"]);
+    assert_eq!(fs::read(me.work.join("v2.bin")).unwrap(), v2);
+
+    // rm goes to the log too; gc needs the store itself and says so.
+    me.ok(&["rm", "doc.bin@1"]);
+    assert!(me.ok(&["log", "doc.bin"]).contains("removed"));
+    let stderr = me.fails(&["gc"], 1);
+    assert!(stderr.contains("p2pfs serve") && stderr.contains("stop the node"), "{stderr}");
+
+    // Once the node stops, the home opens directly, with the same log.
+    let mut served = served;
+    served.stop();
+    let log = served.node.ok(&["log", "doc.bin"]);
+    assert!(log.contains("doc.bin@2") && log.contains("removed"), "{log}");
+    served.node.ok(&["pull", "doc.bin", "-o", "again.bin"]);
+    assert_eq!(fs::read(served.node.work.join("again.bin")).unwrap(), v2);
+}

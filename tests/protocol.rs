@@ -116,3 +116,40 @@ fn pins_and_unpins_signed_by_another_owner_are_rejected() {
         rt.block_on(peer.get_chunk(chunk_id, &mut buf)).unwrap_or(false)
     });
 }
+
+#[test]
+fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
+    use p2pfs::manifest::log::{LogEntry, LogOp, LogRecord};
+
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    let owner = OwnerKeys::derive(&[5; 32]);
+    let record = |n: u8| LogRecord { time_ms: u64::from(n), op: LogOp::Remove { manifest: ManifestId([n; 32]) } };
+    let e0 = LogEntry::seal(&owner, 0, [0; 32], &record(0), [1; 24]);
+    let e1 = LogEntry::seal(&owner, 1, e0.hash(), &record(1), [2; 24]);
+    let e2 = LogEntry::seal(&owner, 2, e1.hash(), &record(2), [3; 24]);
+    let append = |e: &LogEntry| rt.block_on(peer.append_log(e.encode(), e.hash()));
+
+    // Out of order, or naming the wrong predecessor: a conflict, nothing kept.
+    let err = append(&e1).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::LOG_CONFLICT.0), "{err}");
+    append(&e0).unwrap();
+    let forked = LogEntry::seal(&owner, 1, [9; 32], &record(1), [4; 24]);
+    assert_eq!(append(&forked).unwrap_err().remote_code(), Some(ErrorCode::LOG_CONFLICT.0));
+    // Signed by someone else: refused before it is looked at.
+    let mut forged = LogEntry::seal(&OwnerKeys::derive(&[6; 32]), 1, e0.hash(), &record(1), [5; 24]);
+    forged.owner = owner.owner_id();
+    assert_eq!(append(&forged).unwrap_err().remote_code(), Some(ErrorCode::BAD_SIGNATURE.0));
+    // In order: kept; sending one again is harmless.
+    append(&e1).unwrap();
+    append(&e1).unwrap();
+    append(&e2).unwrap();
+
+    let log = rt.block_on(peer.get_log(owner.owner_id())).unwrap();
+    assert_eq!(log, vec![e0.encode(), e1.encode(), e2.encode()]);
+    let head = rt.block_on(peer.get_head(owner.owner_id())).unwrap();
+    assert_eq!(head, Some(e2.encode()), "the newest entry is the head");
+    let other = rt.block_on(peer.get_log(OwnerKeys::derive(&[7; 32]).owner_id())).unwrap();
+    assert!(other.is_empty());
+}

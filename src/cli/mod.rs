@@ -6,6 +6,7 @@
 
 mod network;
 mod output;
+mod session;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -23,8 +24,10 @@ use crate::manifest::log::{History, Version};
 use crate::manifest::{Manifest, ManifestError};
 use crate::node::peers::{KnownPeer, PeerTable};
 use crate::store::StoreError;
+use crate::transfer::catalog::Catalog;
 use crate::transfer::remote::{Fetch, Replicate};
 use crate::transfer::{self, Parallelism, TransferError, pull, push};
+use session::Session;
 
 /// A peer-to-peer, end-to-end encrypted, deduplicating, versioned file store.
 ///
@@ -196,27 +199,46 @@ fn execute(args: &Args) -> Result<()> {
         Command::Key(KeyCommand::Export) => return network::key_export(&home_path, args.quiet),
         _ => {}
     }
-    let home = Home::open(&home_path)?;
+    if let Command::Serve { listen, bootstrap } = &args.command {
+        return network::serve(Home::open(&home_path)?, *listen, bootstrap, args.quiet);
+    }
+    let session = Session::open(&home_path)?;
+    let path = home_path.as_path();
     match &args.command {
-        Command::Init { .. } | Command::Invite { .. } | Command::Peers { .. } | Command::Key(KeyCommand::Export) => {
+        Command::Init { .. }
+        | Command::Invite { .. }
+        | Command::Peers { .. }
+        | Command::Key(KeyCommand::Export)
+        | Command::Serve { .. } => {
             unreachable!("handled above")
         }
-        Command::Serve { listen, bootstrap } => network::serve(home, *listen, bootstrap, args.quiet),
-        Command::Share { version } => share(&home, version),
-        Command::Key(KeyCommand::Import { file, force }) => network::key_import(&home, file, *force, args.quiet),
-        Command::Push { file, name, json, replicas } => {
-            push_file(&home, file, name.as_deref(), *json, usize::from(*replicas), args.quiet)
+        Command::Share { version } => share(&session, path, version),
+        Command::Key(KeyCommand::Import { file, force }) => {
+            network::key_import(session.require_owned("key import")?, file, *force, args.quiet)
         }
-        Command::Pull { version, output, force } => pull_file(&home, version, output.as_deref(), *force, args.quiet),
-        Command::Log { name, json } => show_log(&home, name.as_deref(), *json),
-        Command::Ls { json } => list(&home, *json),
-        Command::Rm { version } => remove(&home, version, args.quiet),
-        Command::Gc { json } => collect_garbage(&home, *json, args.quiet),
-        Command::Status { json } => status(&home, *json),
+        Command::Push { file, name, json, replicas } => {
+            push_file(&session, path, file, name.as_deref(), *json, usize::from(*replicas), args.quiet)
+        }
+        Command::Pull { version, output, force } => {
+            pull_file(&session, path, version, output.as_deref(), *force, args.quiet)
+        }
+        Command::Log { name, json } => show_log(&session, name.as_deref(), *json),
+        Command::Ls { json } => list(&session, *json),
+        Command::Rm { version } => remove(&session, path, version, args.quiet),
+        Command::Gc { json } => collect_garbage(session.require_owned("gc")?, *json, args.quiet),
+        Command::Status { json } => status(&session, path, *json),
     }
 }
 
-fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, replicas: usize, quiet: bool) -> Result<()> {
+fn push_file(
+    session: &Session,
+    home: &Path,
+    file: &Path,
+    name: Option<&str>,
+    json: bool,
+    replicas: usize,
+    quiet: bool,
+) -> Result<()> {
     let (input, name, total): (Box<dyn Read + Send>, String, Option<u64>) = if file == Path::new("-") {
         let name = name.context("pushing standard input needs a name: add --name NAME")?;
         (Box::new(io::stdin()), name.to_owned(), None)
@@ -242,51 +264,36 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, replicas:
     if name.is_empty() || name.len() > crate::manifest::MAX_NAME_LEN {
         bail!("'{name}' cannot be a name: give 1 to {} bytes", crate::manifest::MAX_NAME_LEN);
     }
-    let owner = home.keys().owner_keys();
-    let networked = !PeerTable::load(home.path()).context("reading the peer table")?.is_empty();
+    let owner = session.keys().owner_keys();
     let bar = output::progress_bar(total, quiet, "push");
     let progress = |n| bar.inc(n);
-    let chunker = home.config().chunker;
+    let chunker = session.config().chunker;
+    let catalog = session.catalog();
     let mut peer_summary = None;
-    let report = if networked {
-        let rt = network::runtime()?;
-        let _guard = rt.enter();
-        let net = network::client(home.keys())?;
-        let swarm = network::connect_swarm(&rt, home.path(), &net, &[])?;
-        let previous = previous_chunks(home, &owner, &name);
+    let report = if session.networked(home)? {
+        let link = session.link()?;
+        let _guard = link.rt.enter();
+        let swarm = network::connect_swarm(&link.rt, home, &link.net, &session.own_node())?;
+        let previous = previous_chunks(catalog, &owner, &name);
         let destination = Replicate::new(&swarm, &owner, replicas, &previous);
-        if destination.replicas < replicas && !quiet {
+        // A home whose only peer is its own node has nowhere else to put replicas.
+        let alone = session.served().is_some() && swarm.len() == 1;
+        if destination.replicas < replicas && !quiet && !alone {
             eprintln!(
                 "p2pfs: warning: only {} peers reachable: each chunk gets {} replicas, not {replicas}",
                 swarm.len(),
                 destination.replicas
             );
         }
-        let report = push::push(
-            home.store(),
-            &destination,
-            &owner,
-            &name,
-            input,
-            chunker,
-            Parallelism::for_network(),
-            &progress,
-        )
-        .with_context(|| format!("pushing {} to peers", file.display()))?;
+        let report =
+            push::push(catalog, &destination, &owner, &name, input, chunker, Parallelism::for_network(), &progress)
+                .with_context(|| format!("pushing {} to peers", file.display()))?;
         peer_summary = Some((destination.replicas, swarm.report(), swarm.unreachable.clone()));
         report
     } else {
-        push::push(
-            home.store(),
-            home.store(),
-            &owner,
-            &name,
-            input,
-            chunker,
-            Parallelism::for_this_machine(),
-            &progress,
-        )
-        .with_context(|| format!("pushing {}", file.display()))?
+        let store = session.store().expect("a home without peers or a node is opened by this process");
+        push::push(store, store, &owner, &name, input, chunker, Parallelism::for_this_machine(), &progress)
+            .with_context(|| format!("pushing {}", file.display()))?
     };
     bar.finish_and_clear();
     if json {
@@ -330,46 +337,55 @@ fn push_file(home: &Home, file: &Path, name: Option<&str>, json: bool, replicas:
 
 /// The chunks of the latest live version of `name`, which a new version
 /// probably shares: peers are asked about them in one batched `Has`.
-fn previous_chunks(home: &Home, owner: &crate::crypto::OwnerKeys, name: &str) -> Vec<crate::id::ChunkId> {
-    let Ok(history) = transfer::history(home.store(), owner) else { return Vec::new() };
+fn previous_chunks(catalog: &dyn Catalog, owner: &crate::crypto::OwnerKeys, name: &str) -> Vec<crate::id::ChunkId> {
+    let Ok(history) = transfer::history(catalog, owner) else { return Vec::new() };
     let Some(latest) = history.versions_of(name).filter(|v| v.is_live()).last() else { return Vec::new() };
-    match pull::open_manifest(home.store(), owner, latest.manifest) {
+    match pull::open_manifest(catalog, owner, latest.manifest) {
         Ok(manifest) => manifest.chunks.iter().map(|c| c.id).collect(),
         Err(_) => Vec::new(),
     }
 }
 
-fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet: bool) -> Result<()> {
-    let owner = home.keys().owner_keys();
-    let networked = !PeerTable::load(home.path()).context("reading the peer table")?.is_empty();
+fn pull_file(
+    session: &Session,
+    home: &Path,
+    spec: &str,
+    output: Option<&Path>,
+    force: bool,
+    quiet: bool,
+) -> Result<()> {
+    let owner = session.keys().owner_keys();
+    let catalog = session.catalog();
     let ticket = if network::is_share_ticket(spec) { Some(network::parse_share_ticket(spec)?) } else { None };
     let (manifest_id, label) = match &ticket {
         Some(ticket) => (ticket.manifest, format!("shared manifest {}", ticket.manifest.short(16))),
-        None => resolve_for_pull(&transfer::history(home.store(), &owner)?, spec)?,
+        None => resolve_for_pull(&transfer::history(catalog, &owner)?, spec)?,
     };
     // Peers are needed for a share ticket, or when this home is part of a network.
-    let rt = if networked || ticket.is_some() { Some(network::runtime()?) } else { None };
-    let _guard = rt.as_ref().map(|rt| rt.enter());
-    let swarm = match &rt {
-        Some(rt) => {
-            let net = network::client(home.keys())?;
-            let extra: Vec<KnownPeer> = ticket
-                .iter()
-                .flat_map(|t| &t.peers)
-                .map(|p| KnownPeer { node: p.node, addrs: p.addrs.iter().map(|&a| a.into()).collect() })
-                .collect();
-            Some(network::connect_swarm(rt, home.path(), &net, &extra)?)
+    let link = if session.networked(home)? || ticket.is_some() { Some(session.link()?) } else { None };
+    let _guard = link.as_ref().map(|link| link.rt.enter());
+    let swarm = match &link {
+        Some(link) => {
+            let mut extra = session.own_node();
+            extra.extend(
+                ticket
+                    .iter()
+                    .flat_map(|t| &t.peers)
+                    .map(|p| KnownPeer { node: p.node, addrs: p.addrs.iter().map(|&a| a.into()).collect() }),
+            );
+            Some(network::connect_swarm(&link.rt, home, &link.net, &extra)?)
         }
         None => None,
     };
-    let envelope = match home.store().read_manifest(&manifest_id) {
-        Ok(envelope) => envelope,
-        Err(StoreError::ManifestMissing(_)) if swarm.is_some() => swarm
-            .as_ref()
-            .expect("checked above")
-            .fetch_manifest(&manifest_id)
-            .with_context(|| format!("pulling {label}"))?,
-        Err(e) => return Err(anyhow::Error::new(TransferError::from(e)).context(format!("pulling {label}"))),
+    let envelope = match catalog.manifest(&manifest_id).with_context(|| format!("pulling {label}"))? {
+        Some(envelope) => envelope,
+        None => match &swarm {
+            Some(swarm) => swarm.fetch_manifest(&manifest_id).with_context(|| format!("pulling {label}"))?,
+            None => {
+                return Err(anyhow::Error::new(TransferError::from(StoreError::ManifestMissing(manifest_id)))
+                    .context(format!("pulling {label}")));
+            }
+        },
     };
     let manifest = match &ticket {
         Some(ticket) => Manifest::open_with_file_key(&FileKey(ticket.file_key), manifest_id, &envelope),
@@ -378,10 +394,11 @@ fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet:
     .map_err(TransferError::from)
     .with_context(|| format!("pulling {label}"))?;
 
-    let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, Some(home.store())));
-    let source: &dyn pull::Source = match &fetch {
-        Some(fetch) => fetch,
-        None => home.store(),
+    let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, session.store()));
+    let source: &dyn pull::Source = match (&fetch, session.store()) {
+        (Some(fetch), _) => fetch,
+        (None, Some(store)) => store,
+        (None, None) => unreachable!("a served home always pulls through its node"),
     };
     let parallelism = if swarm.is_some() { Parallelism::for_network() } else { Parallelism::for_this_machine() };
     let started = Instant::now();
@@ -432,13 +449,16 @@ fn pull_file(home: &Home, spec: &str, output: Option<&Path>, force: bool, quiet:
     Ok(())
 }
 
-fn share(home: &Home, spec: &str) -> Result<()> {
-    let owner = home.keys().owner_keys();
-    let history = transfer::history(home.store(), &owner)?;
+fn share(session: &Session, home: &Path, spec: &str) -> Result<()> {
+    let owner = session.keys().owner_keys();
+    let history = transfer::history(session.catalog(), &owner)?;
     let version = history.select_one(spec)?;
-    let envelope = home.store().read_manifest(&version.manifest).map_err(TransferError::from)?;
+    let envelope = session
+        .catalog()
+        .manifest(&version.manifest)?
+        .ok_or(TransferError::from(StoreError::ManifestMissing(version.manifest)))?;
     let (file_key, _) = Manifest::open(&owner, version.manifest, &envelope).map_err(TransferError::from)?;
-    println!("{}", network::share_ticket(home, version.manifest, &file_key)?);
+    println!("{}", network::share_ticket(home, &session.own_node(), version.manifest, &file_key)?);
     eprintln!("this ticket reads {} (and nothing else); anyone in the network who has it can pull it", version.label());
     Ok(())
 }
@@ -468,8 +488,8 @@ fn output_path(manifest: &Manifest, id: ManifestId, output: Option<&Path>) -> Re
     })
 }
 
-fn show_log(home: &Home, name: Option<&str>, json: bool) -> Result<()> {
-    let history = transfer::history(home.store(), &home.keys().owner_keys())?;
+fn show_log(session: &Session, name: Option<&str>, json: bool) -> Result<()> {
+    let history = transfer::history(session.catalog(), &session.keys().owner_keys())?;
     let versions: Vec<&Version> = match name {
         Some(name) => {
             let versions: Vec<_> = history.versions_of(name).collect();
@@ -501,8 +521,8 @@ fn show_log(home: &Home, name: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn list(home: &Home, json: bool) -> Result<()> {
-    let history = transfer::history(home.store(), &home.keys().owner_keys())?;
+fn list(session: &Session, json: bool) -> Result<()> {
+    let history = transfer::history(session.catalog(), &session.keys().owner_keys())?;
     let latest: Vec<(usize, &Version)> = history
         .live_names()
         .into_iter()
@@ -538,17 +558,17 @@ fn list(home: &Home, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn remove(home: &Home, spec: &str, quiet: bool) -> Result<()> {
-    let owner = home.keys().owner_keys();
-    let history = transfer::history(home.store(), &owner)?;
+fn remove(session: &Session, home: &Path, spec: &str, quiet: bool) -> Result<()> {
+    let owner = session.keys().owner_keys();
+    let history = transfer::history(session.catalog(), &owner)?;
     let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
-    transfer::remove_versions(home.store(), &owner, &versions)?;
+    transfer::remove_versions(session.catalog(), &owner, &versions)?;
     let labels: Vec<String> = versions.iter().map(Version::label).collect();
-    if !PeerTable::load(home.path()).context("reading the peer table")?.is_empty() {
-        let rt = network::runtime()?;
-        let _guard = rt.enter();
-        let net = network::client(home.keys())?;
-        let swarm = network::connect_swarm(&rt, home.path(), &net, &[])?;
+    let peers_known = !PeerTable::load(home).context("reading the peer table")?.is_empty();
+    if peers_known {
+        let link = session.link()?;
+        let _guard = link.rt.enter();
+        let swarm = network::connect_swarm(&link.rt, home, &link.net, &[])?;
         let manifests: Vec<ManifestId> = versions.iter().map(|v| v.manifest).collect();
         let failures = swarm.unpin(&owner, &manifests);
         if !failures.is_empty() {
@@ -556,7 +576,11 @@ fn remove(home: &Home, spec: &str, quiet: bool) -> Result<()> {
         }
     }
     if !quiet {
-        eprintln!("removed {}; `p2pfs gc` frees the chunks no live version needs", labels.join(", "));
+        let gc = match session.served() {
+            Some(_) => "stop the node and run `p2pfs gc` to free the chunks no live version needs",
+            None => "`p2pfs gc` frees the chunks no live version needs",
+        };
+        eprintln!("removed {}; {gc}", labels.join(", "));
     }
     Ok(())
 }
@@ -577,14 +601,21 @@ fn collect_garbage(home: &Home, json: bool, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn status(home: &Home, json: bool) -> Result<()> {
-    let owner = home.keys().owner_keys();
-    let history = transfer::history(home.store(), &owner)?;
-    let (chunk_bytes, chunk_count) = home.store().chunk_usage()?;
+fn status(session: &Session, home: &Path, json: bool) -> Result<()> {
+    let owner = session.keys().owner_keys();
+    let history = transfer::history(session.catalog(), &owner)?;
+    let (chunk_bytes, chunk_count) = match session.served() {
+        Some(served) => {
+            let status = served.daemon().status()?;
+            (status.chunk_bytes, status.chunks)
+        }
+        None => session.store().expect("an owned home has its store").chunk_usage()?,
+    };
     let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
     let status = serde_json::json!({
-        "home": home.path(),
-        "node_id": home.keys().node_id().to_string(),
+        "home": home,
+        "node_id": session.keys().node_id().to_string(),
+        "served_by_pid": session.served().map(|s| s.pid()),
         "owner_id": owner.owner_id().to_string(),
         "names": history.live_names().len(),
         "live_versions": live.len(),
@@ -595,8 +626,11 @@ fn status(home: &Home, json: bool) -> Result<()> {
     if json {
         return print_json(&status);
     }
-    println!("home       {}", home.path().display());
-    println!("node id    {}", home.keys().node_id());
+    println!("home       {}", home.display());
+    println!("node id    {}", session.keys().node_id());
+    if let Some(served) = session.served() {
+        println!("serving    yes: `p2pfs serve` (pid {}) answered for this home", served.pid());
+    }
     println!("owner id   {}", owner.owner_id());
     println!(
         "versions   {} live, of {} names, {} in all",

@@ -314,13 +314,19 @@ pub(super) fn key_import(home: &Home, file: &Path, force: bool, quiet: bool) -> 
     Ok(())
 }
 
-pub(super) fn share_ticket(home: &Home, manifest: ManifestId, file_key: &FileKey) -> Result<String> {
-    let table = PeerTable::load(home.path()).context("reading the peer table")?;
-    if table.is_empty() {
+/// A share ticket naming the home's own node (when it serves) and then known peers.
+pub(super) fn share_ticket(
+    home: &Path,
+    own_node: &[KnownPeer],
+    manifest: ManifestId,
+    file_key: &FileKey,
+) -> Result<String> {
+    let table = PeerTable::load(home).context("reading the peer table")?;
+    if table.is_empty() && own_node.is_empty() {
         bail!(
             "this home has no peers, so nobody else could fetch the file; join a network first (`p2pfs init --join`)"
         );
     }
-    let peers: Vec<PeerInfo> = table.peers().iter().take(4).map(KnownPeer::to_wire).collect();
+    let peers: Vec<PeerInfo> = own_node.iter().chain(&table.peers()).take(4).map(KnownPeer::to_wire).collect();
     Ok(encode_token(SHARE_PREFIX, &ShareTicket { manifest, file_key: file_key.0, peers }))
 }

@@ -8,8 +8,9 @@ use super::NetError;
 use super::stream::{FrameReader, StreamError, write_frame};
 use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::wire::{
-    self, Ack, Bounded, BoundedBytes, ChunkData, ErrorCode, Frame, FrameType, GetChunk, GetHead, GetManifest, Has,
-    ManifestData, PeerInfo, Peers, Pin, Ping, PutChunk, PutHead, PutManifest, Unpin,
+    self, Ack, AppendLog, Bounded, BoundedBytes, ChunkData, ErrorCode, Frame, FrameType, GetChunk, GetHead, GetLog,
+    GetManifest, GetStatus, Has, ManifestData, PeerInfo, Peers, Pin, Ping, PutChunk, PutHead, PutManifest, Status,
+    Unpin,
 };
 
 /// One peer whose key and membership are verified.
@@ -230,6 +231,42 @@ impl Peer {
         match self.call(&Frame::GetHead(GetHead { owner }), &[]).await? {
             Frame::Head(head) => Ok(head.entry.map(|e| e.to_vec())),
             other => Err(self.unexpected(FrameType::GetHead, other)),
+        }
+    }
+
+    /// Appends an encoded log entry to its owner's log on the peer. Acked
+    /// once durable; refused with `LogConflict` if it does not follow the
+    /// peer's copy of the log.
+    pub async fn append_log(&self, entry: Vec<u8>, entry_hash: [u8; 32]) -> Result<(), NetError> {
+        let entry = BoundedBytes::new(entry)
+            .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })?;
+        self.call_for_ack(&Frame::AppendLog(AppendLog { entry }), &[], entry_hash).await
+    }
+
+    /// Every log entry the peer holds for `owner`, encoded, in order.
+    pub async fn get_log(&self, owner: OwnerId) -> Result<Vec<Vec<u8>>, NetError> {
+        let mut entries = Vec::new();
+        loop {
+            let from = entries.len() as u64;
+            match self.call(&Frame::GetLog(GetLog { owner, from }), &[]).await? {
+                Frame::Log(log) => {
+                    let got = log.entries.len();
+                    entries.extend(log.entries.into_inner().into_iter().map(|e| e.to_vec()));
+                    // A peer saying "more" must make progress, or this would never end.
+                    if !log.more || got == 0 {
+                        return Ok(entries);
+                    }
+                }
+                other => return Err(self.unexpected(FrameType::GetLog, other)),
+            }
+        }
+    }
+
+    /// What the peer stores.
+    pub async fn status(&self) -> Result<Status, NetError> {
+        match self.call(&Frame::GetStatus(GetStatus {}), &[]).await? {
+            Frame::Status(status) => Ok(status),
+            other => Err(self.unexpected(FrameType::GetStatus, other)),
         }
     }
 }

@@ -18,11 +18,15 @@ use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::LogEntry;
 use crate::net::Peer;
 use crate::net::stream::{FrameReader, StreamError, write_frame};
-use crate::store::{PinRecord, StoreError};
+use crate::store::{Appended, PinRecord, StoreError};
 use crate::wire::{
-    self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, ManifestData, NotFound,
-    Peers, Pong,
+    self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, Log, ManifestData,
+    NotFound, Peers, Pong, Status,
 };
+
+/// Log entry bytes in one `Log` reply: with the largest entry on top, still
+/// under `MAX_FRAME_LEN`; a reply holds at most `MAX_LOG_BATCH` entries.
+const LOG_REPLY_BYTES: usize = wire::MAX_FRAME_LEN - wire::MAX_LOG_ENTRY_LEN - 1024;
 
 /// Serves a connection's request streams until it closes.
 pub(super) async fn serve_connection(state: Arc<NodeState>, peer: Peer) {
@@ -272,6 +276,45 @@ async fn answer(
             let entry = entry.and_then(BoundedBytes::new);
             reply(send, Frame::Head(Head { entry }), &[]).await
         }
+        Frame::AppendLog(append) => {
+            let entry = LogEntry::decode(0, &append.entry)
+                .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a log entry: {e}")))?;
+            entry
+                .verify_signature()
+                .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
+            let (hash, seq) = (entry.hash(), entry.seq);
+            match blocking(state, move |s| Ok(s.home.store().meta().append_log(&entry)?)).await? {
+                Appended::Appended | Appended::AlreadyHeld => reply(send, Frame::Ack(Ack { id: hash }), &[]).await,
+                Appended::Conflict { held } => Err(Refusal::new(
+                    ErrorCode::LOG_CONFLICT,
+                    format!(
+                        "log entry {seq} does not follow this node's copy of the log ({held} entries): \
+                         read the log again and retry"
+                    ),
+                )),
+            }
+        }
+        Frame::GetLog(get) => {
+            let (owner, from) = (get.owner, get.from);
+            let (entries, more) = blocking(state, move |s| {
+                Ok(s.home.store().meta().log_from(&owner, from, wire::MAX_LOG_BATCH, LOG_REPLY_BYTES)?)
+            })
+            .await?;
+            let entries = entries.into_iter().map(BoundedBytes::new).collect::<Option<Vec<_>>>();
+            let entries = entries
+                .and_then(wire::Bounded::new)
+                .ok_or_else(|| Refusal::new(ErrorCode::INTERNAL, "a stored log entry is over the wire's limits"))?;
+            reply(send, Frame::Log(Log { entries, more }), &[]).await
+        }
+        Frame::GetStatus(_) => {
+            let status = blocking(state, |s| {
+                let store = s.home.store();
+                let (chunk_bytes, chunks) = store.chunk_usage()?;
+                Ok(Status { chunks, chunk_bytes, pins: store.meta().pin_count()? })
+            })
+            .await?;
+            reply(send, Frame::Status(status), &[]).await
+        }
         Frame::Hello(_) => Err(Refusal::new(ErrorCode::BAD_FRAME, "Hello is sent once, first on a connection")),
         other @ (Frame::HasReply(_)
         | Frame::Ack(_)
@@ -280,6 +323,8 @@ async fn answer(
         | Frame::ManifestData(_)
         | Frame::Head(_)
         | Frame::Pong(_)
+        | Frame::Log(_)
+        | Frame::Status(_)
         | Frame::Error(_)) => {
             Err(Refusal::new(ErrorCode::BAD_FRAME, format!("{:?} is a reply, not a request", other.frame_type())))
         }

@@ -61,6 +61,20 @@ pub struct Meta {
     path: PathBuf,
 }
 
+/// What [`Meta::append_log`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The entry is now the last of its owner's log.
+    Appended,
+    /// That very entry was held already.
+    AlreadyHeld,
+    /// The entry does not follow the held log, which has `held` entries.
+    Conflict {
+        /// How many entries of that owner the log holds.
+        held: u64,
+    },
+}
+
 impl Meta {
     /// Opens or creates the database and its tables.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
@@ -89,6 +103,77 @@ impl Meta {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// Encoded log entries of `owner` from sequence number `from` on, at
+    /// most `max_entries` and `max_bytes` of them (but at least one, if there
+    /// is one), and whether more follow.
+    pub fn log_from(
+        &self,
+        owner: &OwnerId,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+        let txn = self.db.begin_read().map_err(self.err())?;
+        let table = txn.open_table(LOG).map_err(self.err())?;
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for row in table.range((owner.as_bytes(), from)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
+            let (_, value) = row.map_err(self.err())?;
+            let value = value.value();
+            if !out.is_empty() && (out.len() >= max_entries || bytes + value.len() > max_bytes) {
+                return Ok((out, true));
+            }
+            bytes += value.len();
+            out.push(value.to_vec());
+        }
+        Ok((out, false))
+    }
+
+    /// Appends `entry` (already signature-checked) to its owner's log if it
+    /// is the next one: its sequence number follows the last held entry's
+    /// and it names that entry's hash. Keeps it as the owner's head too.
+    pub fn append_log(&self, entry: &LogEntry) -> Result<Appended, StoreError> {
+        let owner = entry.owner.as_bytes();
+        let encoded = entry.encode();
+        let txn = self.db.begin_write().map_err(self.err())?;
+        let appended = {
+            let mut table = txn.open_table(LOG).map_err(self.err())?;
+            let last = match table.range((owner, 0)..=(owner, u64::MAX)).map_err(self.err())?.next_back() {
+                Some(row) => {
+                    let (key, value) = row.map_err(self.err())?;
+                    let seq = key.value().1;
+                    let held = LogEntry::decode(seq, value.value())
+                        .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
+                    Some((seq, held.hash()))
+                }
+                None => None,
+            };
+            let (next, prev) = last.map_or((0, [0; 32]), |(seq, hash)| (seq + 1, hash));
+            if entry.seq < next {
+                let same = table.get((owner, entry.seq)).map_err(self.err())?.is_some_and(|v| v.value() == encoded);
+                if same { Appended::AlreadyHeld } else { Appended::Conflict { held: next } }
+            } else if entry.seq == next && entry.prev == prev {
+                table.insert((owner, entry.seq), encoded.as_slice()).map_err(self.err())?;
+                Appended::Appended
+            } else {
+                Appended::Conflict { held: next }
+            }
+        };
+        if appended != Appended::Appended {
+            txn.abort().map_err(self.err())?;
+            return Ok(appended);
+        }
+        txn.commit().map_err(self.err())?;
+        self.put_head(entry)?;
+        Ok(appended)
+    }
+
+    /// How many manifests are pinned, by any owner.
+    pub fn pin_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(self.err())?;
+        let table = txn.open_table(PINS).map_err(self.err())?;
+        table.len().map_err(self.err())
     }
 
     /// The id of the chunk sealed under a key with this tag, if one was.
@@ -278,5 +363,33 @@ mod tests {
         assert_eq!(meta.forget_sealed_except(&[chunk(2)].into()).unwrap(), 1);
         assert_eq!(meta.lookup_sealed(&[1; 32]).unwrap(), None);
         assert_eq!(meta.lookup_sealed(&[2; 32]).unwrap(), Some(chunk(2)));
+    }
+
+    #[test]
+    fn the_log_is_read_back_in_bounded_batches() {
+        use crate::crypto::OwnerKeys;
+        use crate::manifest::log::{LogOp, LogRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let owner = OwnerKeys::derive(&[1; 32]);
+        let mut prev = [0; 32];
+        let mut encoded = Vec::new();
+        for seq in 0..5u8 {
+            let record = LogRecord { time_ms: 0, op: LogOp::Remove { manifest: ManifestId([seq; 32]) } };
+            let entry = LogEntry::seal(&owner, u64::from(seq), prev, &record, [seq; 24]);
+            assert_eq!(meta.append_log(&entry).unwrap(), Appended::Appended);
+            assert_eq!(meta.append_log(&entry).unwrap(), Appended::AlreadyHeld);
+            prev = entry.hash();
+            encoded.push(entry.encode());
+        }
+        let id = owner.owner_id();
+        assert_eq!(meta.log_from(&id, 0, 2, usize::MAX).unwrap(), (encoded[..2].to_vec(), true));
+        assert_eq!(meta.log_from(&id, 2, 2, usize::MAX).unwrap(), (encoded[2..4].to_vec(), true));
+        assert_eq!(meta.log_from(&id, 4, 2, usize::MAX).unwrap(), (encoded[4..].to_vec(), false));
+        // A byte budget smaller than one entry still returns one, so a reader makes progress.
+        assert_eq!(meta.log_from(&id, 1, 9, 1).unwrap(), (encoded[1..2].to_vec(), true));
+        assert_eq!(meta.log_from(&id, 5, 9, usize::MAX).unwrap(), (vec![], false));
+        assert_eq!(meta.log(&id).unwrap().len(), 5);
     }
 }

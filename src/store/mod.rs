@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use files::write_durably;
-pub use meta::{GcReport, PinRecord};
+pub use meta::{Appended, GcReport, PinRecord};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};

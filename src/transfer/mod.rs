@@ -9,6 +9,7 @@
 //! Both pipelines run on a fixed number of threads with a fixed number of
 //! chunk buffers ([`Parallelism`]): memory does not grow with file size.
 
+pub mod catalog;
 pub mod placement;
 pub mod pull;
 pub mod push;
@@ -23,7 +24,8 @@ use crate::crypto::OwnerKeys;
 use crate::id::ChunkId;
 use crate::manifest::ManifestError;
 use crate::manifest::log::{History, LogError, LogOp, LogRecord, Version};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use catalog::{Catalog, Change};
 
 /// A push, pull or removal that failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,12 @@ pub enum TransferError {
         /// What each peer said.
         reasons: String,
     },
+    /// The node serving this home failed a request.
+    #[error("the node serving this home: {source}")]
+    Node {
+        /// What went wrong.
+        source: crate::net::NetError,
+    },
     /// The chunker configuration is invalid.
     #[error(transparent)]
     Chunker(#[from] InvalidChunkerConfig),
@@ -125,23 +133,22 @@ impl Parallelism {
     }
 }
 
-/// Tombstones `versions` in the owner's log and unpins their manifests, in
-/// one atomic commit. Their chunks stay until `Store::gc`.
-pub fn remove_versions(store: &Store, owner: &OwnerKeys, versions: &[Version]) -> Result<(), TransferError> {
-    let mut history = History::replay(owner, store.meta().log(&owner.owner_id())?)?;
+/// Tombstones `versions` in the owner's log and unpins their manifests (in
+/// one atomic commit, in a store). Their chunks stay until `Store::gc`.
+pub fn remove_versions(catalog: &dyn Catalog, owner: &OwnerKeys, versions: &[Version]) -> Result<(), TransferError> {
+    let mut history = History::replay(owner, catalog.log(&owner.owner_id())?)?;
     let mut entries = Vec::with_capacity(versions.len());
     for version in versions {
         let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
         entries.push(history.append(owner, record, rand::random())?);
     }
     let unpins: Vec<_> = versions.iter().map(|v| v.manifest).collect();
-    store.meta().commit(&entries, &[], &unpins, &[])?;
-    Ok(())
+    catalog.apply(Change { entries: &entries, unpins: &unpins, ..Change::default() })
 }
 
-/// The owner's verified history, from the store's log.
-pub fn history(store: &Store, owner: &OwnerKeys) -> Result<History, TransferError> {
-    Ok(History::replay(owner, store.meta().log(&owner.owner_id())?)?)
+/// The owner's verified history, from the home's log.
+pub fn history(catalog: &dyn Catalog, owner: &OwnerKeys) -> Result<History, TransferError> {
+    Ok(History::replay(owner, catalog.log(&owner.owner_id())?)?)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

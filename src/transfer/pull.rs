@@ -17,17 +17,18 @@ use std::thread;
 use crate::crypto::{TAG_LEN, open_chunk, seal_chunk};
 use crate::id::ManifestId;
 use crate::manifest::{ChunkRef, Manifest};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
+use super::catalog::Catalog;
 use super::{Parallelism, TransferError};
 
-/// Reads a manifest from the store and opens it with the owner's keys.
+/// Reads a manifest from the home's records and opens it with the owner's keys.
 pub fn open_manifest(
-    store: &Store,
+    catalog: &dyn Catalog,
     owner: &crate::crypto::OwnerKeys,
     id: ManifestId,
 ) -> Result<Manifest, TransferError> {
-    let envelope = store.read_manifest(&id)?;
+    let envelope = catalog.manifest(&id)?.ok_or(StoreError::ManifestMissing(id))?;
     Ok(Manifest::open(owner, id, &envelope)?.1)
 }
 

@@ -22,6 +22,7 @@ use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::manifest::{ChunkRef, Manifest};
 use crate::store::{PinRecord, Store};
 
+use super::catalog::{Catalog, Change};
 use super::{Parallelism, TransferError, unix_time_ms};
 
 /// What a push did.
@@ -76,11 +77,11 @@ impl Destination for Store {
 }
 
 /// Pushes everything `input` yields as a new version of `name`: chunks go
-/// to `destination`, the manifest and log entry to `store` (and, through
+/// to `destination`, the manifest and log entry to `catalog` (and, through
 /// [`Destination::publish`], to the destination).
 #[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub fn push(
-    store: &Store,
+    catalog: &dyn Catalog,
     destination: &dyn Destination,
     owner: &OwnerKeys,
     name: &str,
@@ -90,9 +91,9 @@ pub fn push(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PushReport, TransferError> {
     let started = Instant::now();
-    let mut history = History::replay(owner, store.meta().log(&owner.owner_id())?)?;
+    let mut history = History::replay(owner, catalog.log(&owner.owner_id())?)?;
     let cuts = CutPoints::new(chunker, GearTable::from_seed(owner.chunker_seed()))?;
-    let outcome = store_chunks(store, destination, owner, input, cuts, parallelism, progress)?;
+    let outcome = store_chunks(catalog, destination, owner, input, cuts, parallelism, progress)?;
 
     let manifest = Manifest::new(name.to_owned(), outcome.chunks);
     let fresh = EnvelopeRandomness {
@@ -101,7 +102,7 @@ pub fn push(
         body_nonce: rand::random(),
     };
     let (manifest_id, envelope) = manifest.seal(owner, &fresh);
-    store.put_manifest(&manifest_id, &envelope)?;
+    catalog.put_manifest(&manifest_id, &envelope)?;
 
     let record = LogRecord {
         time_ms: unix_time_ms(),
@@ -122,7 +123,7 @@ pub fn push(
         entry: &entry,
     })?;
     let pin = PinRecord { owner: owner.owner_id(), chunks: chunk_ids };
-    store.meta().commit(&[entry], &[(manifest_id, pin)], &[], &outcome.sealed)?;
+    catalog.apply(Change { entries: &[entry], pins: &[(manifest_id, pin)], unpins: &[], sealed: &outcome.sealed })?;
 
     let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
     Ok(PushReport {
@@ -158,7 +159,7 @@ struct ChunkOutcome {
 }
 
 fn store_chunks(
-    store: &Store,
+    catalog: &dyn Catalog,
     destination: &dyn Destination,
     owner: &OwnerKeys,
     input: impl Read + Send,
@@ -210,7 +211,7 @@ fn store_chunks(
                 loop {
                     let job = work_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok((index, mut buf)) = job else { break };
-                    let outcome = seal_and_store(store, destination, owner, &mut buf);
+                    let outcome = seal_and_store(catalog, destination, owner, &mut buf);
                     // The reader may have finished; then the buffer is freed here.
                     let _ = spare_tx.send(buf);
                     if done_tx.send((index, outcome)).is_err() {
@@ -260,7 +261,7 @@ fn collect(
 }
 
 fn seal_and_store(
-    store: &Store,
+    catalog: &dyn Catalog,
     destination: &dyn Destination,
     owner: &OwnerKeys,
     buf: &mut Vec<u8>,
@@ -268,12 +269,14 @@ fn seal_and_store(
     let len = u32::try_from(buf.len()).expect("chunks are at most MAX_CHUNK_SIZE (16 MiB)");
     let key: ChunkKey = owner.chunk_key(buf);
     let tag = key.lookup_tag();
-    if let Some(id) = store.meta().lookup_sealed(&tag)?
+    if let Some(id) = catalog.sealed(&tag)?
         && destination.holds(&id)
     {
         return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
     }
     let id = seal_chunk(&key, buf);
-    let written = destination.put(&id, buf)?;
+    // Sealing is convergent: a destination may hold this chunk from a push
+    // whose sealed-chunk map this one cannot see.
+    let written = !destination.holds(&id) && destination.put(&id, buf)?;
     Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
 }

@@ -27,12 +27,14 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use super::TransferError;
+use super::catalog::{Catalog, Change};
 use super::placement;
 use super::pull::Source;
 use super::push::{Destination, Published};
 use crate::crypto::OwnerKeys;
-use crate::id::{ChunkId, ManifestId, NodeId};
+use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::manifest::ChunkRef;
+use crate::manifest::log::LogEntry;
 use crate::net::{Net, NetError, Peer};
 use crate::node::peers::KnownPeer;
 use crate::store::Store;
@@ -396,5 +398,87 @@ impl Source for Fetch<'_> {
             }
         }
         Err(TransferError::ChunkUnavailable { chunk: chunk.id, live: swarm.live(), reasons: reasons.join("; ") })
+    }
+}
+
+/// The node serving this home, as the home's [`Catalog`]: while `p2pfs
+/// serve` owns the home, the CLI reads and extends the owner's log, pins and
+/// manifests through it. It checks every log entry's signature and place in
+/// the chain, and every pin's signature, as it would any peer's.
+pub struct Daemon {
+    runtime: Handle,
+    peer: Peer,
+    owner: OwnerKeys,
+}
+
+impl Daemon {
+    /// The home's node, reached at `peer`; pins are signed with `owner`.
+    pub fn new(runtime: Handle, peer: Peer, owner: OwnerKeys) -> Self {
+        Self { runtime, peer, owner }
+    }
+
+    /// The connection to the node.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// What the node stores.
+    pub fn status(&self) -> Result<wire::Status, TransferError> {
+        self.runtime.block_on(self.peer.status()).map_err(|source| TransferError::Node { source })
+    }
+
+    fn call<T>(&self, request: impl std::future::Future<Output = Result<T, NetError>>) -> Result<T, TransferError> {
+        self.runtime.block_on(request).map_err(|source| TransferError::Node { source })
+    }
+}
+
+impl Catalog for Daemon {
+    fn log(&self, owner: &OwnerId) -> Result<Vec<LogEntry>, TransferError> {
+        let encoded = self.call(self.peer.get_log(*owner))?;
+        let mut entries = Vec::with_capacity(encoded.len());
+        for (seq, bytes) in encoded.iter().enumerate() {
+            entries.push(LogEntry::decode(seq as u64, bytes)?);
+        }
+        Ok(entries)
+    }
+
+    fn sealed(&self, _tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
+        // The sealed-chunk map stays in the node's store: a chunk is sealed
+        // again, and the batched `Has` keeps it from travelling again.
+        Ok(None)
+    }
+
+    fn put_manifest(&self, id: &ManifestId, envelope: &[u8]) -> Result<(), TransferError> {
+        self.call(self.peer.put_manifest(*id, envelope))
+    }
+
+    fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
+        self.call(self.peer.get_manifest(*id))
+    }
+
+    fn apply(&self, change: Change<'_>) -> Result<(), TransferError> {
+        let owner_id = self.owner.owner_id();
+        for (manifest, pin) in change.pins {
+            let message = wire::pin_message(&owner_id, manifest, &pin.chunks);
+            let frame = Pin {
+                owner: owner_id,
+                manifest: *manifest,
+                chunks: u32::try_from(pin.chunks.len()).unwrap_or(u32::MAX),
+                signature: Signature(self.owner.sign(wire::PIN_DOMAIN, &message)),
+            };
+            self.call(self.peer.pin(frame, &pin.chunks))?;
+        }
+        for entry in change.entries {
+            self.call(self.peer.append_log(entry.encode(), entry.hash()))?;
+        }
+        for manifest in change.unpins {
+            let signature = self.owner.sign(wire::UNPIN_DOMAIN, &wire::unpin_message(&owner_id, manifest));
+            self.call(self.peer.unpin(Unpin {
+                owner: owner_id,
+                manifest: *manifest,
+                signature: Signature(signature),
+            }))?;
+        }
+        Ok(())
     }
 }

@@ -58,6 +58,8 @@ pub const MAX_PEER_ADDRS: usize = 8;
 pub const MAX_LOG_ENTRY_LEN: usize = 64 * 1024;
 /// Largest `Error.message`, in bytes.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+/// Most log entries in one `Log` reply (the frame limit also bounds it).
+pub const MAX_LOG_BATCH: usize = 1024;
 
 /// A frame the decoder refuses. Each names what was wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +142,8 @@ impl ErrorCode {
     pub const STALE_HEAD: Self = Self(6);
     /// The node failed (an I/O error).
     pub const INTERNAL: Self = Self(7);
+    /// An `AppendLog` entry does not follow the log the node holds.
+    pub const LOG_CONFLICT: Self = Self(8);
 }
 
 macro_rules! frames {
@@ -235,6 +239,16 @@ frames! {
     0x13 => Pong,
     /// A request failed.
     0x14 => Error,
+    /// Append this entry to its owner's log.
+    0x15 => AppendLog,
+    /// Send me an owner's log entries from a sequence number on.
+    0x16 => GetLog,
+    /// Log entries, in sequence order.
+    0x17 => Log,
+    /// What do you store?
+    0x18 => GetStatus,
+    /// What a node stores.
+    0x19 => Status,
 }
 
 /// Fields of `Hello`.
@@ -475,6 +489,51 @@ pub struct Error {
     pub message: BoundedString<MAX_ERROR_MESSAGE_LEN>,
 }
 
+/// Fields of `AppendLog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct AppendLog {
+    /// A stored log entry (docs/FORMAT.md): the next one of its owner's log.
+    pub entry: BoundedBytes<MAX_LOG_ENTRY_LEN>,
+}
+
+/// Fields of `GetLog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct GetLog {
+    /// Whose log.
+    pub owner: OwnerId,
+    /// The first sequence number wanted.
+    pub from: u64,
+}
+
+/// Fields of `Log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Log {
+    /// Consecutive entries from the one asked for (none if the node holds none).
+    pub entries: Bounded<BoundedBytes<MAX_LOG_ENTRY_LEN>, MAX_LOG_BATCH>,
+    /// Whether the node holds more after these: ask again from the next one.
+    pub more: bool,
+}
+
+/// Fields of `GetStatus` (none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct GetStatus {}
+
+/// Fields of `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Status {
+    /// Chunk files stored.
+    pub chunks: u64,
+    /// Their bytes on disk.
+    pub chunk_bytes: u64,
+    /// Manifests pinned, by any owner.
+    pub pins: u64,
+}
+
 /// The signature domain of `Pin` (docs/PROTOCOL.md, "Signatures").
 pub const PIN_DOMAIN: &str = "p2pfs pin v1";
 /// The signature domain of `Unpin`.
@@ -660,6 +719,14 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Ping(Ping { nonce: u64::MAX }),
         Frame::Pong(Pong { nonce: 0 }),
         Frame::Error(Error { code: ErrorCode::STORAGE_FULL, message }),
+        Frame::AppendLog(AppendLog { entry: BoundedBytes::new(vec![4, 5, 6]).expect("3 bytes fit") }),
+        Frame::GetLog(GetLog { owner: OwnerId(id), from: 3 }),
+        Frame::Log(Log {
+            entries: Bounded::new(vec![BoundedBytes::new(vec![1, 2]).expect("2 bytes fit")]).expect("1 entry fits"),
+            more: true,
+        }),
+        Frame::GetStatus(GetStatus {}),
+        Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1 }),
     ]
 }
 

@@ -195,6 +195,15 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "SIGTERM to {pid}");
+        let status = self.child.wait().expect("wait for serve");
+        assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+    }
+
     /// Kills the node and starts it again on the same home and port.
     pub fn restart(mut self) -> Self {
         self.kill();
