@@ -171,27 +171,38 @@ impl Tuning {
         }
     }
 
-    fn transport(self) -> quinn::TransportConfig {
+    /// The transport for a connection; `loopback` when the peer is this host.
+    fn transport(self, loopback: bool) -> quinn::TransportConfig {
         let mut config = quinn::TransportConfig::default();
         config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s is a valid idle timeout")));
         config.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
-        if self == Tuning::Throughput {
-            // A whole chunk (up to 16 MiB) fits in one stream's window, and
-            // the connection window holds many chunks in flight.
-            config.stream_receive_window(VarInt::from_u32(24 << 20));
-            config.receive_window(VarInt::from_u32(96 << 20));
-            config.send_window(96 << 20);
-            config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
-            // Let MTU discovery find jumbo paths (loopback, data-centre
-            // links): fewer, larger packets mean far less per-packet work.
-            // On a 1500-byte path the probes above it fail and it stays at 1452.
+        config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+        config.max_concurrent_uni_streams(VarInt::from_u32(0));
+        if self == Tuning::QuinnDefaults {
+            return config;
+        }
+        // A whole chunk (up to 16 MiB) fits in one stream's window, and the
+        // connection window holds many chunks in flight.
+        config.stream_receive_window(VarInt::from_u32(24 << 20));
+        config.receive_window(VarInt::from_u32(96 << 20));
+        config.send_window(96 << 20);
+        if loopback {
+            // Loopback carries 64 KiB datagrams, and per-packet work (crypto,
+            // acks, syscalls) is most of the cost: start at 16 KiB packets,
+            // never fall below, and let MTU discovery go higher. Segmentation
+            // offload stays off: quinn would batch up to 64 segments into one
+            // send, and the kernel refuses a batch over 64 KiB, which then
+            // looks like a black hole.
+            config.initial_mtu(LOOPBACK_MTU);
+            config.min_mtu(LOOPBACK_MTU);
             let mut mtu = quinn::MtuDiscoveryConfig::default();
             mtu.upper_bound(MAX_UDP_PAYLOAD);
             config.mtu_discovery_config(Some(mtu));
-        } else {
-            config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+            config.enable_segmentation_offload(false);
+            let mut cubic = quinn::congestion::CubicConfig::default();
+            cubic.initial_window(10 * u64::from(LOOPBACK_MTU));
+            config.congestion_controller_factory(Arc::new(cubic));
         }
-        config.max_concurrent_uni_streams(VarInt::from_u32(0));
         config
     }
 
@@ -208,9 +219,13 @@ impl Tuning {
     }
 }
 
-/// The largest UDP payload the tuned transport sends or accepts: what MTU
-/// discovery may reach on a path that allows it.
-pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
+/// The largest UDP payload the tuned transport accepts, and what MTU
+/// discovery may reach over loopback (whose MTU is 64 KiB). Other paths keep
+/// quinn's discovery bound (1452: Ethernet less IP and UDP headers), so
+/// segmentation offload never builds a batch the kernel refuses.
+pub const MAX_UDP_PAYLOAD: u16 = 65000;
+/// The packet size a loopback connection starts with and never goes below.
+pub const LOOPBACK_MTU: u16 = 16 * 1024;
 
 /// Most requests a peer may have open on one connection at once.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
@@ -223,6 +238,16 @@ pub struct Net {
     node: NodeId,
     network_key: [u8; 32],
     transport: Arc<quinn::TransportConfig>,
+    loopback_transport: Arc<quinn::TransportConfig>,
+    loopback_server: Option<Arc<quinn::ServerConfig>>,
+}
+
+/// Whether `addr` is this host (IPv4 or IPv6 loopback, or IPv4 loopback mapped into IPv6).
+fn is_loopback(addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V4(v4) => v4.ip().is_loopback(),
+        SocketAddr::V6(v6) => v6.ip().is_loopback() || v6.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
 }
 
 impl Net {
@@ -237,22 +262,27 @@ impl Net {
     ) -> Result<Self, NetError> {
         let identity = Arc::new(Identity::from_node_key(node_key)?);
         let node = NodeId(ed25519_dalek::SigningKey::from_bytes(node_key).verifying_key().to_bytes());
-        let transport = Arc::new(tuning.transport());
-        let server = if accept {
-            let crypto = QuicServerConfig::try_from(tls::server_config(&identity)?)
-                .map_err(|e| tls::TlsError::Config(rustls::Error::General(e.to_string())))?;
-            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let transport = Arc::new(tuning.transport(false));
+        let loopback_transport = Arc::new(tuning.transport(true));
+        let (server, loopback_server) = if accept {
+            let crypto = Arc::new(
+                QuicServerConfig::try_from(tls::server_config(&identity)?)
+                    .map_err(|e| tls::TlsError::Config(rustls::Error::General(e.to_string())))?,
+            );
+            let mut server = quinn::ServerConfig::with_crypto(crypto);
+            let mut loopback = server.clone();
             server.transport_config(Arc::clone(&transport));
-            Some(server)
+            loopback.transport_config(Arc::clone(&loopback_transport));
+            (Some(server), Some(Arc::new(loopback)))
         } else {
-            None
+            (None, None)
         };
         let socket = udp_socket(addr, tuning.socket_buffer()).map_err(|source| NetError::Bind { addr, source })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NetError::Bind { addr, source: std::io::Error::other("no async runtime") })?;
         let endpoint = quinn::Endpoint::new(tuning.endpoint(), server, socket, runtime)
             .map_err(|source| NetError::Bind { addr, source })?;
-        Ok(Self { endpoint, identity, node, network_key, transport })
+        Ok(Self { endpoint, identity, node, network_key, transport, loopback_transport, loopback_server })
     }
 
     /// This node's id.
@@ -272,7 +302,8 @@ impl Net {
         let crypto = QuicClientConfig::try_from(tls::client_config(&self.identity, node)?)
             .map_err(|e| tls::TlsError::Config(rustls::Error::General(e.to_string())))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::clone(&self.transport));
+        let transport = if is_loopback(addr) { &self.loopback_transport } else { &self.transport };
+        config.transport_config(Arc::clone(transport));
         let connecting =
             self.endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
@@ -333,7 +364,14 @@ impl Net {
     pub async fn admit(&self, incoming: quinn::Incoming) -> Result<Peer, NetError> {
         let addr = incoming.remote_address();
         let unreachable = |reason: String| NetError::Unreachable { node: "?".into(), addr, reason };
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await {
+        let loopback = self.loopback_server.as_ref().filter(|_| is_loopback(addr)).map(Arc::clone);
+        let accepting = async {
+            match loopback {
+                Some(config) => incoming.accept_with(config)?.await,
+                None => incoming.accept()?.await,
+            }
+        };
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting).await {
             Err(_) => return Err(unreachable("handshake timed out".into())),
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Ok(Ok(conn)) => conn,
@@ -420,4 +458,19 @@ fn udp_socket(addr: SocketAddr, buffer: Option<usize>) -> std::io::Result<std::n
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_recognised_in_every_spelling_and_nothing_else_is() {
+        for addr in ["127.0.0.1:7070", "127.8.9.10:1", "[::1]:7070", "[::ffff:127.0.0.1]:7070"] {
+            assert!(is_loopback(addr.parse().unwrap()), "{addr} is loopback");
+        }
+        for addr in ["192.0.2.1:7070", "0.0.0.0:7070", "[2001:db8::1]:7070", "[::ffff:192.0.2.1]:7070", "[::]:1"] {
+            assert!(!is_loopback(addr.parse().unwrap()), "{addr} is not loopback");
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! frame is buffered, and a payload is read only after its declared length
 //! has passed the frame's limit.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, WriteError};
 
 use crate::wire::{self, DecodeError, Frame};
@@ -86,18 +86,42 @@ impl<'a> FrameReader<'a> {
     /// `len` must already be within the frame's limit.
     pub async fn payload(&mut self, len: usize, out: &mut Vec<u8>) -> Result<(), StreamError> {
         out.clear();
-        out.resize(len, 0);
-        let buffered = self.buf.len().min(len);
-        out[..buffered].copy_from_slice(&self.buf[..buffered]);
-        self.buf.advance(buffered);
-        if buffered < len {
-            self.recv.read_exact(&mut out[buffered..]).await.map_err(|e| match e {
-                quinn::ReadExactError::FinishedEarly(_) => StreamError::Ended,
-                quinn::ReadExactError::ReadError(e) => e.into(),
-            })?;
+        out.reserve(len);
+        for part in self.payload_parts(len).await? {
+            out.extend_from_slice(&part);
         }
         Ok(())
     }
+
+    /// Exactly `len` payload bytes, as the pieces quinn received them in
+    /// (no copy). `len` must already be within the frame's limit.
+    pub async fn payload_parts(&mut self, len: usize) -> Result<Vec<Bytes>, StreamError> {
+        let buffered = self.buf.len().min(len);
+        let mut parts = Vec::with_capacity(len / (16 << 10) + 2);
+        if buffered > 0 {
+            parts.push(self.buf.split_to(buffered).freeze());
+        }
+        let mut missing = len - buffered;
+        while missing > 0 {
+            match self.recv.read_chunk(missing, true).await? {
+                Some(chunk) => {
+                    missing -= chunk.bytes.len();
+                    parts.push(chunk.bytes);
+                }
+                None => return Err(StreamError::Ended),
+            }
+        }
+        Ok(parts)
+    }
+}
+
+/// Writes `frame` and then `payload`, handing quinn the payload's buffer
+/// instead of copying it.
+pub async fn write_frame_owned(send: &mut SendStream, frame: &Frame, payload: Bytes) -> Result<(), StreamError> {
+    let mut header = Vec::with_capacity(128);
+    frame.encode(&mut header).map_err(|e| StreamError::Other(e.to_string()))?;
+    send.write_all_chunks(&mut [Bytes::from(header), payload]).await?;
+    Ok(())
 }
 
 /// Writes `frame` and then `payload` (which must be the length it declares).

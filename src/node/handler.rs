@@ -17,7 +17,7 @@ use crate::crypto;
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::LogEntry;
 use crate::net::Peer;
-use crate::net::stream::{FrameReader, StreamError, write_frame};
+use crate::net::stream::{FrameReader, StreamError, write_frame, write_frame_owned};
 use crate::store::{Appended, PinRecord, StoreError};
 use crate::wire::{
     self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, Log, ManifestData,
@@ -147,13 +147,22 @@ async fn answer(
         }
         Frame::PutChunk(put) => {
             let _permit = reserve(state, u64::from(put.len)).await?;
-            let ciphertext = read_payload(reader, u64::from(put.len)).await?;
+            // The pieces quinn received, hashed and written as they are: no copy.
+            let parts = reader
+                .payload_parts(put.len as usize)
+                .await
+                .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("reading the payload: {e}")))?;
             let id = put.id;
             blocking(state, move |s| {
-                if ChunkId::of(&ciphertext) != id {
+                let mut hasher = blake3::Hasher::new();
+                parts.iter().for_each(|part| {
+                    hasher.update(part);
+                });
+                if ChunkId(*hasher.finalize().as_bytes()) != id {
                     return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("chunk bytes do not hash to {id}")));
                 }
-                s.home.store().put_chunk(&id, &ciphertext)?;
+                let parts: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
+                s.home.store().put_chunk_parts(&id, &parts)?;
                 Ok(())
             })
             .await?;
@@ -177,7 +186,9 @@ async fn answer(
             match found {
                 Some(bytes) => {
                     let len = u32::try_from(bytes.len()).expect("chunk files are within MAX_CHUNK_PAYLOAD");
-                    reply(send, Frame::ChunkData(ChunkData { id, len }), &bytes).await
+                    write_frame_owned(send, &Frame::ChunkData(ChunkData { id, len }), bytes.into())
+                        .await
+                        .map_err(|e| Refusal::new(ErrorCode::INTERNAL, e.to_string()))
                 }
                 None => reply(send, Frame::NotFound(NotFound { id: id.0 }), &[]).await,
             }

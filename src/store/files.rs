@@ -1,20 +1,25 @@
 //! Durable file writes: temp file → write → fsync → rename → fsync directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` so that, once this returns, the file is on disk
 /// under its final name with all its bytes, or not there at all. The temp file
 /// lives in `tmp_dir` (same file system) and is removed on failure.
 pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_parts_durably(tmp_dir, path, &[bytes])
+}
+
+/// [`write_durably`] for bytes that arrive in pieces: the file holds them in order.
+pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
     let tmp = tmp_dir.join(tmp_name);
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
+        write_all_parts(&mut file, parts)?;
         file.sync_data()?;
         drop(file);
         let parent = path.parent().ok_or_else(|| io::Error::other("durable write target has no parent"))?;
@@ -26,6 +31,22 @@ pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes every part, in order, with as few `writev` calls as it takes.
+fn write_all_parts(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    let mut slices = &mut slices[..];
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.

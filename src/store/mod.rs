@@ -171,11 +171,16 @@ impl Store {
     /// Stores a chunk durably unless it is already there. Returns whether it
     /// wrote it. The caller vouches that `ciphertext` hashes to `id`.
     pub fn put_chunk(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, StoreError> {
+        self.put_chunk_parts(id, &[ciphertext])
+    }
+
+    /// [`Store::put_chunk`] for ciphertext that arrived in pieces (from the network).
+    pub fn put_chunk_parts(&self, id: &ChunkId, parts: &[&[u8]]) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         if path.is_file() {
             return Ok(false);
         }
-        files::write_durably(&self.tmp_dir(), &path, ciphertext)
+        files::write_parts_durably(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing chunk {}", id.short(16)), &path))?;
         Ok(true)
     }

@@ -177,6 +177,24 @@ impl Swarm {
 
     /// What each peer did, for the summary.
     pub fn report(&self) -> Vec<MemberReport> {
+        for m in &self.members {
+            let stats = m.peer.connection().stats();
+            tracing::debug!(
+                "{:?}: mtu {} ({} probes, {} lost, {} black holes), rtt {:?}, {} datagrams out in {} sends, {} in; {} acks out, {} in; lost {}",
+                m.peer,
+                stats.path.current_mtu,
+                stats.path.sent_plpmtud_probes,
+                stats.path.lost_plpmtud_probes,
+                stats.path.black_holes_detected,
+                stats.path.rtt,
+                stats.udp_tx.datagrams,
+                stats.udp_tx.ios,
+                stats.udp_rx.datagrams,
+                stats.frame_tx.acks,
+                stats.frame_rx.acks,
+                stats.path.lost_packets,
+            );
+        }
         self.members
             .iter()
             .map(|m| MemberReport {
