@@ -284,3 +284,67 @@ fn commands_on_a_served_home_go_through_its_node() {
     served.node.ok(&["pull", "doc.bin", "-o", "again.bin"]);
     assert_eq!(fs::read(served.node.work.join("again.bin")).unwrap(), v2);
 }
+
+#[test]
+fn push_and_pull_survive_a_lossy_slow_link() {
+    let node = Server::start();
+    let link = common::LossyLink::start(node.addr.parse().unwrap(), 5, Duration::from_millis(5));
+    // The client knows the node only at the relay's address.
+    let me = Node::new();
+    me.ok(&["init"]);
+    me.set_chunker(common::SMALL_CHUNKS);
+    fs::copy(node.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
+    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, node.id, link.addr);
+    fs::write(me.home.join("peers.json"), table).unwrap();
+
+    let data = random_bytes(6 << 20, 31);
+    let id = me.push(&me.write("lossy.bin", &data), &[]);
+    assert!(!node.node.chunk_files().is_empty(), "the chunks crossed the link");
+    me.ok(&["pull", &id, "-o", "back.bin"]);
+    assert!(fs::read(me.work.join("back.bin")).unwrap() == data, "byte-identical through the lossy link");
+    let dropped = link.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let forwarded = link.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped > 10 && forwarded > 100, "the link really lost packets: {dropped} dropped, {forwarded} forwarded");
+}
+
+/// This host's address on its default route, if it has one that is not loopback.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // connect() on UDP sends nothing: it only picks the route and source address.
+    probe.connect("192.0.2.1:9").ok()?;
+    Some(probe.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+#[test]
+fn push_and_pull_work_over_an_interface_address() {
+    // Loopback peers get 16 KiB packets without segmentation offload; every
+    // other address gets quinn's MTU discovery and GSO. Exercise the latter
+    // through this host's own interface address.
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this host has no non-loopback address to listen on");
+        return;
+    };
+    let a = Server::start();
+    let b = Server::start_in(
+        {
+            let node = Node::new();
+            node.ok(&["init", "--join", &a.invite()]);
+            node
+        },
+        &format!("{ip}:0"),
+        &[],
+    );
+    assert!(b.addr.starts_with(&ip.to_string()), "{}", b.addr);
+    let me = Node::new();
+    me.ok(&["init"]);
+    me.set_chunker(common::SMALL_CHUNKS);
+    fs::copy(b.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
+    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, b.id, b.addr);
+    fs::write(me.home.join("peers.json"), table).unwrap();
+    let data = random_bytes(8 << 20, 41);
+    let id = me.push(&me.write("wire.bin", &data), &[]);
+    assert!(!b.node.chunk_files().is_empty());
+    let pulled = me.run(&["pull", &id, "-o", "-"]);
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert!(pulled.stdout == data, "byte-identical over the interface address");
+}
