@@ -4,10 +4,13 @@
 the tuned transport and with quinn's defaults, beside `rsync -e ssh` of the
 same file in the same run.
 
-    cargo build --release && python3 scripts/bench-net.py [--size-mib 1024] [--runs 3] [--tmpfs]
+    cargo build --release --bins --examples && python3 scripts/bench-net.py [--size-mib 1024] [--runs 3] [--tmpfs]
 
 Every push goes to a fresh node, so all of its chunks travel. Reports the
-median MB/s (10^6 bytes/s) and the peak RSS of client and node. --tmpfs puts
+median MB/s (10^6 bytes/s) and the peak RSS of client and node. Two ceilings
+are measured in the same runs: the transport alone (examples/quic_blast: the
+same QUIC, TLS and tuning carrying bulk bytes, nothing else) and a push to
+the local store (chunking, hashing, sealing and writing, no network). --tmpfs puts
 homes and files on /dev/shm, taking the disk (and fsync) out of the figures.
 Needs rsync and sshd for the baseline (installs them with apt-get if missing).
 """
@@ -25,6 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "p2pfs")
+BLAST = os.path.join(ROOT, "target", "release", "examples", "quic_blast")
 
 
 def run(cmd, env=None, **kw):
@@ -100,6 +104,29 @@ def p2pfs_round(base, data, size, transport):
     return size / push_s / 1e6, size / pull_s / 1e6, push_rss, pull_rss, node_rss
 
 
+def blast_round(size, transport):
+    """MB/s of bulk bytes over the transport alone, two processes."""
+    env = env_for("/nonexistent", transport)
+    sink = subprocess.Popen([BLAST, "sink"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        node, addr = sink.stdout.readline().split()
+        out = run([BLAST, "send", node, addr, str(size >> 20)], env)
+        return float(out.stdout.strip())
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+def local_round(base, data, size):
+    """MB/s of a push into a fresh local store: the pipeline without the network."""
+    home = tempfile.mkdtemp(dir=base, prefix="local-")
+    env = env_for(home, "tuned")
+    run([BIN, "init", "-q"], env)
+    elapsed, _ = timed([BIN, "push", "-q", data], env)
+    shutil.rmtree(home, ignore_errors=True)
+    return size / elapsed / 1e6
+
+
 def ensure_sshd(base):
     if not shutil.which("sshd") and os.path.exists("/usr/sbin/sshd") is False or not shutil.which("rsync"):
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
@@ -142,8 +169,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tmpfs", action="store_true")
     args = parser.parse_args()
-    if not os.path.exists(BIN):
-        sys.exit("build first: cargo build --release")
+    if not os.path.exists(BIN) or not os.path.exists(BLAST):
+        sys.exit("build first: cargo build --release --bins --examples")
     base = tempfile.mkdtemp(prefix="p2pfs-bench-net-", dir="/dev/shm" if args.tmpfs else None)
     try:
         data = os.path.join(base, "data.bin")
@@ -152,11 +179,13 @@ def main():
             for _ in range(args.size_mib):
                 f.write(os.urandom(1 << 20))
         sshd, ssh = ensure_sshd(base)
-        results = {"tuned": [], "default": [], "rsync": []}
+        results = {"tuned": [], "default": [], "rsync": [], "local": [], "blast tuned": [], "blast default": []}
         for i in range(args.runs):
             for transport in ("tuned", "default"):
                 results[transport].append(p2pfs_round(base, data, size, transport))
+                results["blast " + transport].append(blast_round(size, transport))
             results["rsync"].append(rsync_round(base, data, size, ssh))
+            results["local"].append(local_round(base, data, size))
             print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
         sshd.terminate()
         where = "tmpfs (/dev/shm)" if args.tmpfs else "disk"
@@ -171,6 +200,9 @@ def main():
                   f"peak RSS: push {max(r[2] for r in rows) / 1024:.0f} MiB, "
                   f"pull {max(r[3] for r in rows) / 1024:.0f} MiB, node {max(r[4] for r in rows) / 1024:.0f} MiB")
         print(f"  rsync -e ssh  {rsync:6.0f} MB/s")
+        print(f"  ceilings: local push (no network) {statistics.median(results['local']):6.0f} MB/s; "
+              f"transport alone {statistics.median(results['blast tuned']):6.0f} MB/s tuned, "
+              f"{statistics.median(results['blast default']):6.0f} MB/s default")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
