@@ -152,6 +152,9 @@ fn a_node_without_the_network_key_is_refused_before_any_request() {
     // The node closes with NotMember; the client sometimes sees only the
     // stateless reset that follows (see the issue note).
     assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
+    if stderr.contains("not a member") {
+        assert!(stderr.contains("p2pfs init --join"), "says how to become a member: {stderr}");
+    }
     assert!(a.node.chunk_files().is_empty() && a.node.manifest_files().is_empty());
     let stderr = outsider.fails(&["pull", &"ab".repeat(32)], 1);
     assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");

@@ -107,10 +107,17 @@ pub(super) fn connect_swarm(
     }
     if swarm.is_empty() {
         let reasons: Vec<String> = swarm.unreachable.iter().map(|(_, why)| why.clone()).collect();
+        let refused = reasons.iter().any(|why| why.contains("not a member"));
         bail!(
-            "no peer reachable ({} known): {}",
+            "no peer reachable ({} known): {}{}",
             known.len(),
-            if reasons.is_empty() { "none known".to_owned() } else { reasons.join("; ") }
+            if reasons.is_empty() { "none known".to_owned() } else { reasons.join("; ") },
+            if refused {
+                ". This home's network key is not theirs: get a join token from a member (`p2pfs invite` \
+                 there) and run `p2pfs init --join TOKEN` with a new P2PFS_HOME"
+            } else {
+                ""
+            }
         );
     }
     for (node, why) in &swarm.unreachable {
