@@ -280,7 +280,7 @@ fn push_file(
         let alone = session.served().is_some() && swarm.len() == 1;
         if destination.replicas < replicas && !quiet && !alone {
             eprintln!(
-                "p2pfs: warning: only {} peers reachable: each chunk gets {} replicas, not {replicas}",
+                "p2pfs: warning: only {} of the {replicas} peers wanted are reachable: each chunk gets {} copies",
                 swarm.len(),
                 destination.replicas
             );
@@ -328,7 +328,8 @@ fn push_file(
             output::rate(v.size, report.elapsed),
         );
         if let Some((replicas, members, unreachable)) = &peer_summary {
-            eprintln!("every chunk has {replicas} durable replicas:");
+            let copies = if *replicas == 1 { "1 durable copy" } else { &format!("{replicas} durable replicas") };
+            eprintln!("every chunk has {copies}:");
             network::print_member_report(members, unreachable, false);
         }
     }
