@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Node, Server, client, random_bytes, wait_until};
+use common::{Node, Server, client, client_pointed_at, random_bytes, wait_until};
 
 /// Three nodes that know each other through the first one's bootstrap.
 fn three_nodes() -> Vec<Server> {
@@ -127,11 +127,7 @@ fn a_key_that_does_not_match_the_dialled_node_is_refused() {
         &[],
     );
     // The client believes A lives at the impostor's address.
-    let me = Node::new();
-    me.ok(&["init"]);
-    fs::copy(a.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
-    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, impostor.addr);
-    fs::write(me.home.join("peers.json"), table).unwrap();
+    let me = client_pointed_at(&a.id, &impostor.addr, Some(&a));
     let file = me.write("secret.bin", &random_bytes(100_000, 3));
     let stderr = me.fails(&["push", file.to_str().unwrap()], 1);
     assert!(stderr.contains("no peer reachable"), "{stderr}");
@@ -143,10 +139,7 @@ fn a_key_that_does_not_match_the_dialled_node_is_refused() {
 #[test]
 fn a_node_without_the_network_key_is_refused_before_any_request() {
     let a = Server::start();
-    let outsider = Node::new();
-    outsider.ok(&["init"]);
-    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, a.id, a.addr);
-    fs::write(outsider.home.join("peers.json"), table).unwrap();
+    let outsider = client_pointed_at(&a.id, &a.addr, None);
     let file = outsider.write("x.bin", &random_bytes(100_000, 4));
     let stderr = outsider.fails(&["push", file.to_str().unwrap()], 1);
     // The node closes with NotMember; the client sometimes sees only the
@@ -293,12 +286,7 @@ fn push_and_pull_survive_a_lossy_slow_link() {
     let node = Server::start();
     let link = common::LossyLink::start(node.addr.parse().unwrap(), 5, Duration::from_millis(5));
     // The client knows the node only at the relay's address.
-    let me = Node::new();
-    me.ok(&["init"]);
-    me.set_chunker(common::SMALL_CHUNKS);
-    fs::copy(node.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
-    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, node.id, link.addr);
-    fs::write(me.home.join("peers.json"), table).unwrap();
+    let me = client_pointed_at(&node.id, &link.addr.to_string(), Some(&node));
 
     let data = random_bytes(6 << 20, 31);
     let id = me.push(&me.write("lossy.bin", &data), &[]);
@@ -338,12 +326,7 @@ fn push_and_pull_work_over_an_interface_address() {
         &[],
     );
     assert!(b.addr.starts_with(&ip.to_string()), "{}", b.addr);
-    let me = Node::new();
-    me.ok(&["init"]);
-    me.set_chunker(common::SMALL_CHUNKS);
-    fs::copy(b.node.home.join("keys/network.key"), me.home.join("keys/network.key")).unwrap();
-    let table = format!(r#"{{"peers":[{{"node":"{}","addrs":["{}"]}}]}}"#, b.id, b.addr);
-    fs::write(me.home.join("peers.json"), table).unwrap();
+    let me = client_pointed_at(&b.id, &b.addr, Some(&b));
     let data = random_bytes(8 << 20, 41);
     let id = me.push(&me.write("wire.bin", &data), &[]);
     assert!(!b.node.chunk_files().is_empty());

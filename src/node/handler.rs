@@ -123,6 +123,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Refusal::new(ErrorCode::INTERNAL, format!("request task failed: {e}")))?
 }
 
+/// A log entry from a frame, decoded and checked against its owner's signature.
+fn signed_entry(bytes: &[u8]) -> Result<LogEntry, Refusal> {
+    let entry =
+        LogEntry::decode(0, bytes).map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a log entry: {e}")))?;
+    entry
+        .verify_signature()
+        .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
+    Ok(entry)
+}
+
 async fn answer(
     state: &Arc<NodeState>,
     frame: Frame,
@@ -269,11 +279,7 @@ async fn answer(
             reply(send, Frame::Ack(Ack { id: manifest.0 }), &[]).await
         }
         Frame::PutHead(put) => {
-            let entry = LogEntry::decode(0, &put.entry)
-                .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a log entry: {e}")))?;
-            entry
-                .verify_signature()
-                .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
+            let entry = signed_entry(&put.entry)?;
             let hash = entry.hash();
             let stored = blocking(state, move |s| Ok(s.home.store().meta().put_head(&entry)?)).await?;
             if !stored {
@@ -288,11 +294,7 @@ async fn answer(
             reply(send, Frame::Head(Head { entry }), &[]).await
         }
         Frame::AppendLog(append) => {
-            let entry = LogEntry::decode(0, &append.entry)
-                .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a log entry: {e}")))?;
-            entry
-                .verify_signature()
-                .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
+            let entry = signed_entry(&append.entry)?;
             let (hash, seq) = (entry.hash(), entry.seq);
             match blocking(state, move |s| Ok(s.home.store().meta().append_log(&entry)?)).await? {
                 Appended::Appended | Appended::AlreadyHeld => reply(send, Frame::Ack(Ack { id: hash }), &[]).await,

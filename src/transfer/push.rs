@@ -44,7 +44,9 @@ pub trait Destination: Sync {
     /// be neither sealed again nor sent.
     fn holds(&self, id: &ChunkId) -> bool;
 
-    /// Stores a sealed chunk durably. Returns whether any bytes were written or sent.
+    /// Stores a sealed chunk durably, unless it is there already (sealing is
+    /// convergent, so it may be, even when no sealed-chunk map says so).
+    /// Returns whether any bytes were written or sent.
     fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError>;
 
     /// Makes a version's manifest, pin and log entry durable at the
@@ -275,8 +277,6 @@ fn seal_and_store(
         return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
     }
     let id = seal_chunk(&key, buf);
-    // Sealing is convergent: a destination may hold this chunk from a push
-    // whose sealed-chunk map this one cannot see.
-    let written = !destination.holds(&id) && destination.put(&id, buf)?;
+    let written = destination.put(&id, buf)?;
     Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
 }

@@ -282,6 +282,9 @@ impl Destination for Replicate<'_> {
     }
 
     fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError> {
+        if self.holds(id) {
+            return Ok(false);
+        }
         let swarm = self.swarm;
         let mut acked = 0;
         let mut tried = vec![false; swarm.members.len()];

@@ -220,6 +220,23 @@ impl Drop for Server {
     }
 }
 
+/// A client home with small chunks that knows one peer, `node` at `addr`,
+/// and nothing else: not by a join token but by its peer table, so the
+/// address can be a relay or an impostor. It holds `network_of`'s network
+/// key, or its own (a non-member) if that is `None`.
+pub fn client_pointed_at(node: &str, addr: &str, network_of: Option<&Server>) -> Node {
+    let client = Node::new();
+    client.ok(&["init"]);
+    client.set_chunker(SMALL_CHUNKS);
+    if let Some(server) = network_of {
+        let key = "keys/network.key";
+        fs::copy(server.node.home.join(key), client.home.join(key)).unwrap();
+    }
+    let table = format!(r#"{{"peers":[{{"node":"{node}","addrs":["{addr}"]}}]}}"#);
+    fs::write(client.home.join("peers.json"), table).unwrap();
+    client
+}
+
 /// A client home that joined the network with `token`, with small chunks.
 pub fn client(token: &str) -> Node {
     let node = Node::new();
