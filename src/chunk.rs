@@ -225,6 +225,7 @@ impl<R: Read> Chunker<R> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
 
     fn small_config() -> ChunkerConfig {
         ChunkerConfig { min_size: 256, avg_size: 1024, max_size: 4096 }
@@ -296,8 +297,52 @@ mod tests {
         assert_ne!(cuts(1).lengths(&data), cuts(2).lengths(&data));
     }
 
+    /// Flips bits of one byte at `at` and checks that only the boundaries near
+    /// it move.
+    fn check_an_edit_moves_only_nearby_boundaries(seed: u64, at: usize, byte: u8) {
+        let data = pseudo_random(400_000, seed);
+        let mut edited = data.clone();
+        edited[at] ^= byte | 1;
+        let ends = |lengths: Vec<usize>| -> Vec<usize> {
+            lengths
+                .into_iter()
+                .scan(0, |end, l| {
+                    *end += l;
+                    Some(*end)
+                })
+                .collect()
+        };
+        let before = ends(cuts(4).lengths(&data));
+        let after = ends(cuts(4).lengths(&edited));
+        // After the edit the boundaries realign, and once realigned they stay
+        // identical to the end of the input.
+        let first_common = after.iter().copied().filter(|&e| e > at).find(|e| before.contains(e));
+        let first_common = first_common.expect("boundaries realign after an edit");
+        let tail = |v: &[usize]| v.iter().copied().filter(|&e| e >= first_common).collect::<Vec<_>>();
+        assert_eq!(tail(&before), tail(&after));
+        assert!(first_common - at <= 8 * small_config().max_size as usize);
+        // Boundaries before the edit are unchanged. FastCDC decides a cut with
+        // the first byte of the next chunk in its hash, so a boundary at `at`
+        // itself may move: only those strictly before it are fixed.
+        let head = |v: &[usize]| v.iter().copied().filter(|&e| e < at).collect::<Vec<_>>();
+        assert_eq!(head(&before), head(&after));
+    }
+
+    /// The case that showed the cut depends on the byte after it (CI, 2026-11).
+    #[test]
+    fn editing_the_first_byte_of_a_chunk_may_move_the_cut_before_it() {
+        check_an_edit_moves_only_nearby_boundaries(2_316_084_751_511_310_926, 190_237, 0);
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        // A fixed seed and no regression files: the same 64 cases every run,
+        // so a test run cannot pass or fail by luck.
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            rng_seed: RngSeed::Fixed(0x7032_7066_7363_6463),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn chunks_cover_the_input_exactly_whatever_the_read_size(
@@ -318,24 +363,7 @@ mod tests {
 
         #[test]
         fn an_edit_moves_only_nearby_boundaries(seed in any::<u64>(), at in 0usize..200_000, byte in any::<u8>()) {
-            let data = pseudo_random(400_000, seed);
-            let mut edited = data.clone();
-            edited[at] ^= byte | 1;
-            let ends = |lengths: Vec<usize>| -> Vec<usize> {
-                lengths.into_iter().scan(0, |end, l| { *end += l; Some(*end) }).collect()
-            };
-            let before = ends(cuts(4).lengths(&data));
-            let after = ends(cuts(4).lengths(&edited));
-            // After the edit the boundaries realign, and once realigned they
-            // stay identical to the end of the input.
-            let first_common = after.iter().copied().filter(|&e| e > at).find(|e| before.contains(e));
-            let first_common = first_common.expect("boundaries realign after an edit");
-            let tail = |v: &[usize]| v.iter().copied().filter(|&e| e >= first_common).collect::<Vec<_>>();
-            prop_assert_eq!(tail(&before), tail(&after));
-            prop_assert!(first_common - at <= 8 * small_config().max_size as usize);
-            // Boundaries before the edit are unchanged.
-            let head = |v: &[usize]| v.iter().copied().filter(|&e| e <= at).collect::<Vec<_>>();
-            prop_assert_eq!(head(&before), head(&after));
+            check_an_edit_moves_only_nearby_boundaries(seed, at, byte);
         }
     }
 }
