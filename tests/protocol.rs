@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use p2pfs::crypto::OwnerKeys;
 use p2pfs::home::Keys;
 use p2pfs::id::{ChunkId, ManifestId, NodeId};
@@ -53,7 +54,7 @@ fn a_rejected_frame_closes_its_stream_and_the_node_serves_on() {
     let (_net2, other) = member_client(&server, &rt);
     rt.block_on(other.ping()).unwrap();
     // A chunk whose bytes do not hash to its id is refused and not stored.
-    let err = rt.block_on(peer.put_chunk(ChunkId([1; 32]), b"not those bytes")).unwrap_err();
+    let err = rt.block_on(peer.put_chunk(ChunkId([1; 32]), Bytes::from_static(b"not those bytes"))).unwrap_err();
     assert_eq!(err.remote_code(), Some(ErrorCode::BAD_FRAME.0), "{err}");
     assert!(server.node.chunk_files().is_empty());
 }
@@ -67,7 +68,7 @@ fn pins_and_unpins_signed_by_another_owner_are_rejected() {
     let chunk = b"ciphertext of some chunk".to_vec();
     let chunk_id = ChunkId::of(&chunk);
     let manifest = ManifestId([9; 32]);
-    rt.block_on(peer.put_chunk(chunk_id, &chunk)).unwrap();
+    rt.block_on(peer.put_chunk(chunk_id, Bytes::copy_from_slice(&chunk))).unwrap();
 
     // Mallory signs a pin in Alice's name: refused.
     let message = wire::pin_message(&alice.owner_id(), &manifest, &[chunk_id]);

@@ -2,10 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::NetError;
-use super::stream::{FrameReader, StreamError, write_frame};
+use super::stream::{FrameReader, StreamError, write_frame, write_frame_owned};
 use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::wire::{
     self, Ack, AppendLog, Bounded, BoundedBytes, ChunkData, ErrorCode, Frame, FrameType, GetChunk, GetHead, GetLog,
@@ -115,8 +116,12 @@ impl Peer {
 
     /// Expects an `Ack` of `id`.
     async fn call_for_ack(&self, frame: &Frame, payload: &[u8], id: [u8; 32]) -> Result<(), NetError> {
-        let asked = frame.frame_type();
-        match self.call(frame, payload).await? {
+        let reply = self.call(frame, payload).await?;
+        self.expect_ack(frame.frame_type(), reply, id)
+    }
+
+    fn expect_ack(&self, asked: FrameType, reply: Frame, id: [u8; 32]) -> Result<(), NetError> {
+        match reply {
             Frame::Ack(Ack { id: acked }) if acked == id => Ok(()),
             other => Err(self.unexpected(asked, other)),
         }
@@ -156,9 +161,18 @@ impl Peer {
     }
 
     /// Stores a chunk; returns once the peer acks it durable.
-    pub async fn put_chunk(&self, id: ChunkId, ciphertext: &[u8]) -> Result<(), NetError> {
-        let len = payload_len(ciphertext.len(), wire::MAX_CHUNK_PAYLOAD);
-        self.call_for_ack(&Frame::PutChunk(PutChunk { id, len }), ciphertext, id.0).await
+    ///
+    /// The ciphertext is handed to quinn as it is (no copy): quinn holds a
+    /// reference until the peer has acknowledged the bytes, so the caller can
+    /// reclaim the buffer once this returns (see `Bytes::try_into_mut`).
+    pub async fn put_chunk(&self, id: ChunkId, ciphertext: Bytes) -> Result<(), NetError> {
+        let frame = Frame::PutChunk(PutChunk { id, len: payload_len(ciphertext.len(), wire::MAX_CHUNK_PAYLOAD) });
+        let (mut send, mut recv) = self.open().await?;
+        write_frame_owned(&mut send, &frame, ciphertext).await.map_err(|e| self.stream_err(e))?;
+        // The stream may already be reset by a peer that refused early; the reply says why.
+        let _ = send.finish();
+        let reply = FrameReader::new(&mut recv).next_frame().await.map_err(|e| self.stream_err(e))?;
+        self.expect_ack(FrameType::PutChunk, reply, id.0)
     }
 
     /// Fetches a chunk into `out`, verified against its id. `Ok(false)` if

@@ -47,7 +47,11 @@ pub trait Destination: Sync {
     /// Stores a sealed chunk durably, unless it is there already (sealing is
     /// convergent, so it may be, even when no sealed-chunk map says so).
     /// Returns whether any bytes were written or sent.
-    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError>;
+    ///
+    /// The destination may take `ciphertext`'s allocation (to hand it to the
+    /// network without a copy); it then leaves in its place a buffer of at
+    /// least the same capacity, the same one whenever it can be reclaimed.
+    fn put(&self, id: &ChunkId, ciphertext: &mut Vec<u8>) -> Result<bool, TransferError>;
 
     /// Makes a version's manifest, pin and log entry durable at the
     /// destination, after all its chunks and before it is recorded locally.
@@ -73,7 +77,7 @@ impl Destination for Store {
         self.has_chunk(id)
     }
 
-    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError> {
+    fn put(&self, id: &ChunkId, ciphertext: &mut Vec<u8>) -> Result<bool, TransferError> {
         Ok(self.put_chunk(id, ciphertext)?)
     }
 }

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -276,15 +277,9 @@ impl<'a> Replicate<'a> {
     }
 }
 
-impl Destination for Replicate<'_> {
-    fn holds(&self, id: &ChunkId) -> bool {
-        self.held.get(id).is_some_and(|&n| n >= self.replicas)
-    }
-
-    fn put(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, TransferError> {
-        if self.holds(id) {
-            return Ok(false);
-        }
+impl Replicate<'_> {
+    /// Sends one chunk until `replicas` peers have acked it, in rendezvous order.
+    fn replicate(&self, id: &ChunkId, ciphertext: &Bytes) -> Result<bool, TransferError> {
         let swarm = self.swarm;
         let mut acked = 0;
         let mut tried = vec![false; swarm.members.len()];
@@ -295,7 +290,7 @@ impl Destination for Replicate<'_> {
             if batch.is_empty() {
                 break;
             }
-            let puts = batch.iter().map(|&i| swarm.members[i].peer.put_chunk(*id, ciphertext));
+            let puts = batch.iter().map(|&i| swarm.members[i].peer.put_chunk(*id, ciphertext.clone()));
             for (&index, result) in batch.iter().zip(swarm.runtime.block_on(join_all(puts))) {
                 tried[index] = true;
                 let member = &swarm.members[index];
@@ -323,6 +318,38 @@ impl Destination for Replicate<'_> {
             });
         }
         Ok(true)
+    }
+}
+
+/// The buffer behind `shared` once nobody else holds it (emptied, its capacity
+/// kept), or a new one of `capacity` if quinn still has a reference.
+fn reclaim(mut shared: Bytes, capacity: usize) -> Vec<u8> {
+    shared.truncate(0);
+    match shared.try_into_mut() {
+        Ok(buf) => {
+            let buf = Vec::from(buf);
+            if buf.capacity() >= capacity { buf } else { Vec::with_capacity(capacity) }
+        }
+        Err(_) => Vec::with_capacity(capacity),
+    }
+}
+
+impl Destination for Replicate<'_> {
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.held.get(id).is_some_and(|&n| n >= self.replicas)
+    }
+
+    fn put(&self, id: &ChunkId, ciphertext: &mut Vec<u8>) -> Result<bool, TransferError> {
+        if self.holds(id) {
+            return Ok(false);
+        }
+        // Every replica's stream shares this one buffer; quinn copies it only
+        // into packets. It comes back to the pipeline once quinn lets go.
+        let capacity = ciphertext.capacity();
+        let shared = Bytes::from(std::mem::take(ciphertext));
+        let result = self.replicate(id, &shared);
+        *ciphertext = reclaim(shared, capacity);
+        result
     }
 
     fn publish(&self, version: &Published<'_>) -> Result<(), TransferError> {
@@ -501,5 +528,29 @@ impl Catalog for Daemon {
             }))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_nobody_else_holds_comes_back_itself() {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(&[7; 1000]);
+        let address = buf.as_ptr();
+        let shared = Bytes::from(buf);
+        let back = reclaim(shared, 4096);
+        assert_eq!((back.as_ptr(), back.len(), back.capacity()), (address, 0, 4096));
+    }
+
+    #[test]
+    fn a_buffer_still_held_elsewhere_is_replaced() {
+        let shared = Bytes::from(vec![7u8; 1000]);
+        let still_held = shared.clone();
+        let back = reclaim(shared, 4096);
+        assert!(back.is_empty() && back.capacity() >= 4096);
+        assert_eq!(still_held.len(), 1000, "the other holder's bytes are untouched");
     }
 }
