@@ -1,12 +1,15 @@
 //! Streaming content-defined chunking (FastCDC 2020) with keyed boundaries.
 //!
-//! The cut-point scan is the `fastcdc` crate's; what this module adds is the
-//! key and the streaming. The 256-entry gear table is derived from the owner's
-//! chunker subkey (a BLAKE3 XOF stream), so chunk boundaries, and hence chunk
-//! sizes, depend on a secret: a storage peer cannot recognise a known file by
-//! the sizes of its chunks. [`Chunker`] reads from any [`Read`] into one
-//! reusable buffer and hands out chunks by copying them into a buffer the
-//! caller owns, so memory stays O(max chunk size) whatever the input length.
+//! The cut points are exactly those of the `fastcdc` crate's `v2020::cut_gear`
+//! (its masks, its two-bytes-at-a-time scan; a test holds the two equal);
+//! what this module adds is the key and a scan that can resume as bytes
+//! arrive. The 256-entry gear table is derived from the owner's chunker
+//! subkey (a BLAKE3 XOF stream), so chunk boundaries, and hence chunk sizes,
+//! depend on a secret: a storage peer cannot recognise a known file by the
+//! sizes of its chunks. [`Chunker`] reads from any [`Read`] straight into the
+//! buffer the caller owns, a step at a time, and scans each step as it lands;
+//! only the bytes read past a cut (less than one step) are copied, to start
+//! the next chunk. Memory stays O(max chunk size) whatever the input length.
 //!
 //! Boundaries depend only on the bytes and the key, never on how the reader
 //! splits its reads. This module does no I/O of its own.
@@ -137,19 +140,12 @@ impl CutPoints {
     /// Length of the chunk that starts at `data[0]`. `data` must hold at least
     /// `max_size` bytes unless it is the end of the input.
     pub fn next_len(&self, data: &[u8]) -> usize {
-        let (_, len) = v2020::cut_gear(
-            data,
-            self.config.min_size as usize,
-            self.config.avg_size as usize,
-            self.config.max_size as usize,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-            &self.gear.gear[..],
-            &self.gear.gear_ls[..],
-        );
-        len
+        let remaining = data.len().min(self.config.max_size as usize);
+        if remaining <= self.config.min_size as usize {
+            return remaining;
+        }
+        let mut scan = Scan::start(self.config);
+        self.resume(&data[..remaining], &mut scan).unwrap_or(remaining)
     }
 
     /// Chunk lengths of a whole input held in memory.
@@ -162,62 +158,121 @@ impl CutPoints {
         }
         out
     }
+
+    /// Continues `scan` over the byte pairs wholly inside `chunk` (the
+    /// chunk's bytes so far, at most `max_size`); returns the cut, if one is
+    /// there. The gear hash starts at `min_size`, and a cut needs the hash's
+    /// `mask_s` bits clear before `avg_size` and its `mask_l` bits after
+    /// (normalized chunking, level 1). FastCDC tests the first byte of each
+    /// pair with the hash and mask shifted left by one, so this does too.
+    fn resume(&self, chunk: &[u8], scan: &mut Scan) -> Option<usize> {
+        let gear: &[u64; 256] = &self.gear.gear;
+        let gear_ls: &[u64; 256] = &self.gear.gear_ls;
+        let pairs = chunk.len() / 2;
+        let center = (self.config.avg_size as usize / 2).min(pairs);
+        let Scan { mut pair, mut hash } = *scan;
+        for (end, mask) in [(center, self.mask_s), (pairs, self.mask_l)] {
+            let mask_ls = mask << 1;
+            while pair < end {
+                let a = 2 * pair;
+                hash = (hash << 2).wrapping_add(gear_ls[usize::from(chunk[a])]);
+                if hash & mask_ls == 0 {
+                    return Some(a);
+                }
+                hash = hash.wrapping_add(gear[usize::from(chunk[a + 1])]);
+                if hash & mask == 0 {
+                    return Some(a + 1);
+                }
+                pair += 1;
+            }
+        }
+        *scan = Scan { pair, hash };
+        None
+    }
 }
+
+/// Where a cut search stands in a chunk: the next byte pair to hash, and the
+/// gear hash so far.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    pair: usize,
+    hash: u64,
+}
+
+impl Scan {
+    /// Before the first pair that can end a chunk (at `min_size`, which is even).
+    fn start(config: ChunkerConfig) -> Self {
+        Scan { pair: config.min_size as usize / 2, hash: 0 }
+    }
+}
+
+/// Bytes read per call once a chunk has its minimum size. A cut falls inside
+/// the last step, so what is carried over to the next chunk is under a step.
+const READ_STEP: usize = 64 * 1024;
 
 /// Splits a stream into chunks.
 pub struct Chunker<R> {
     reader: R,
     cuts: CutPoints,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    /// Bytes read past the last cut: the start of the next chunk.
+    carry: Vec<u8>,
     eof: bool,
 }
 
 impl<R: Read> Chunker<R> {
-    /// A chunker reading from `reader`. Its buffer is four times the maximum
-    /// chunk size, so each refill moves at most a quarter of it.
+    /// A chunker reading from `reader`.
     pub fn new(reader: R, cuts: CutPoints) -> Self {
-        let capacity = 4 * cuts.config.max_size as usize;
-        Self { reader, cuts, buf: vec![0u8; capacity].into_boxed_slice(), start: 0, end: 0, eof: false }
+        Self { reader, cuts, carry: Vec::with_capacity(READ_STEP), eof: false }
     }
 
     /// Replaces the contents of `out` with the next chunk and returns its
-    /// length, or returns `Ok(None)` at the end of the input.
+    /// length, or returns `Ok(None)` at the end of the input. The input is
+    /// read straight into `out`, which grows to at most `max_size` bytes.
     pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        self.fill()?;
-        let data = &self.buf[self.start..self.end];
-        if data.is_empty() {
-            return Ok(None);
-        }
-        let len = self.cuts.next_len(data);
+        let config = self.cuts.config;
+        let (min, max) = (config.min_size as usize, config.max_size as usize);
         out.clear();
-        out.extend_from_slice(&data[..len]);
-        self.start += len;
-        Ok(Some(len))
+        out.extend_from_slice(&self.carry);
+        self.carry.clear();
+        let mut scan = Scan::start(config);
+        loop {
+            if out.len() > min
+                && let Some(cut) = self.cuts.resume(out, &mut scan)
+            {
+                self.carry.extend_from_slice(&out[cut..]);
+                out.truncate(cut);
+                return Ok(Some(cut));
+            }
+            // No cut yet; with nothing more to come, the chunk is what is here.
+            if self.eof || out.len() == max {
+                return Ok((!out.is_empty()).then_some(out.len()));
+            }
+            let step = if out.len() < min { min + READ_STEP - out.len() } else { READ_STEP };
+            self.read_into(out, step.min(max - out.len()))?;
+        }
     }
 
-    /// Buffers at least `max_size` bytes, or everything up to the end.
-    fn fill(&mut self) -> io::Result<()> {
-        let want = self.cuts.config.max_size as usize;
-        if self.eof || self.end - self.start >= want {
-            return Ok(());
-        }
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-        while self.end < self.buf.len() {
-            match self.reader.read(&mut self.buf[self.end..]) {
+    /// Appends up to `want` bytes of input to `out`, fewer only at the end.
+    fn read_into(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<()> {
+        let start = out.len();
+        out.resize(start + want, 0);
+        let mut filled = start;
+        let result = loop {
+            if filled == out.len() {
+                break Ok(());
+            }
+            match self.reader.read(&mut out[filled..]) {
                 Ok(0) => {
                     self.eof = true;
-                    break;
+                    break Ok(());
                 }
-                Ok(n) => self.end += n,
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
-        Ok(())
+        };
+        out.truncate(filled);
+        result
     }
 }
 
@@ -297,6 +352,19 @@ mod tests {
         assert_ne!(cuts(1).lengths(&data), cuts(2).lengths(&data));
     }
 
+    #[test]
+    fn default_sized_chunks_stream_as_they_cut_in_memory() {
+        // Chunks of ~1 MiB are read a step at a time, so cuts land mid-step and
+        // the rest of a step starts the next chunk.
+        let cuts = CutPoints::new(ChunkerConfig::default(), GearTable::from_seed(&[5; 32])).unwrap();
+        let data = pseudo_random(12 << 20, 11);
+        let whole = cuts.lengths(&data);
+        assert!(whole.len() > 6, "{} chunks", whole.len());
+        for step in [7_777, 1 << 20, usize::MAX] {
+            assert_eq!(stream_lengths(&data, step, cuts.clone()), whole, "reads of at most {step} bytes");
+        }
+    }
+
     /// Flips bits of one byte at `at` and checks that only the boundaries near
     /// it move.
     fn check_an_edit_moves_only_nearby_boundaries(seed: u64, at: usize, byte: u8) {
@@ -359,6 +427,37 @@ mod tests {
                 }
             }
             prop_assert_eq!(stream_lengths(&data, step, cuts(3)), whole);
+        }
+
+        #[test]
+        fn cuts_are_exactly_fastcdc_2020s(len in 0usize..100_000, seed in any::<u64>(), config in 0usize..3) {
+            let config = [
+                small_config(),
+                ChunkerConfig { min_size: 64, avg_size: 256, max_size: 1024 },
+                ChunkerConfig { min_size: 2048, avg_size: 8192, max_size: 65536 },
+            ][config];
+            let gear = GearTable::from_seed(&seed.to_le_bytes().repeat(4).try_into().unwrap());
+            let cuts = CutPoints::new(config, gear.clone()).unwrap();
+            let data = pseudo_random(len, seed);
+            let mut theirs = Vec::new();
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let (_, cut) = v2020::cut_gear(
+                    rest,
+                    config.min_size as usize,
+                    config.avg_size as usize,
+                    config.max_size as usize,
+                    cuts.mask_s,
+                    cuts.mask_l,
+                    cuts.mask_s << 1,
+                    cuts.mask_l << 1,
+                    &gear.gear[..],
+                    &gear.gear_ls[..],
+                );
+                theirs.push(cut);
+                rest = &rest[cut..];
+            }
+            prop_assert_eq!(cuts.lengths(&data), theirs);
         }
 
         #[test]
