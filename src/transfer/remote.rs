@@ -251,6 +251,8 @@ pub struct Replicate<'a> {
     pub replicas: usize,
     /// Peers holding each chunk of the previous version (from the batched `Has`).
     held: HashMap<ChunkId, usize>,
+    /// Sent chunks' buffers, for reuse.
+    buffers: Recycler,
 }
 
 impl<'a> Replicate<'a> {
@@ -273,7 +275,7 @@ impl<'a> Replicate<'a> {
                 }
             }
         }
-        Self { swarm, owner, replicas, held }
+        Self { swarm, owner, replicas, held, buffers: Recycler::default() }
     }
 }
 
@@ -321,16 +323,44 @@ impl Replicate<'_> {
     }
 }
 
-/// The buffer behind `shared` once nobody else holds it (emptied, its capacity
-/// kept), or a new one of `capacity` if quinn still has a reference.
-fn reclaim(mut shared: Bytes, capacity: usize) -> Vec<u8> {
-    shared.truncate(0);
-    match shared.try_into_mut() {
-        Ok(buf) => {
-            let buf = Vec::from(buf);
-            if buf.capacity() >= capacity { buf } else { Vec::with_capacity(capacity) }
-        }
-        Err(_) => Vec::with_capacity(capacity),
+/// Sent chunk buffers on their way back to the push pipeline.
+///
+/// quinn keeps a reference to a stream's data until the peer acknowledges
+/// the packets, which can be a moment after the peer's `Ack` frame arrives.
+/// A buffer still held then waits here, and the next chunk takes any waiting
+/// buffer quinn has let go of, so the pipeline reuses a few allocations
+/// instead of faulting in new pages for most chunks.
+#[derive(Default)]
+struct Recycler {
+    waiting: Mutex<Vec<Bytes>>,
+}
+
+/// Buffers kept waiting at most; beyond that, quinn frees them when done.
+const MAX_WAITING_BUFFERS: usize = 8;
+
+impl Recycler {
+    /// An empty buffer of at least `capacity`: `sent`'s own, or one that has
+    /// come free since, or a new one.
+    fn reclaim(&self, sent: Bytes, capacity: usize) -> Vec<u8> {
+        let free = if sent.is_unique() {
+            Some(sent)
+        } else {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let free = waiting.iter().position(Bytes::is_unique).map(|i| waiting.swap_remove(i));
+            if waiting.len() == MAX_WAITING_BUFFERS {
+                waiting.remove(0);
+            }
+            waiting.push(sent);
+            free
+        };
+        // Emptied as a BytesMut: `Bytes::truncate(0)` would let go of the buffer.
+        free.and_then(|bytes| bytes.try_into_mut().ok())
+            .map(|mut buf| {
+                buf.clear();
+                Vec::from(buf)
+            })
+            .filter(|buf| buf.capacity() >= capacity)
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 }
 
@@ -348,7 +378,7 @@ impl Destination for Replicate<'_> {
         let capacity = ciphertext.capacity();
         let shared = Bytes::from(std::mem::take(ciphertext));
         let result = self.replicate(id, &shared);
-        *ciphertext = reclaim(shared, capacity);
+        *ciphertext = self.buffers.reclaim(shared, capacity);
         result
     }
 
@@ -535,22 +565,32 @@ impl Catalog for Daemon {
 mod tests {
     use super::*;
 
+    // A buffer of capacity 4099 that comes back with capacity 4099 is the
+    // same one: a new one would have the 4096 asked for.
+
     #[test]
     fn a_buffer_nobody_else_holds_comes_back_itself() {
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Vec::with_capacity(4099);
         buf.extend_from_slice(&[7; 1000]);
-        let address = buf.as_ptr();
-        let shared = Bytes::from(buf);
-        let back = reclaim(shared, 4096);
-        assert_eq!((back.as_ptr(), back.len(), back.capacity()), (address, 0, 4096));
+        let back = Recycler::default().reclaim(Bytes::from(buf), 4096);
+        assert_eq!((back.len(), back.capacity()), (0, 4099));
     }
 
     #[test]
-    fn a_buffer_still_held_elsewhere_is_replaced() {
-        let shared = Bytes::from(vec![7u8; 1000]);
-        let still_held = shared.clone();
-        let back = reclaim(shared, 4096);
-        assert!(back.is_empty() && back.capacity() >= 4096);
-        assert_eq!(still_held.len(), 1000, "the other holder's bytes are untouched");
+    fn a_buffer_still_held_waits_and_is_reused_once_free() {
+        let recycler = Recycler::default();
+        let mut buf = Vec::with_capacity(4099);
+        buf.extend_from_slice(&[7; 1000]);
+        let sent = Bytes::from(buf);
+        let quinns = sent.clone();
+        let first = recycler.reclaim(sent, 4096);
+        assert_eq!((first.len(), first.capacity()), (0, 4096), "a buffer still held is not handed out");
+        assert_eq!(&quinns[..], &[7; 1000][..], "the other holder's bytes are untouched");
+
+        drop(quinns);
+        let other = Bytes::from(Vec::with_capacity(4096));
+        let _still_held = other.clone();
+        let second = recycler.reclaim(other, 4096);
+        assert_eq!((second.len(), second.capacity()), (0, 4099), "the waiting buffer, now free, is reused");
     }
 }
