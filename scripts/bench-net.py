@@ -10,7 +10,11 @@ Every push goes to a fresh node, so all of its chunks travel. Reports the
 median MB/s (10^6 bytes/s) and the peak RSS of client and node. Two ceilings
 are measured in the same runs: the transport alone (examples/quic_blast: the
 same QUIC, TLS and tuning carrying bulk bytes, nothing else) and a push to
-the local store (chunking, hashing, sealing and writing, no network). --tmpfs puts
+the local store (chunking, hashing, sealing and writing, no network). It also
+reports CPU seconds per GiB: of the networked push and pull (client and
+node), and of the transport alone plus the same transfer to or from the local
+store, a floor on what a networked one must spend; spread over every core,
+each bounds the MB/s a transfer can reach. --tmpfs puts
 homes and files on /dev/shm, taking the disk (and fsync) out of the figures.
 Needs rsync and sshd for the baseline (installs them with apt-get if missing).
 """
@@ -36,14 +40,22 @@ def run(cmd, env=None, **kw):
 
 
 def timed(cmd, env):
-    """Wall seconds and peak RSS (KiB) of one command."""
+    """Wall seconds, peak RSS (KiB) and CPU seconds (user + system) of one command."""
     start = time.perf_counter()
     out = subprocess.run(["/usr/bin/time", "-v"] + cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1))
-    return elapsed, rss
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", out.stderr).group(1)) for kind in ("User", "System"))
+    return elapsed, rss, cpu
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def env_for(home, transport):
@@ -92,39 +104,51 @@ def p2pfs_round(base, data, size, transport):
     client = tempfile.mkdtemp(dir=base, prefix="client-")
     env = env_for(client, transport)
     run([BIN, "init", "-q", "--join", token], env)
-    push_s, push_rss = timed([BIN, "push", "-q", data], env)
+    node_before = cpu_seconds(proc.pid)
+    push_s, push_rss, push_cpu = timed([BIN, "push", "-q", data], env)
+    push_cpu += cpu_seconds(proc.pid) - node_before
     out = os.path.join(base, "pulled.bin")
-    pull_s, pull_rss = timed([BIN, "pull", "-q", "data.bin", "-o", out], env)
+    node_before = cpu_seconds(proc.pid)
+    pull_s, pull_rss, pull_cpu = timed([BIN, "pull", "-q", "data.bin", "-o", out], env)
+    pull_cpu += cpu_seconds(proc.pid) - node_before
     node_rss = node_peak_rss(proc)
     if os.path.getsize(out) != size:
         sys.exit("pulled file has the wrong size")
     os.remove(out)
     stop_node(proc, node_home)
     shutil.rmtree(client, ignore_errors=True)
-    return size / push_s / 1e6, size / pull_s / 1e6, push_rss, pull_rss, node_rss
+    return size / push_s / 1e6, size / pull_s / 1e6, push_rss, pull_rss, node_rss, push_cpu, pull_cpu
 
 
 def blast_round(size, transport):
-    """MB/s of bulk bytes over the transport alone, two processes."""
+    """MB/s of bulk bytes over the transport alone, two processes, and the
+    CPU seconds both used."""
     env = env_for("/nonexistent", transport)
     sink = subprocess.Popen([BLAST, "sink"], env=env, stdout=subprocess.PIPE, text=True)
     try:
         node, addr = sink.stdout.readline().split()
-        out = run([BLAST, "send", node, addr, str(size >> 20)], env)
-        return float(out.stdout.strip())
+        before = cpu_seconds(sink.pid)
+        send = subprocess.run(["/usr/bin/time", "-f", "%U %S", BLAST, "send", node, addr, str(size >> 20)],
+                              env=env, check=True, capture_output=True, text=True)
+        cpu = cpu_seconds(sink.pid) - before + sum(map(float, send.stderr.split()[-2:]))
+        return float(send.stdout.strip()), cpu
     finally:
         sink.terminate()
         sink.wait()
 
 
 def local_round(base, data, size):
-    """MB/s of a push into a fresh local store: the pipeline without the network."""
+    """A push into a fresh local store and a pull back out of it: the
+    pipeline without the network. MB/s and CPU seconds of each."""
     home = tempfile.mkdtemp(dir=base, prefix="local-")
     env = env_for(home, "tuned")
     run([BIN, "init", "-q"], env)
-    elapsed, _ = timed([BIN, "push", "-q", data], env)
+    push_s, _, push_cpu = timed([BIN, "push", "-q", data], env)
+    out = os.path.join(base, "local-pulled.bin")
+    pull_s, _, pull_cpu = timed([BIN, "pull", "-q", "data.bin", "-o", out], env)
+    os.remove(out)
     shutil.rmtree(home, ignore_errors=True)
-    return size / elapsed / 1e6
+    return size / push_s / 1e6, push_cpu, size / pull_s / 1e6, pull_cpu
 
 
 def ensure_sshd(base):
@@ -200,9 +224,27 @@ def main():
                   f"peak RSS: push {max(r[2] for r in rows) / 1024:.0f} MiB, "
                   f"pull {max(r[3] for r in rows) / 1024:.0f} MiB, node {max(r[4] for r in rows) / 1024:.0f} MiB")
         print(f"  rsync -e ssh  {rsync:6.0f} MB/s")
-        print(f"  ceilings: local push (no network) {statistics.median(results['local']):6.0f} MB/s; "
-              f"transport alone {statistics.median(results['blast tuned']):6.0f} MB/s tuned, "
-              f"{statistics.median(results['blast default']):6.0f} MB/s default")
+        local = statistics.median(r[0] for r in results["local"])
+        local_pull = statistics.median(r[2] for r in results["local"])
+        blast = {t: statistics.median(r[0] for r in results["blast " + t]) for t in ("tuned", "default")}
+        print(f"  ceilings: local push {local:6.0f} MB/s, local pull {local_pull:6.0f} MB/s (no network); "
+              f"transport alone {blast['tuned']:6.0f} MB/s tuned, {blast['default']:6.0f} MB/s default")
+        # Both processes share the machine's cores, so a transfer can go no
+        # faster than its CPU seconds spread over every core. The transport
+        # alone plus the same transfer to or from the local store (chunk,
+        # hash, seal, write; or read, verify, open, write) is a floor on those
+        # seconds: what the tuned transport and the pipeline cost by themselves.
+        cores = os.cpu_count()
+        gib = size / (1 << 30)
+        bound = lambda cpu: (1 << 30) / (cpu / cores) / 1e6
+        transport_cpu = statistics.median(r[1] for r in results["blast tuned"]) / gib
+        for name, measured, local in (("push", 5, 1), ("pull", 6, 3)):
+            spent = statistics.median(r[measured] for r in results["tuned"]) / gib
+            local_cpu = statistics.median(r[local] for r in results["local"]) / gib
+            floor = transport_cpu + local_cpu
+            print(f"  CPU per GiB, {name}: {spent:.2f} core-s (client and node), at most {bound(spent):.0f} MB/s "
+                  f"on {cores} cores; floor: transport alone {transport_cpu:.2f} + local {name} {local_cpu:.2f} "
+                  f"= {floor:.2f} core-s, at most {bound(floor):.0f} MB/s")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
