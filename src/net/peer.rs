@@ -6,7 +6,7 @@ use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::NetError;
-use super::stream::{FrameReader, StreamError, write_frame, write_frame_owned};
+use super::stream::{FrameReader, StreamError, write_frame_owned};
 use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::wire::{
     self, Ack, AppendLog, Bounded, BoundedBytes, ChunkData, ErrorCode, Frame, FrameType, GetChunk, GetHead, GetLog,
@@ -100,30 +100,25 @@ impl Peer {
     }
 
     /// Sends one request (frame and payload) on a new stream and returns the
-    /// stream to read the reply from.
-    async fn send(&self, frame: &Frame, payload: &[u8]) -> Result<RecvStream, NetError> {
+    /// stream to read the reply from. The payload goes to quinn as it is.
+    async fn send(&self, frame: &Frame, payload: Bytes) -> Result<RecvStream, NetError> {
         let (mut send, recv) = self.open().await?;
-        write_frame(&mut send, frame, payload).await.map_err(|e| self.stream_err(e))?;
+        write_frame_owned(&mut send, frame, payload).await.map_err(|e| self.stream_err(e))?;
         // The stream may already be reset by a peer that refused early; the reply says why.
         let _ = send.finish();
         Ok(recv)
     }
 
-    async fn call(&self, frame: &Frame, payload: &[u8]) -> Result<Frame, NetError> {
+    async fn call(&self, frame: &Frame, payload: Bytes) -> Result<Frame, NetError> {
         let mut recv = self.send(frame, payload).await?;
         FrameReader::new(&mut recv).next_frame().await.map_err(|e| self.stream_err(e))
     }
 
     /// Expects an `Ack` of `id`.
-    async fn call_for_ack(&self, frame: &Frame, payload: &[u8], id: [u8; 32]) -> Result<(), NetError> {
-        let reply = self.call(frame, payload).await?;
-        self.expect_ack(frame.frame_type(), reply, id)
-    }
-
-    fn expect_ack(&self, asked: FrameType, reply: Frame, id: [u8; 32]) -> Result<(), NetError> {
-        match reply {
+    async fn call_for_ack(&self, frame: &Frame, payload: Bytes, id: [u8; 32]) -> Result<(), NetError> {
+        match self.call(frame, payload).await? {
             Frame::Ack(Ack { id: acked }) if acked == id => Ok(()),
-            other => Err(self.unexpected(asked, other)),
+            other => Err(self.unexpected(frame.frame_type(), other)),
         }
     }
 
@@ -131,7 +126,7 @@ impl Peer {
     pub async fn ping(&self) -> Result<Duration, NetError> {
         let nonce: u64 = rand::random();
         let started = Instant::now();
-        match self.call(&Frame::Ping(Ping { nonce }), &[]).await? {
+        match self.call(&Frame::Ping(Ping { nonce }), Bytes::new()).await? {
             Frame::Pong(pong) if pong.nonce == nonce => Ok(started.elapsed()),
             other => Err(self.unexpected(FrameType::Ping, other)),
         }
@@ -141,7 +136,7 @@ impl Peer {
     pub async fn exchange_peers(&self, ours: Vec<PeerInfo>) -> Result<Vec<PeerInfo>, NetError> {
         let peers =
             Bounded::new(ours.into_iter().take(wire::MAX_PEERS).collect()).expect("at most MAX_PEERS were taken");
-        match self.call(&Frame::Peers(Peers { peers }), &[]).await? {
+        match self.call(&Frame::Peers(Peers { peers }), Bytes::new()).await? {
             Frame::Peers(reply) => Ok(reply.peers.into_inner()),
             other => Err(self.unexpected(FrameType::Peers, other)),
         }
@@ -152,7 +147,7 @@ impl Peer {
         let mut present = Vec::with_capacity(ids.len());
         for batch in ids.chunks(wire::MAX_HAS_IDS) {
             let request = Has { ids: Bounded::new(batch.to_vec()).expect("batches are at most MAX_HAS_IDS") };
-            match self.call(&Frame::Has(request), &[]).await? {
+            match self.call(&Frame::Has(request), Bytes::new()).await? {
                 Frame::HasReply(reply) => present.extend((0..batch.len()).map(|i| reply.is_present(i))),
                 other => return Err(self.unexpected(FrameType::Has, other)),
             }
@@ -166,19 +161,14 @@ impl Peer {
     /// reference until the peer has acknowledged the bytes, so the caller can
     /// reclaim the buffer once this returns (see `Bytes::try_into_mut`).
     pub async fn put_chunk(&self, id: ChunkId, ciphertext: Bytes) -> Result<(), NetError> {
-        let frame = Frame::PutChunk(PutChunk { id, len: payload_len(ciphertext.len(), wire::MAX_CHUNK_PAYLOAD) });
-        let (mut send, mut recv) = self.open().await?;
-        write_frame_owned(&mut send, &frame, ciphertext).await.map_err(|e| self.stream_err(e))?;
-        // The stream may already be reset by a peer that refused early; the reply says why.
-        let _ = send.finish();
-        let reply = FrameReader::new(&mut recv).next_frame().await.map_err(|e| self.stream_err(e))?;
-        self.expect_ack(FrameType::PutChunk, reply, id.0)
+        let len = payload_len(ciphertext.len(), wire::MAX_CHUNK_PAYLOAD);
+        self.call_for_ack(&Frame::PutChunk(PutChunk { id, len }), ciphertext, id.0).await
     }
 
     /// Fetches a chunk into `out`, verified against its id. `Ok(false)` if
     /// the peer does not have it.
     pub async fn get_chunk(&self, id: ChunkId, out: &mut Vec<u8>) -> Result<bool, NetError> {
-        let mut recv = self.send(&Frame::GetChunk(GetChunk { id }), &[]).await?;
+        let mut recv = self.send(&Frame::GetChunk(GetChunk { id }), Bytes::new()).await?;
         let mut reader = FrameReader::new(&mut recv);
         match reader.next_frame().await.map_err(|e| self.stream_err(e))? {
             Frame::ChunkData(ChunkData { id: got, len }) if got == id => {
@@ -196,12 +186,12 @@ impl Peer {
     /// Stores a manifest envelope.
     pub async fn put_manifest(&self, id: ManifestId, envelope: &[u8]) -> Result<(), NetError> {
         let len = payload_len(envelope.len(), wire::MAX_MANIFEST_PAYLOAD);
-        self.call_for_ack(&Frame::PutManifest(PutManifest { id, len }), envelope, id.0).await
+        self.call_for_ack(&Frame::PutManifest(PutManifest { id, len }), Bytes::copy_from_slice(envelope), id.0).await
     }
 
     /// Fetches a manifest envelope, verified against its id.
     pub async fn get_manifest(&self, id: ManifestId) -> Result<Option<Vec<u8>>, NetError> {
-        let mut recv = self.send(&Frame::GetManifest(GetManifest { id }), &[]).await?;
+        let mut recv = self.send(&Frame::GetManifest(GetManifest { id }), Bytes::new()).await?;
         let mut reader = FrameReader::new(&mut recv);
         match reader.next_frame().await.map_err(|e| self.stream_err(e))? {
             Frame::ManifestData(ManifestData { id: got, len }) if got == id => {
@@ -224,25 +214,25 @@ impl Peer {
             payload.extend_from_slice(id.as_bytes());
         }
         let manifest = pin.manifest;
-        self.call_for_ack(&Frame::Pin(pin), &payload, manifest.0).await
+        self.call_for_ack(&Frame::Pin(pin), payload.into(), manifest.0).await
     }
 
     /// Removes an owner's pin of a manifest.
     pub async fn unpin(&self, unpin: Unpin) -> Result<(), NetError> {
         let manifest = unpin.manifest;
-        self.call_for_ack(&Frame::Unpin(unpin), &[], manifest.0).await
+        self.call_for_ack(&Frame::Unpin(unpin), Bytes::new(), manifest.0).await
     }
 
     /// Stores an owner's newest log entry (its encoded bytes).
     pub async fn put_head(&self, entry: Vec<u8>, entry_hash: [u8; 32]) -> Result<(), NetError> {
         let entry = BoundedBytes::new(entry)
             .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })?;
-        self.call_for_ack(&Frame::PutHead(PutHead { entry }), &[], entry_hash).await
+        self.call_for_ack(&Frame::PutHead(PutHead { entry }), Bytes::new(), entry_hash).await
     }
 
     /// The newest log entry the peer holds for `owner`.
     pub async fn get_head(&self, owner: OwnerId) -> Result<Option<Vec<u8>>, NetError> {
-        match self.call(&Frame::GetHead(GetHead { owner }), &[]).await? {
+        match self.call(&Frame::GetHead(GetHead { owner }), Bytes::new()).await? {
             Frame::Head(head) => Ok(head.entry.map(|e| e.to_vec())),
             other => Err(self.unexpected(FrameType::GetHead, other)),
         }
@@ -254,7 +244,7 @@ impl Peer {
     pub async fn append_log(&self, entry: Vec<u8>, entry_hash: [u8; 32]) -> Result<(), NetError> {
         let entry = BoundedBytes::new(entry)
             .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })?;
-        self.call_for_ack(&Frame::AppendLog(AppendLog { entry }), &[], entry_hash).await
+        self.call_for_ack(&Frame::AppendLog(AppendLog { entry }), Bytes::new(), entry_hash).await
     }
 
     /// Every log entry the peer holds for `owner`, encoded, in order.
@@ -262,7 +252,7 @@ impl Peer {
         let mut entries = Vec::new();
         loop {
             let from = entries.len() as u64;
-            match self.call(&Frame::GetLog(GetLog { owner, from }), &[]).await? {
+            match self.call(&Frame::GetLog(GetLog { owner, from }), Bytes::new()).await? {
                 Frame::Log(log) => {
                     let got = log.entries.len();
                     entries.extend(log.entries.into_inner().into_iter().map(|e| e.to_vec()));
@@ -278,7 +268,7 @@ impl Peer {
 
     /// What the peer stores.
     pub async fn status(&self) -> Result<Status, NetError> {
-        match self.call(&Frame::GetStatus(GetStatus {}), &[]).await? {
+        match self.call(&Frame::GetStatus(GetStatus {}), Bytes::new()).await? {
             Frame::Status(status) => Ok(status),
             other => Err(self.unexpected(FrameType::GetStatus, other)),
         }

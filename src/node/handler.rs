@@ -171,7 +171,6 @@ async fn answer(
                 if ChunkId(*hasher.finalize().as_bytes()) != id {
                     return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("chunk bytes do not hash to {id}")));
                 }
-                let parts: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
                 s.home.store().put_chunk_parts(&id, &parts)?;
                 Ok(())
             })

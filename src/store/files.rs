@@ -12,7 +12,7 @@ pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()
 }
 
 /// [`write_durably`] for bytes that arrive in pieces: the file holds them in order.
-pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]>]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
@@ -34,8 +34,8 @@ pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[&[u8]]) -> io::
 }
 
 /// Writes every part, in order, with as few `writev` calls as it takes.
-fn write_all_parts(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+fn write_all_parts(file: &mut File, parts: &[impl AsRef<[u8]>]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part.as_ref())).collect();
     let mut slices = &mut slices[..];
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {

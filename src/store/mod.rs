@@ -175,7 +175,7 @@ impl Store {
     }
 
     /// [`Store::put_chunk`] for ciphertext that arrived in pieces (from the network).
-    pub fn put_chunk_parts(&self, id: &ChunkId, parts: &[&[u8]]) -> Result<bool, StoreError> {
+    pub fn put_chunk_parts(&self, id: &ChunkId, parts: &[impl AsRef<[u8]>]) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         if path.is_file() {
             return Ok(false);
