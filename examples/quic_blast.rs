@@ -40,7 +40,8 @@ async fn sink() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(incoming) = net.accept().await {
         let net = net.clone();
         tokio::spawn(async move {
-            let Ok(peer) = net.admit(incoming).await else { return };
+            let Ok(candidate) = net.handshake(incoming).await else { return };
+            let Ok(peer) = candidate.welcome(p2pfs::net::MEMBER_RECEIVE_WINDOW).await else { return };
             while let Ok((mut send, mut recv)) = peer.accept_stream().await {
                 tokio::spawn(async move {
                     while let Ok(Some(_)) = recv.read_chunk(usize::MAX, false).await {}

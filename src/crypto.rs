@@ -202,6 +202,12 @@ impl<'a> EnvelopeHeader<'a> {
     }
 }
 
+/// Checks what anyone can check of an envelope without its keys: its
+/// length, magic and version. What a storage node asks of a `PutManifest`.
+pub fn check_envelope_form(envelope: &[u8]) -> Result<(), CryptoError> {
+    EnvelopeHeader::parse(envelope).map(|_| ())
+}
+
 /// Opens an envelope's body with its file key (how a share ticket reads one version).
 pub fn open_manifest_with_file_key(file_key: &FileKey, envelope: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let header = EnvelopeHeader::parse(envelope)?;

@@ -14,8 +14,10 @@ fn documents(text: &str) {
 #[test]
 fn format_doc_states_the_limits_in_the_code() {
     documents(&format!("≤ {MAX_NAME_LEN} bytes"));
-    assert_eq!(MAX_CHUNKS, 16 << 20);
-    documents("≤ 16 Mi entries");
+    assert_eq!(MAX_CHUNKS, 256 << 10);
+    documents("≤ 256 Ki entries");
+    assert_eq!(p2pfs::manifest::MAX_ENVELOPE_LEN, 18 << 20);
+    documents("An envelope is at most 18 MiB");
     assert_eq!(MAX_CHUNK_SIZE, 16 << 20);
     documents("1 ..= 16 MiB");
     documents("1 KiB ≤ max ≤ 16 MiB");
@@ -81,7 +83,8 @@ fn wire_limits_agree_with_the_formats_they_carry() {
     assert_eq!(wire::MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE + crypto::TAG_LEN as u32);
     assert_eq!(wire::MAX_LOG_ENTRY_LEN, MAX_LOG_ENTRY_LEN);
     assert_eq!(wire::MAX_PIN_CHUNKS as usize, manifest::MAX_CHUNKS);
-    assert!(u64::from(wire::MAX_MANIFEST_PAYLOAD) <= p2pfs::store::MAX_MANIFEST_LEN);
+    assert_eq!(u64::from(wire::MAX_MANIFEST_PAYLOAD), p2pfs::store::MAX_MANIFEST_LEN);
+    assert_eq!(wire::MAX_MANIFEST_PAYLOAD as usize, manifest::MAX_ENVELOPE_LEN);
     assert_eq!(wire::ALPN, format!("p2pfs/{}", wire::PROTOCOL_VERSION).as_bytes());
 }
 

@@ -21,10 +21,12 @@ fn three_nodes() -> Vec<Server> {
         node.ok(&["init", "--join", &token]);
         servers.push(Server::start_in(node, "127.0.0.1:0", &[&servers[0].node_addr()]));
     }
-    // Peer exchange: the first node learns the others when they dial it.
+    // Peer exchange: the first node hears of the others when they dial it,
+    // and dials them back to verify their addresses.
     let peers_file = servers[0].node.home.join("peers.json");
-    wait_until(Duration::from_secs(20), "the first node knows the other two", || {
-        fs::read_to_string(&peers_file).is_ok_and(|t| servers[1..].iter().all(|s| t.contains(&s.id)))
+    wait_until(Duration::from_secs(20), "the first node has verified the other two", || {
+        let verified = common::verified_peers(&peers_file);
+        servers[1..].iter().all(|s| verified.contains(&s.id))
     });
     servers
 }

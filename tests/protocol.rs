@@ -36,11 +36,11 @@ fn a_rejected_frame_closes_its_stream_and_the_node_serves_on() {
     let rt = runtime();
     let (_net, peer) = member_client(&server, &rt);
     let reply = rt.block_on(async {
-        let (mut send, mut recv) = peer.open().await.unwrap();
+        let (mut send, recv) = peer.open().await.unwrap();
         // A frame of an unknown type 0x7f.
         send.write_all(&[2, 0, 0, 0, 1, 0x7f]).await.unwrap();
         let _ = send.finish();
-        FrameReader::new(&mut recv).next_frame().await.unwrap()
+        FrameReader::new(recv).next_frame().await.unwrap()
     });
     match reply {
         Frame::Error(e) => {
@@ -147,10 +147,45 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
     append(&e1).unwrap();
     append(&e2).unwrap();
 
-    let log = rt.block_on(peer.get_log(owner.owner_id())).unwrap();
+    let log = rt.block_on(peer.get_log(&owner)).unwrap();
     assert_eq!(log, vec![e0.encode(), e1.encode(), e2.encode()]);
-    let head = rt.block_on(peer.get_head(owner.owner_id())).unwrap();
+    let head = rt.block_on(peer.get_head(&owner)).unwrap();
     assert_eq!(head, Some(e2.encode()), "the newest entry is the head");
-    let other = rt.block_on(peer.get_log(OwnerKeys::derive(&[7; 32]).owner_id())).unwrap();
+    let other = rt.block_on(peer.get_log(&OwnerKeys::derive(&[7; 32]))).unwrap();
     assert!(other.is_empty());
+
+    // Reading another owner's log takes that owner's key: a proof signed by
+    // someone else, or made for another connection, is refused.
+    let read = |proof: Signature| {
+        let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof });
+        rt.block_on(async {
+            let (mut send, recv) = peer.open().await.unwrap();
+            p2pfs::net::stream::write_frame(&mut send, &request, bytes::Bytes::new()).await.unwrap();
+            let _ = send.finish();
+            FrameReader::new(recv).next_frame().await.unwrap()
+        })
+    };
+    let mallory = OwnerKeys::derive(&[8; 32]);
+    let exporter = peer.exporter(wire::OWNER_READ_LABEL).unwrap();
+    let forged = mallory.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&exporter, &owner.owner_id()));
+    let elsewhere = owner.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&[0; 32], &owner.owner_id()));
+    for proof in [forged, elsewhere] {
+        match read(Signature(proof)) {
+            Frame::Error(e) => assert_eq!(e.code, ErrorCode::BAD_SIGNATURE, "{}", &*e.message),
+            other => panic!("a log read without the owner's proof was answered: {other:?}"),
+        }
+    }
+    let (_net2, other_conn) = member_client(&server, &rt);
+    let replayed = owner.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&exporter, &owner.owner_id()));
+    let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof: Signature(replayed) });
+    let reply = rt.block_on(async {
+        let (mut send, recv) = other_conn.open().await.unwrap();
+        p2pfs::net::stream::write_frame(&mut send, &request, bytes::Bytes::new()).await.unwrap();
+        let _ = send.finish();
+        FrameReader::new(recv).next_frame().await.unwrap()
+    });
+    assert!(
+        matches!(reply, Frame::Error(ref e) if e.code == ErrorCode::BAD_SIGNATURE),
+        "a proof replayed on another connection: {reply:?}"
+    );
 }

@@ -22,11 +22,12 @@ use crate::home::{self, Home, InitOutcome};
 use crate::id::ManifestId;
 use crate::manifest::log::{History, Version};
 use crate::manifest::{Manifest, ManifestError};
-use crate::node::peers::{KnownPeer, PeerTable};
+use crate::node::peers::KnownPeer;
 use crate::store::StoreError;
 use crate::transfer::catalog::Catalog;
-use crate::transfer::remote::{Fetch, Replicate};
-use crate::transfer::{self, Parallelism, TransferError, pull, push};
+use crate::transfer::fetch::Fetch;
+use crate::transfer::replicate::Replicate;
+use crate::transfer::{self, Parallelism, TransferError, pull, push, record};
 use session::Session;
 
 /// A peer-to-peer, end-to-end encrypted, deduplicating, versioned file store.
@@ -47,7 +48,8 @@ pub struct Args {
 enum Command {
     /// Create the home directory: keys, configuration and store.
     Init {
-        /// Join a network: the token `p2pfs invite` printed on one of its nodes.
+        /// Join a network: the token `p2pfs invite` printed on one of its nodes
+        /// (`-` reads it from standard input, which keeps it out of the process list).
         #[arg(long, value_name = "TOKEN")]
         join: Option<String>,
     },
@@ -68,7 +70,7 @@ enum Command {
     /// Get a version back, verified.
     Pull {
         /// NAME (latest version), NAME@VERSION, a manifest id (a unique prefix of 8+ hex digits
-        /// will do), or a share ticket.
+        /// will do), a share ticket, or `-` to read a share ticket from standard input.
         version: String,
         /// Where to write it: a path, a directory, or `-` for standard output (default: its name, here).
         #[arg(short, long)]
@@ -272,8 +274,7 @@ fn push_file(
     let mut peer_summary = None;
     let report = if session.networked(home)? {
         let link = session.link()?;
-        let _guard = link.rt.enter();
-        let swarm = network::connect_swarm(&link.rt, home, &link.net, &session.own_node())?;
+        let swarm = network::connect_swarm(&link.client, home, &session.own_node())?;
         let previous = previous_chunks(catalog, &owner, &name);
         let destination = Replicate::new(&swarm, &owner, replicas, &previous);
         // A home whose only peer is its own node has nowhere else to put replicas.
@@ -357,6 +358,7 @@ fn pull_file(
 ) -> Result<()> {
     let owner = session.keys().owner_keys();
     let catalog = session.catalog();
+    let spec = &network::secret_argument(spec, "share ticket")?;
     let ticket = if network::is_share_ticket(spec) { Some(network::parse_share_ticket(spec)?) } else { None };
     let (manifest_id, label) = match &ticket {
         Some(ticket) => (ticket.manifest, format!("shared manifest {}", ticket.manifest.short(16))),
@@ -364,7 +366,6 @@ fn pull_file(
     };
     // Peers are needed for a share ticket, or when this home is part of a network.
     let link = if session.networked(home)? || ticket.is_some() { Some(session.link()?) } else { None };
-    let _guard = link.as_ref().map(|link| link.rt.enter());
     let swarm = match &link {
         Some(link) => {
             let mut extra = session.own_node();
@@ -374,7 +375,7 @@ fn pull_file(
                     .flat_map(|t| &t.peers)
                     .map(|p| KnownPeer { node: p.node, addrs: p.addrs.iter().map(|&a| a.into()).collect() }),
             );
-            Some(network::connect_swarm(&link.rt, home, &link.net, &extra)?)
+            Some(network::connect_swarm(&link.client, home, &extra)?)
         }
         None => None,
     };
@@ -563,18 +564,19 @@ fn remove(session: &Session, home: &Path, spec: &str, quiet: bool) -> Result<()>
     let owner = session.keys().owner_keys();
     let history = transfer::history(session.catalog(), &owner)?;
     let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
-    transfer::remove_versions(session.catalog(), &owner, &versions)?;
     let labels: Vec<String> = versions.iter().map(Version::label).collect();
-    let peers_known = !PeerTable::load(home).context("reading the peer table")?.is_empty();
-    if peers_known {
-        let link = session.link()?;
-        let _guard = link.rt.enter();
-        let swarm = network::connect_swarm(&link.rt, home, &link.net, &[])?;
-        let manifests: Vec<ManifestId> = versions.iter().map(|v| v.manifest).collect();
-        let failures = swarm.unpin(&owner, &manifests);
-        if !failures.is_empty() {
-            eprintln!("p2pfs: warning: some peers did not confirm the unpin: {}", failures.join("; "));
-        }
+    // Peers first: if none answers, nothing is removed anywhere.
+    let link = if session.networked(home)? { Some(session.link()?) } else { None };
+    let swarm = match &link {
+        Some(link) => Some(
+            network::connect_swarm(&link.client, home, &session.own_node())
+                .with_context(|| format!("removing {}: nothing was removed", labels.join(", ")))?,
+        ),
+        None => None,
+    };
+    let retracted = record::retract_versions(session.catalog(), swarm.as_ref(), &owner, &versions)?;
+    if !retracted.unconfirmed.is_empty() {
+        eprintln!("p2pfs: warning: some peers did not confirm the unpin: {}", retracted.unconfirmed.join("; "));
     }
     if !quiet {
         let gc = match session.served() {

@@ -12,10 +12,10 @@ use super::output;
 use crate::crypto::FileKey;
 use crate::home::{self, Home, Keys};
 use crate::id::{self, ManifestId, NodeId};
-use crate::net::{Net, Tuning};
+use crate::net::{Client, Net, Tuning};
 use crate::node::peers::{KnownPeer, PeerTable};
 use crate::node::{Node, ServeInfo};
-use crate::transfer::remote::{MemberReport, Swarm};
+use crate::transfer::swarm::{MemberReport, Swarm};
 use crate::wire::PeerInfo;
 
 const JOIN_PREFIX: &str = "p2pfs-join1-";
@@ -56,6 +56,24 @@ pub(super) fn is_share_ticket(spec: &str) -> bool {
     spec.starts_with(SHARE_PREFIX)
 }
 
+/// A token or ticket given as an argument, or read from standard input when
+/// the argument is `-`: then it never shows in the process list.
+pub(super) fn secret_argument(arg: &str, what: &str) -> Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
+    }
+    let mut text = String::new();
+    io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        bail!("standard input held no {what}; pipe it in, e.g. `echo TOKEN | p2pfs …  -`");
+    }
+    Ok(text)
+}
+
 pub(super) fn parse_share_ticket(spec: &str) -> Result<ShareTicket> {
     decode_token(SHARE_PREFIX, "share ticket", spec)
 }
@@ -86,14 +104,9 @@ pub(super) fn client(keys: &Keys) -> Result<Net> {
         .context("opening a UDP socket for QUIC")
 }
 
-/// Connects to every known peer (and those they know) and remembers new ones.
-/// Fails if none answers.
-pub(super) fn connect_swarm(
-    rt: &tokio::runtime::Runtime,
-    home_path: &Path,
-    net: &Net,
-    extra: &[KnownPeer],
-) -> Result<Swarm> {
+/// Connects to every known peer (and those they know) and remembers where
+/// they answered, and the peers they told of (unverified). Fails if none answers.
+pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPeer]) -> Result<Swarm> {
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
     let mut known = table.peers();
     for peer in extra {
@@ -101,10 +114,13 @@ pub(super) fn connect_swarm(
             known.push(peer.clone());
         }
     }
-    let swarm = rt.block_on(Swarm::connect(rt.handle().clone(), net, &known));
-    if table.learn_all(&swarm.learned, net.node_id()) {
-        table.save().context("saving the peer table")?;
+    let swarm = Swarm::connect(client, &known);
+    let me = client.node_id();
+    for (node, addr) in swarm.answered().into_iter().filter(|(node, _)| *node != me) {
+        table.learn_verified(node, addr);
     }
+    table.learn_all_unverified(&swarm.learned, me);
+    table.save().context("saving the peer table")?;
     if swarm.is_empty() {
         let reasons: Vec<String> = swarm.unreachable.iter().map(|(_, why)| why.clone()).collect();
         let refused = reasons.iter().any(|why| why.contains("not a member"));
@@ -193,7 +209,8 @@ pub(super) fn invite(home_path: &Path, addr: Option<SocketAddr>) -> Result<()> {
 }
 
 pub(super) fn join(home_path: &Path, token: &str, quiet: bool) -> Result<()> {
-    let token: JoinToken = decode_token(JOIN_PREFIX, "join token", token)?;
+    let token = secret_argument(token, "join token")?;
+    let token: JoinToken = decode_token(JOIN_PREFIX, "join token", &token)?;
     home::init(home_path)?;
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
     let keys = Keys::load(home_path)?;
@@ -207,7 +224,10 @@ pub(super) fn join(home_path: &Path, token: &str, quiet: bool) -> Result<()> {
         }
         home::replace_key(home_path, "network.key", &token.network_key)?;
     }
-    table.learn_all(std::slice::from_ref(&token.peer), keys.node_id());
+    // The user handed us this address: it counts as verified.
+    for addr in KnownPeer::from_wire(&token.peer).addrs.iter().rev() {
+        table.learn_verified(token.peer.node, *addr);
+    }
     table.save().context("saving the peer table")?;
     if !quiet {
         eprintln!(
@@ -222,27 +242,18 @@ pub(super) fn join(home_path: &Path, token: &str, quiet: bool) -> Result<()> {
 pub(super) fn peers(home_path: &Path, json: bool) -> Result<()> {
     let keys = Keys::load(home_path)?;
     let table = PeerTable::load(home_path).context("reading the peer table")?;
-    let rt = runtime()?;
-    let _guard = rt.enter();
-    let net = client(&keys)?;
+    let link = super::session::Link::new(&keys)?;
     let probes = table.peers().into_iter().map(|peer| {
-        let net = net.clone();
+        let net = link.client.net().clone();
         async move {
-            let addr = peer.addrs.first().copied();
-            let state = match addr {
-                None => Err("no address".to_owned()),
-                Some(addr) => match net.connect(peer.node, addr).await {
-                    Ok(conn) => match conn.ping().await {
-                        Ok(rtt) => Ok(rtt),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    Err(e) => Err(e.to_string()),
-                },
+            let (addr, state) = match net.connect_any(peer.node, &peer.addrs).await {
+                Ok((conn, addr)) => (Some(addr), conn.ping().await.map_err(|e| e.to_string())),
+                Err(e) => (peer.addrs.first().copied(), Err(e.to_string())),
             };
             (peer, addr, state)
         }
     });
-    let results = rt.block_on(futures_util::future::join_all(probes));
+    let results = link.client.run_all(probes);
     if json {
         let rows: Vec<_> = results
             .iter()

@@ -14,17 +14,17 @@ use anyhow::{Context, Result, bail};
 
 use super::network;
 use crate::home::{Config, Home, HomeError, Keys};
-use crate::net::Net;
+use crate::net::Client;
 use crate::node::ServeInfo;
 use crate::node::peers::{KnownPeer, PeerTable};
 use crate::store::Store;
 use crate::transfer::catalog::Catalog;
-use crate::transfer::remote::Daemon;
+use crate::transfer::daemon::Daemon;
 
 /// A home, opened or reached through its node.
 pub(super) enum Session {
     /// This process owns the home.
-    Owned(Home),
+    Owned(Box<Home>),
     /// `p2pfs serve` owns it.
     Served(Box<Served>),
 }
@@ -38,10 +38,12 @@ pub(super) struct Served {
     daemon: Daemon,
 }
 
-/// An async runtime and a QUIC endpoint, for talking to peers.
+/// An async runtime and a QUIC endpoint, for talking to peers. Dropping it
+/// closes the endpoint, so every peer frees at once what it held for this
+/// command instead of waiting for the connection to time out.
 pub(super) struct Link {
-    pub(super) rt: tokio::runtime::Runtime,
-    pub(super) net: Net,
+    pub(super) client: Client,
+    _rt: tokio::runtime::Runtime,
 }
 
 impl Link {
@@ -52,7 +54,13 @@ impl Link {
             let _guard = rt.enter();
             network::client(keys)?
         };
-        Ok(Self { rt, net })
+        Ok(Self { client: Client::new(rt.handle().clone(), net), _rt: rt })
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.client.close();
     }
 }
 
@@ -77,7 +85,7 @@ impl Session {
     /// Opens the home at `path`, or connects to the node serving it.
     pub(super) fn open(path: &Path) -> Result<Self> {
         let locked = match Home::open(path) {
-            Ok(home) => return Ok(Session::Owned(home)),
+            Ok(home) => return Ok(Session::Owned(Box::new(home))),
             Err(e @ HomeError::Locked { .. }) => e,
             Err(e) => return Err(e.into()),
         };
@@ -173,19 +181,12 @@ impl Served {
                 info.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             )
         };
-        let mut last = None;
-        for &addr in &info.addrs {
-            match link.rt.block_on(link.net.connect(info.node, addr)) {
-                Ok(peer) => {
-                    let daemon = Daemon::new(link.rt.handle().clone(), peer, keys.owner_keys());
-                    return Ok(Self { keys, config, info, link, daemon });
-                }
-                Err(e) => last = Some(e),
+        match link.client.connect(info.node, &info.addrs) {
+            Ok((peer, _)) => {
+                let daemon = Daemon::new(link.client.clone(), peer, keys.owner_keys());
+                Ok(Self { keys, config, info, link, daemon })
             }
-        }
-        match last {
-            Some(e) => Err(anyhow::Error::new(e).context(not_answering())),
-            None => Err(anyhow::anyhow!(not_answering())),
+            Err(e) => Err(anyhow::Error::new(e).context(not_answering())),
         }
     }
 

@@ -18,8 +18,15 @@ use crate::id::{ChunkId, ManifestId};
 pub const MANIFEST_VERSION: u8 = 1;
 /// Longest file name a manifest records, in bytes.
 pub const MAX_NAME_LEN: usize = 4096;
-/// Most chunks one manifest lists (16 Mi chunks: 16 TiB at the default 1 MiB average).
-pub const MAX_CHUNKS: usize = 16 * 1024 * 1024;
+/// Most chunks one manifest lists: 256 Ki chunks, 256 GiB at the default
+/// 1 MiB average chunk size (1 TiB with `avg_size = 4 MiB`). The bound keeps
+/// a whole manifest, and its pin, inside one member's share of a node's
+/// memory budget (docs/PROTOCOL.md, "Limits").
+pub const MAX_CHUNKS: usize = 256 * 1024;
+/// Largest manifest envelope, in bytes: one of [`MAX_CHUNKS`] chunks of the
+/// largest size, with the longest name, fits (a test builds it). The store,
+/// the wire (`MAX_MANIFEST_PAYLOAD`) and `Pin` all hold to this one limit.
+pub const MAX_ENVELOPE_LEN: usize = 18 * 1024 * 1024;
 
 /// One chunk of a file, in file order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +200,28 @@ mod tests {
         let mut body = postcard::to_stdvec(&manifest).unwrap();
         Manifest::decode(id, &body).unwrap();
         body.push(0);
+        assert!(matches!(Manifest::decode(id, &body), Err(ManifestError::Malformed { .. })));
+    }
+
+    #[test]
+    fn the_largest_manifest_fits_the_envelope_limit() {
+        let chunks = (0..MAX_CHUNKS as u32)
+            .map(|i| {
+                let mut id = [0xff; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                ChunkRef { id: ChunkId(id), key: ChunkKey([0xee; 32]), len: MAX_CHUNK_SIZE }
+            })
+            .collect();
+        let manifest = Manifest::new("n".repeat(MAX_NAME_LEN), chunks);
+        let (id, envelope) = manifest.seal(&owner(), &fresh());
+        assert!(envelope.len() <= MAX_ENVELOPE_LEN, "{} bytes", envelope.len());
+        assert!(envelope.len() > MAX_ENVELOPE_LEN * 9 / 10, "the limit is not far above the need");
+        assert_eq!(Manifest::open(&owner(), id, &envelope).unwrap().1.chunks.len(), MAX_CHUNKS);
+        // One more chunk is refused.
+        let mut over = manifest;
+        over.chunks.push(over.chunks[0]);
+        over.size += u64::from(MAX_CHUNK_SIZE);
+        let body = postcard::to_stdvec(&over).unwrap();
         assert!(matches!(Manifest::decode(id, &body), Err(ManifestError::Malformed { .. })));
     }
 

@@ -3,14 +3,19 @@
 //!
 //! - [`tls`]: certificates from `node.key`, and the verifiers that pin keys.
 //! - [`Net`]: one quinn endpoint; [`Net::connect`] dials a NodeId at an
-//!   address and [`Net::admit`] accepts one, both ending with a verified
-//!   [`Peer`] whose membership (the `Hello` proof) has been checked.
-//! - [`Peer`]: the requests of docs/PROTOCOL.md, one bidirectional stream each.
+//!   address and [`Net::handshake`] accepts one, both ending with a verified
+//!   peer whose membership (the `Hello` proof) has been checked. An accepted
+//!   connection gets the admission transport (one stream, a 64 KiB window)
+//!   until the node welcomes it as a member ([`Candidate::welcome`]).
+//! - [`Peer`]: the requests of docs/PROTOCOL.md, one bidirectional stream
+//!   each, every one with deadlines.
+//! - [`Client`]: the network for threads that block: the one place they wait on it.
 //! - [`stream`]: reading and writing frames and their payloads on a stream.
 //!
 //! Nothing here knows about stores or files: `node` answers requests and
 //! `transfer` makes them.
 
+mod client;
 mod peer;
 pub mod stream;
 pub mod tls;
@@ -19,10 +24,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, VarInt};
 
-pub use peer::Peer;
+pub use client::Client;
+pub use peer::{Peer, REPLY_TIMEOUT, owner_proof_holds};
 pub use tls::Identity;
 
 use crate::id::NodeId;
@@ -30,10 +37,19 @@ use crate::wire::{self, DecodeError, ErrorCode, Frame, Hello};
 
 /// The TLS exporter label the membership proof is computed over.
 pub const MEMBERSHIP_LABEL: &[u8] = b"p2pfs/1 membership";
-/// How long a dial, a handshake or a `Hello` may take.
+/// How long a dial and its TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the `Hello` exchange may take once TLS is done, on either side:
+/// a connection that has not proved membership by then is closed.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection may be silent before it is dead (keep-alives run at a third of it).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection that has not passed `Hello` may make a node buffer:
+/// its whole flow-control window, over all its streams.
+pub const ADMISSION_WINDOW: u32 = 64 * 1024;
+/// The largest receive window of a member's connection (the node lowers it
+/// when many members are connected, so that their sum stays bounded).
+pub const MEMBER_RECEIVE_WINDOW: u32 = 96 << 20;
 
 /// A network operation that failed. Each says which peer and what to try.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +75,9 @@ pub enum NetError {
         /// What went wrong.
         reason: String,
     },
+    /// No address is known for the peer.
+    #[error("no address is known for node {0}; `p2pfs peers` lists what is known")]
+    NoAddress(String),
     /// The peer closed the connection with a p2pfs error code.
     #[error("node {node} closed the connection: {reason} (code {code})")]
     Refused {
@@ -125,8 +144,13 @@ pub enum NetError {
         what: String,
     },
     /// The peer did not answer in time.
-    #[error("node {0} did not answer in time")]
-    Timeout(String),
+    #[error("node {node} did not answer in time: {what} timed out")]
+    Timeout {
+        /// The peer (short form).
+        node: String,
+        /// What took too long.
+        what: &'static str,
+    },
 }
 
 impl NetError {
@@ -136,10 +160,11 @@ impl NetError {
         matches!(
             self,
             NetError::Unreachable { .. }
+                | NetError::NoAddress(_)
                 | NetError::Refused { .. }
                 | NetError::NotMember(_)
                 | NetError::Connection { .. }
-                | NetError::Timeout(_)
+                | NetError::Timeout { .. }
         )
     }
 
@@ -171,22 +196,21 @@ impl Tuning {
         }
     }
 
-    /// The transport for a connection; `loopback` when the peer is this host.
-    fn transport(self, loopback: bool) -> quinn::TransportConfig {
+    /// What every connection shares: idle timeout and keep-alives, no
+    /// unidirectional streams, no datagrams, and (over loopback, tuned)
+    /// large packets.
+    fn base_transport(self, loopback: bool) -> quinn::TransportConfig {
         let mut config = quinn::TransportConfig::default();
         config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s is a valid idle timeout")));
         config.keep_alive_interval(Some(IDLE_TIMEOUT / 3));
-        config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
         config.max_concurrent_uni_streams(VarInt::from_u32(0));
-        if self == Tuning::QuinnDefaults {
-            return config;
+        config.datagram_receive_buffer_size(None);
+        config.datagram_send_buffer_size(0);
+        if self == Tuning::Throughput {
+            // A whole chunk (up to 16 MiB) fits in one stream's window.
+            config.stream_receive_window(VarInt::from_u32(24 << 20));
         }
-        // A whole chunk (up to 16 MiB) fits in one stream's window, and the
-        // connection window holds many chunks in flight.
-        config.stream_receive_window(VarInt::from_u32(24 << 20));
-        config.receive_window(VarInt::from_u32(96 << 20));
-        config.send_window(96 << 20);
-        if loopback {
+        if loopback && self == Tuning::Throughput {
             // Loopback carries 64 KiB datagrams, and per-packet work (crypto,
             // acks, syscalls) is most of the cost: start at 16 KiB packets,
             // never fall below, and let MTU discovery go higher. Segmentation
@@ -204,6 +228,38 @@ impl Tuning {
             config.congestion_controller_factory(Arc::new(cubic));
         }
         config
+    }
+
+    /// The transport of connections this node dials: the peer it dialled
+    /// is pinned, so it gets the full windows, but may open no streams.
+    fn client_transport(self, loopback: bool) -> quinn::TransportConfig {
+        let mut config = self.base_transport(loopback);
+        config.max_concurrent_bidi_streams(VarInt::from_u32(0));
+        let (receive, send) = self.member_windows();
+        config.receive_window(VarInt::from_u32(receive));
+        config.send_window(send);
+        config
+    }
+
+    /// The transport of a connection a node accepts, until it passes
+    /// `Hello`: one stream (the Hello) and [`ADMISSION_WINDOW`] bytes in
+    /// flight each way. [`Candidate::welcome`] opens it up.
+    fn admission_transport(self, loopback: bool) -> quinn::TransportConfig {
+        let mut config = self.base_transport(loopback);
+        config.max_concurrent_bidi_streams(VarInt::from_u32(1));
+        config.receive_window(VarInt::from_u32(ADMISSION_WINDOW));
+        config.send_window(u64::from(ADMISSION_WINDOW));
+        config
+    }
+
+    /// Receive and send windows of a member's connection, at most.
+    fn member_windows(self) -> (u32, u64) {
+        match self {
+            // The connection window holds many chunks in flight.
+            Tuning::Throughput => (MEMBER_RECEIVE_WINDOW, u64::from(MEMBER_RECEIVE_WINDOW)),
+            // quinn's own send window; its receive window is unbounded, which a node cannot allow.
+            Tuning::QuinnDefaults => (MEMBER_RECEIVE_WINDOW, 10_000_000),
+        }
     }
 
     fn endpoint(self) -> quinn::EndpointConfig {
@@ -237,8 +293,9 @@ pub struct Net {
     identity: Arc<Identity>,
     node: NodeId,
     network_key: [u8; 32],
-    transport: Arc<quinn::TransportConfig>,
-    loopback_transport: Arc<quinn::TransportConfig>,
+    tuning: Tuning,
+    client: Arc<quinn::TransportConfig>,
+    loopback_client: Arc<quinn::TransportConfig>,
     loopback_server: Option<Arc<quinn::ServerConfig>>,
 }
 
@@ -262,8 +319,6 @@ impl Net {
     ) -> Result<Self, NetError> {
         let identity = Arc::new(Identity::from_node_key(node_key)?);
         let node = NodeId(ed25519_dalek::SigningKey::from_bytes(node_key).verifying_key().to_bytes());
-        let transport = Arc::new(tuning.transport(false));
-        let loopback_transport = Arc::new(tuning.transport(true));
         let (server, loopback_server) = if accept {
             let crypto = Arc::new(
                 QuicServerConfig::try_from(tls::server_config(&identity)?)
@@ -271,8 +326,8 @@ impl Net {
             );
             let mut server = quinn::ServerConfig::with_crypto(crypto);
             let mut loopback = server.clone();
-            server.transport_config(Arc::clone(&transport));
-            loopback.transport_config(Arc::clone(&loopback_transport));
+            server.transport_config(Arc::new(tuning.admission_transport(false)));
+            loopback.transport_config(Arc::new(tuning.admission_transport(true)));
             (Some(server), Some(Arc::new(loopback)))
         } else {
             (None, None)
@@ -282,7 +337,16 @@ impl Net {
             .ok_or_else(|| NetError::Bind { addr, source: std::io::Error::other("no async runtime") })?;
         let endpoint = quinn::Endpoint::new(tuning.endpoint(), server, socket, runtime)
             .map_err(|source| NetError::Bind { addr, source })?;
-        Ok(Self { endpoint, identity, node, network_key, transport, loopback_transport, loopback_server })
+        Ok(Self {
+            endpoint,
+            identity,
+            node,
+            network_key,
+            tuning,
+            client: Arc::new(tuning.client_transport(false)),
+            loopback_client: Arc::new(tuning.client_transport(true)),
+            loopback_server,
+        })
     }
 
     /// This node's id.
@@ -302,7 +366,7 @@ impl Net {
         let crypto = QuicClientConfig::try_from(tls::client_config(&self.identity, node)?)
             .map_err(|e| tls::TlsError::Config(rustls::Error::General(e.to_string())))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let transport = if is_loopback(addr) { &self.loopback_transport } else { &self.transport };
+        let transport = if is_loopback(addr) { &self.loopback_client } else { &self.client };
         config.transport_config(Arc::clone(transport));
         let connecting =
             self.endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
@@ -313,13 +377,13 @@ impl Net {
         };
         let peer = Peer::new(node, conn);
         let hello = async {
-            let (mut send, mut recv) = peer.open().await?;
+            let (mut send, recv) = peer.open().await?;
             let mine = self.hello(&peer)?;
-            stream::write_frame(&mut send, &Frame::Hello(mine), &[]).await.map_err(|e| peer.stream_err(e))?;
+            stream::write_frame(&mut send, &Frame::Hello(mine), Bytes::new()).await.map_err(|e| peer.stream_err(e))?;
             let _ = send.finish();
-            let reply = stream::FrameReader::new(&mut recv).next_frame().await.map_err(|e| peer.stream_err(e))?;
+            let reply = stream::FrameReader::new(recv).next_frame().await.map_err(|e| peer.stream_err(e))?;
             match reply {
-                Frame::Hello(theirs) if theirs.node == node && theirs.proof == self.proof(&peer, &node)? => Ok(()),
+                Frame::Hello(theirs) if theirs.node == node && self.proves_membership(&peer, &theirs)? => Ok(()),
                 Frame::Hello(_) => Err(NetError::NotMember(short.clone())),
                 Frame::Error(e) => {
                     Err(NetError::Remote { node: short.clone(), code: e.code.0, message: e.message.to_string() })
@@ -331,8 +395,9 @@ impl Net {
                 }),
             }
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
-            Err(_) => Err(NetError::Timeout(short)),
+        // The server answers at once; allow for a lost packet or two.
+        match tokio::time::timeout(HELLO_TIMEOUT * 2, hello).await {
+            Err(_) => Err(NetError::Timeout { node: short, what: "the Hello exchange" }),
             Ok(Err(e)) => {
                 if matches!(e, NetError::NotMember(_)) {
                     peer.close(
@@ -353,15 +418,33 @@ impl Net {
         }
     }
 
+    /// Dials `node` at each of `addrs` in turn until one answers; returns
+    /// the peer and the address that answered, or the last failure.
+    pub async fn connect_any(&self, node: NodeId, addrs: &[SocketAddr]) -> Result<(Peer, SocketAddr), NetError> {
+        let mut last = None;
+        for &addr in addrs {
+            match self.connect(node, addr).await {
+                Ok(peer) => return Ok((peer, addr)),
+                // A peer that refuses us refuses at every address.
+                Err(e @ (NetError::Refused { .. } | NetError::NotMember(_))) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| NetError::NoAddress(node.short(16))))
+    }
+
     /// The next incoming connection attempt, or `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<quinn::Incoming> {
         self.endpoint.accept().await
     }
 
-    /// Completes an incoming connection: TLS, then the client's `Hello`
-    /// checked and answered. A peer that fails the proof is closed with
+    /// The first half of admitting a connection: TLS (within
+    /// [`HANDSHAKE_TIMEOUT`]), then the client's `Hello` checked (within
+    /// [`HELLO_TIMEOUT`]). Until [`Candidate::welcome`], the connection keeps
+    /// the admission transport: one stream and [`ADMISSION_WINDOW`] bytes.
+    /// A peer that fails the proof, or is too slow, is closed with
     /// `NotMember` before anything else is read from it.
-    pub async fn admit(&self, incoming: quinn::Incoming) -> Result<Peer, NetError> {
+    pub async fn handshake(&self, incoming: quinn::Incoming) -> Result<Candidate, NetError> {
         let addr = incoming.remote_address();
         let unreachable = |reason: String| NetError::Unreachable { node: "?".into(), addr, reason };
         let loopback = self.loopback_server.as_ref().filter(|_| is_loopback(addr)).map(Arc::clone);
@@ -384,51 +467,100 @@ impl Net {
         let peer = Peer::new(node, conn);
         let short = node.short(16);
         let hello = async {
-            let (mut send, mut recv) = peer.accept_stream().await?;
-            let frame = stream::FrameReader::new(&mut recv).next_frame().await.map_err(|e| peer.stream_err(e))?;
-            let valid = matches!(&frame, Frame::Hello(h) if h.node == node && h.proof == self.proof(&peer, &node)?);
+            let (send, recv) = peer.accept_stream().await?;
+            let frame = stream::FrameReader::new(recv).next_frame().await.map_err(|e| peer.stream_err(e))?;
+            let valid = match &frame {
+                Frame::Hello(hello) => hello.node == node && self.proves_membership(&peer, hello)?,
+                _ => false,
+            };
             if !valid {
                 return Err(NetError::NotMember(short.clone()));
             }
-            let mine = self.hello(&peer)?;
-            stream::write_frame(&mut send, &Frame::Hello(mine), &[]).await.map_err(|e| peer.stream_err(e))?;
-            let _ = send.finish();
-            Ok(())
+            Ok(send)
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
+        match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
             Err(_) => {
                 peer.close(ErrorCode::NOT_MEMBER, "no Hello in time");
-                Err(NetError::Timeout(short))
+                Err(NetError::Timeout { node: short, what: "the Hello" })
             }
             Ok(Err(e)) => {
                 peer.close(ErrorCode::NOT_MEMBER, "not a member of this network: your Hello proof is wrong");
                 Err(e)
             }
-            Ok(Ok(())) => Ok(peer),
+            Ok(Ok(send)) => Ok(Candidate { peer, send, net: self.clone() }),
         }
     }
 
     /// Stops accepting, closes every connection, and waits (briefly) for the
-    /// close to reach peers.
+    /// close to reach peers, so that they free what they hold for us at once.
     pub async fn shutdown(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.close(Duration::from_secs(2)).await;
+    }
+
+    /// Closes every connection and waits at most `wait` for the closes to
+    /// be delivered.
+    pub async fn close(&self, wait: Duration) {
+        self.endpoint.close(VarInt::from_u32(0), b"closing");
+        let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
     }
 
     fn hello(&self, peer: &Peer) -> Result<Hello, NetError> {
-        Ok(Hello { node: self.node, proof: self.proof(peer, &self.node)? })
+        Ok(Hello { node: self.node, proof: *self.proof(peer, &self.node)?.as_bytes() })
+    }
+
+    /// Whether `hello` carries the right proof for this connection. The
+    /// comparison takes the same time whatever the bytes (`blake3::Hash`'s
+    /// equality is constant-time).
+    fn proves_membership(&self, peer: &Peer, hello: &Hello) -> Result<bool, NetError> {
+        Ok(self.proof(peer, &hello.node)? == blake3::Hash::from(hello.proof))
     }
 
     /// `BLAKE3-keyed(network key, TLS exporter secret ‖ node)` for this connection.
-    fn proof(&self, peer: &Peer, node: &NodeId) -> Result<[u8; 32], NetError> {
-        let mut secret = [0u8; 32];
-        peer.connection()
-            .export_keying_material(&mut secret, MEMBERSHIP_LABEL, &[])
-            .map_err(|_| NetError::Stream { node: peer.short(), reason: "TLS exporter unavailable".into() })?;
+    fn proof(&self, peer: &Peer, node: &NodeId) -> Result<blake3::Hash, NetError> {
+        let secret = peer.exporter(MEMBERSHIP_LABEL)?;
         let mut hasher = blake3::Hasher::new_keyed(&self.network_key);
         hasher.update(&secret);
         hasher.update(node.as_bytes());
-        Ok(*hasher.finalize().as_bytes())
+        Ok(hasher.finalize())
+    }
+}
+
+/// A connection that passed TLS and proved membership, not yet answered.
+/// It still has the admission transport; the node decides whether it may
+/// stay ([`Candidate::welcome`]) or not ([`Candidate::refuse`]).
+pub struct Candidate {
+    peer: Peer,
+    send: quinn::SendStream,
+    net: Net,
+}
+
+impl Candidate {
+    /// The peer, verified: its NodeId is its certificate's key.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Opens the member transport (streams, and windows of at most
+    /// `receive_window` bytes) and answers with this node's `Hello`.
+    pub async fn welcome(mut self, receive_window: u32) -> Result<Peer, NetError> {
+        let (max_receive, send_window) = self.net.tuning.member_windows();
+        let conn = self.peer.connection();
+        conn.set_receive_window(VarInt::from_u32(receive_window.min(max_receive)));
+        conn.set_send_window(send_window);
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+        let mine = Frame::Hello(self.net.hello(&self.peer)?);
+        let written = stream::write_frame(&mut self.send, &mine, Bytes::new());
+        tokio::time::timeout(HELLO_TIMEOUT, written)
+            .await
+            .map_err(|_| NetError::Timeout { node: self.peer.short(), what: "the Hello reply" })?
+            .map_err(|e| self.peer.stream_err(e))?;
+        let _ = self.send.finish();
+        Ok(self.peer)
+    }
+
+    /// Closes the connection with `code` and a reason the peer will see.
+    pub fn refuse(self, code: ErrorCode, reason: &str) {
+        self.peer.close(code, reason);
     }
 }
 

@@ -1,4 +1,10 @@
 //! A verified connection to one peer, and the requests of the protocol.
+//!
+//! Every request has deadlines (docs/PROTOCOL.md, "Deadlines"): its frame
+//! and payload must leave at [`stream::MIN_RATE`] or better, the reply frame
+//! must arrive within [`REPLY_TIMEOUT`] after that, and a reply payload
+//! keeps the same pace. A peer that misses one is reported as
+//! [`NetError::Timeout`], which callers treat as the peer being gone.
 
 use std::time::{Duration, Instant};
 
@@ -6,13 +12,19 @@ use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::NetError;
-use super::stream::{FrameReader, StreamError, write_frame_owned};
+use super::stream::{self, FrameReader, Pace, StreamError, write_frame};
+use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::wire::{
     self, Ack, AppendLog, Bounded, BoundedBytes, ChunkData, ErrorCode, Frame, FrameType, GetChunk, GetHead, GetLog,
-    GetManifest, GetStatus, Has, ManifestData, PeerInfo, Peers, Pin, Ping, PutChunk, PutHead, PutManifest, Status,
-    Unpin,
+    GetManifest, GetStatus, Has, ManifestData, PeerInfo, Peers, Pin, Ping, PutChunk, PutHead, PutManifest, Signature,
+    Status, Unpin,
 };
+
+/// How long a peer may take to answer once a request is sent, beyond the
+/// time its payload may take to travel: the node may wait for room in its
+/// memory budget, then store and fsync.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One peer whose key and membership are verified.
 #[derive(Clone)]
@@ -66,6 +78,16 @@ impl Peer {
         self.node.short(16)
     }
 
+    /// 32 bytes exported from this connection's TLS session under `label`:
+    /// both ends compute the same, and no other connection has them.
+    pub fn exporter(&self, label: &[u8]) -> Result<[u8; 32], NetError> {
+        let mut secret = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut secret, label, &[])
+            .map_err(|_| NetError::Stream { node: self.short(), reason: "TLS exporter unavailable".into() })?;
+        Ok(secret)
+    }
+
     /// Opens a request stream.
     pub async fn open(&self) -> Result<(SendStream, RecvStream), NetError> {
         self.conn.open_bi().await.map_err(|e| self.connection_err(e))
@@ -88,6 +110,7 @@ impl Peer {
         match e {
             StreamError::Decode(source) => NetError::Decode { node: self.short(), source },
             StreamError::Connection(c) => self.connection_err(c),
+            StreamError::TimedOut(what) => NetError::Timeout { node: self.short(), what },
             other => NetError::Stream { node: self.short(), reason: other.to_string() },
         }
     }
@@ -99,19 +122,27 @@ impl Peer {
         }
     }
 
-    /// Sends one request (frame and payload) on a new stream and returns the
-    /// stream to read the reply from. The payload goes to quinn as it is.
-    async fn send(&self, frame: &Frame, payload: Bytes) -> Result<RecvStream, NetError> {
-        let (mut send, recv) = self.open().await?;
-        write_frame_owned(&mut send, frame, payload).await.map_err(|e| self.stream_err(e))?;
+    /// Sends one request (frame and payload, the payload handed to quinn as
+    /// it is) on a new stream, and reads the reply frame, within the
+    /// request's deadlines. The reader is left at the reply's payload.
+    async fn request(&self, frame: &Frame, payload: Bytes) -> Result<(Frame, FrameReader), NetError> {
+        let travel = stream::payload_time(payload.len() as u64);
+        let opened = tokio::time::timeout(REPLY_TIMEOUT, self.open())
+            .await
+            .map_err(|_| NetError::Timeout { node: self.short(), what: "opening a stream" })??;
+        let (mut send, recv) = opened;
+        write_frame(&mut send, frame, payload).await.map_err(|e| self.stream_err(e))?;
         // The stream may already be reset by a peer that refused early; the reply says why.
         let _ = send.finish();
-        Ok(recv)
+        let mut reader = FrameReader::new(recv);
+        // Written is not sent: quinn may still hold the payload, so the reply
+        // may take as long as the payload's travel, and the node's work.
+        let reply = reader.next_frame_within(travel + REPLY_TIMEOUT).await.map_err(|e| self.stream_err(e))?;
+        Ok((reply, reader))
     }
 
     async fn call(&self, frame: &Frame, payload: Bytes) -> Result<Frame, NetError> {
-        let mut recv = self.send(frame, payload).await?;
-        FrameReader::new(&mut recv).next_frame().await.map_err(|e| self.stream_err(e))
+        Ok(self.request(frame, payload).await?.0)
     }
 
     /// Expects an `Ack` of `id`.
@@ -157,9 +188,10 @@ impl Peer {
 
     /// Stores a chunk; returns once the peer acks it durable.
     ///
-    /// The ciphertext is handed to quinn as it is (no copy): quinn holds a
-    /// reference until the peer has acknowledged the bytes, so the caller can
-    /// reclaim the buffer once this returns (see `Bytes::try_into_mut`).
+    /// The ciphertext is handed to quinn as it is (no copy). quinn may hold
+    /// a reference to it for a moment after this returns (until the peer has
+    /// acknowledged the packets), so the caller gets the buffer back only
+    /// once no one else holds it (see `Bytes::is_unique`).
     pub async fn put_chunk(&self, id: ChunkId, ciphertext: Bytes) -> Result<(), NetError> {
         let len = payload_len(ciphertext.len(), wire::MAX_CHUNK_PAYLOAD);
         self.call_for_ack(&Frame::PutChunk(PutChunk { id, len }), ciphertext, id.0).await
@@ -168,51 +200,46 @@ impl Peer {
     /// Fetches a chunk into `out`, verified against its id. `Ok(false)` if
     /// the peer does not have it.
     pub async fn get_chunk(&self, id: ChunkId, out: &mut Vec<u8>) -> Result<bool, NetError> {
-        let mut recv = self.send(&Frame::GetChunk(GetChunk { id }), Bytes::new()).await?;
-        let mut reader = FrameReader::new(&mut recv);
-        match reader.next_frame().await.map_err(|e| self.stream_err(e))? {
-            Frame::ChunkData(ChunkData { id: got, len }) if got == id => {
-                reader.payload(len as usize, out).await.map_err(|e| self.stream_err(e))?;
+        match self.request(&Frame::GetChunk(GetChunk { id }), Bytes::new()).await? {
+            (Frame::ChunkData(ChunkData { id: got, len }), mut reader) if got == id => {
+                let pace = Pace::for_payload(u64::from(len));
+                reader.payload(len as usize, out, pace).await.map_err(|e| self.stream_err(e))?;
                 if ChunkId::of(out) != id {
                     return Err(NetError::Corrupt { node: self.short(), what: format!("chunk {id}") });
                 }
                 Ok(true)
             }
-            Frame::NotFound(_) => Ok(false),
-            other => Err(self.unexpected(FrameType::GetChunk, other)),
+            (Frame::NotFound(_), _) => Ok(false),
+            (other, _) => Err(self.unexpected(FrameType::GetChunk, other)),
         }
     }
 
     /// Stores a manifest envelope.
-    pub async fn put_manifest(&self, id: ManifestId, envelope: &[u8]) -> Result<(), NetError> {
+    pub async fn put_manifest(&self, id: ManifestId, envelope: Bytes) -> Result<(), NetError> {
         let len = payload_len(envelope.len(), wire::MAX_MANIFEST_PAYLOAD);
-        self.call_for_ack(&Frame::PutManifest(PutManifest { id, len }), Bytes::copy_from_slice(envelope), id.0).await
+        self.call_for_ack(&Frame::PutManifest(PutManifest { id, len }), envelope, id.0).await
     }
 
     /// Fetches a manifest envelope, verified against its id.
     pub async fn get_manifest(&self, id: ManifestId) -> Result<Option<Vec<u8>>, NetError> {
-        let mut recv = self.send(&Frame::GetManifest(GetManifest { id }), Bytes::new()).await?;
-        let mut reader = FrameReader::new(&mut recv);
-        match reader.next_frame().await.map_err(|e| self.stream_err(e))? {
-            Frame::ManifestData(ManifestData { id: got, len }) if got == id => {
+        match self.request(&Frame::GetManifest(GetManifest { id }), Bytes::new()).await? {
+            (Frame::ManifestData(ManifestData { id: got, len }), mut reader) if got == id => {
                 let mut out = Vec::new();
-                reader.payload(len as usize, &mut out).await.map_err(|e| self.stream_err(e))?;
+                let pace = Pace::for_payload(u64::from(len));
+                reader.payload(len as usize, &mut out, pace).await.map_err(|e| self.stream_err(e))?;
                 if ManifestId::of(&out) != id {
                     return Err(NetError::Corrupt { node: self.short(), what: format!("manifest {id}") });
                 }
                 Ok(Some(out))
             }
-            Frame::NotFound(_) => Ok(None),
-            other => Err(self.unexpected(FrameType::GetManifest, other)),
+            (Frame::NotFound(_), _) => Ok(None),
+            (other, _) => Err(self.unexpected(FrameType::GetManifest, other)),
         }
     }
 
     /// Pins a manifest's chunks for its owner (`pin.chunks` = `chunks.len()`).
     pub async fn pin(&self, pin: Pin, chunks: &[ChunkId]) -> Result<(), NetError> {
-        let mut payload = Vec::with_capacity(chunks.len() * 32);
-        for id in chunks {
-            payload.extend_from_slice(id.as_bytes());
-        }
+        let payload: Vec<u8> = chunks.iter().flat_map(|id| *id.as_bytes()).collect();
         let manifest = pin.manifest;
         self.call_for_ack(&Frame::Pin(pin), payload.into(), manifest.0).await
     }
@@ -225,14 +252,14 @@ impl Peer {
 
     /// Stores an owner's newest log entry (its encoded bytes).
     pub async fn put_head(&self, entry: Vec<u8>, entry_hash: [u8; 32]) -> Result<(), NetError> {
-        let entry = BoundedBytes::new(entry)
-            .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })?;
+        let entry = self.bounded_entry(entry)?;
         self.call_for_ack(&Frame::PutHead(PutHead { entry }), Bytes::new(), entry_hash).await
     }
 
-    /// The newest log entry the peer holds for `owner`.
-    pub async fn get_head(&self, owner: OwnerId) -> Result<Option<Vec<u8>>, NetError> {
-        match self.call(&Frame::GetHead(GetHead { owner }), Bytes::new()).await? {
+    /// The newest log entry the peer holds for `owner`, which must be ours.
+    pub async fn get_head(&self, owner: &OwnerKeys) -> Result<Option<Vec<u8>>, NetError> {
+        let request = GetHead { owner: owner.owner_id(), proof: self.owner_proof(owner)? };
+        match self.call(&Frame::GetHead(request), Bytes::new()).await? {
             Frame::Head(head) => Ok(head.entry.map(|e| e.to_vec())),
             other => Err(self.unexpected(FrameType::GetHead, other)),
         }
@@ -242,17 +269,18 @@ impl Peer {
     /// once durable; refused with `LogConflict` if it does not follow the
     /// peer's copy of the log.
     pub async fn append_log(&self, entry: Vec<u8>, entry_hash: [u8; 32]) -> Result<(), NetError> {
-        let entry = BoundedBytes::new(entry)
-            .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })?;
+        let entry = self.bounded_entry(entry)?;
         self.call_for_ack(&Frame::AppendLog(AppendLog { entry }), Bytes::new(), entry_hash).await
     }
 
-    /// Every log entry the peer holds for `owner`, encoded, in order.
-    pub async fn get_log(&self, owner: OwnerId) -> Result<Vec<Vec<u8>>, NetError> {
+    /// Every log entry the peer holds for `owner` (ours: the request proves
+    /// it with a signature over this connection), encoded, in order.
+    pub async fn get_log(&self, owner: &OwnerKeys) -> Result<Vec<Vec<u8>>, NetError> {
+        let proof = self.owner_proof(owner)?;
         let mut entries = Vec::new();
         loop {
-            let from = entries.len() as u64;
-            match self.call(&Frame::GetLog(GetLog { owner, from }), Bytes::new()).await? {
+            let request = GetLog { owner: owner.owner_id(), from: entries.len() as u64, proof };
+            match self.call(&Frame::GetLog(request), Bytes::new()).await? {
                 Frame::Log(log) => {
                     let got = log.entries.len();
                     entries.extend(log.entries.into_inner().into_iter().map(|e| e.to_vec()));
@@ -273,10 +301,31 @@ impl Peer {
             other => Err(self.unexpected(FrameType::GetStatus, other)),
         }
     }
+
+    /// The owner's signature over this connection's exporter secret, which
+    /// lets it read its own log here and nowhere else.
+    fn owner_proof(&self, owner: &OwnerKeys) -> Result<Signature, NetError> {
+        let exporter = self.exporter(wire::OWNER_READ_LABEL)?;
+        let message = wire::owner_read_message(&exporter, &owner.owner_id());
+        Ok(Signature(owner.sign(wire::OWNER_READ_DOMAIN, &message)))
+    }
+
+    fn bounded_entry(&self, entry: Vec<u8>) -> Result<BoundedBytes<{ wire::MAX_LOG_ENTRY_LEN }>, NetError> {
+        BoundedBytes::new(entry)
+            .ok_or_else(|| NetError::Stream { node: self.short(), reason: "log entry over the frame limit".into() })
+    }
+}
+
+/// Whether an owner's proof in `GetLog`/`GetHead` is right for the
+/// connection to `peer`: what a node checks before it answers.
+pub fn owner_proof_holds(peer: &Peer, owner: &OwnerId, proof: &Signature) -> bool {
+    let Ok(exporter) = peer.exporter(wire::OWNER_READ_LABEL) else { return false };
+    let message = wire::owner_read_message(&exporter, owner);
+    crate::crypto::verify(owner, wire::OWNER_READ_DOMAIN, &message, &proof.0).is_ok()
 }
 
 /// A payload length as the frame declares it. Callers hold payloads within
-/// the protocol's limits (chunks ≤ 16 MiB + tag, manifests ≤ 256 MiB);
+/// the protocol's limits (chunks ≤ 16 MiB + tag, manifests ≤ 18 MiB);
 /// anything longer is clamped so the peer refuses the frame, never a panic here.
 fn payload_len(len: usize, limit: u32) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX).min(limit.saturating_add(1))

@@ -40,10 +40,18 @@ pub enum TlsError {
 }
 
 /// This node's TLS identity: its certificate and private key.
-#[derive(Debug)]
 pub struct Identity {
     cert: CertificateDer<'static>,
+    /// The node key's PKCS#8 form, which holds its secret seed.
     pkcs8: Vec<u8>,
+}
+
+/// Shows the certificate's key, never the secret seed.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let node = node_id_of(&self.cert).map_or_else(|| "?".to_owned(), |n| n.short(16));
+        write!(f, "Identity(node {node}, secret key hidden)")
+    }
 }
 
 impl Identity {
@@ -242,6 +250,14 @@ mod tests {
         let identity = Identity::from_node_key(&seed).unwrap();
         let expected = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
         assert_eq!(node_id_of(&identity.cert), Some(NodeId(expected)));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret_seed() {
+        let seed = [0x5a; 32];
+        let shown = format!("{:?}", Identity::from_node_key(&seed).unwrap());
+        assert!(!shown.contains("5a5a") && !shown.contains("90, 90"), "{shown}");
+        assert!(shown.contains("hidden"), "{shown}");
     }
 
     #[test]

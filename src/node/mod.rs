@@ -1,18 +1,28 @@
 //! `p2pfs serve`: a storage node.
 //!
 //! The node owns its home (the lock) for its lifetime. It accepts QUIC
-//! connections, admits only peers that prove membership ([`Net::admit`]),
-//! and answers every request of docs/PROTOCOL.md from its store, one
-//! request per stream ([`handler`]). Everything is bounded: connections by
-//! a semaphore, streams per connection by the QUIC transport, and payload
-//! bytes held in memory by a byte budget shared by all requests.
+//! connections and answers every request of docs/PROTOCOL.md from its store,
+//! one request per stream ([`handler`]). What anyone can make it spend is
+//! bounded, in this order:
 //!
-//! Shutdown is a future passed in ([`serve`]): when it completes the node
-//! stops accepting, closes every connection and returns. Nothing is lost by
-//! that: a request is acknowledged only after its effect is durable, and
-//! whatever was not acknowledged the sender will send again.
+//! - A connection that has not proved membership ([`admission`]): a small
+//!   pool of its own with a per-address cap, QUIC Retry under pressure, one
+//!   stream, a 64 KiB window and a 2 s `Hello` deadline.
+//! - A member's connection ([`members`]): a slot among 256 (8 per NodeId),
+//!   closed when idle or when the node needs room, and a share of the QUIC
+//!   receive memory.
+//! - A member's requests: 128 streams per connection, deadlines on every
+//!   frame, payload and reply, and payload bytes held in memory taken from
+//!   a node-wide budget of which one NodeId gets a quarter.
+//!
+//! Shutdown is a future passed in ([`Node::serve`]): when it completes the
+//! node stops accepting, closes every connection and returns. Nothing is
+//! lost by that: a request is acknowledged only after its effect is
+//! durable, and whatever was not acknowledged the sender will send again.
 
+mod admission;
 mod handler;
+mod members;
 pub mod peers;
 
 use std::future::Future;
@@ -21,23 +31,38 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::home::Home;
 use crate::id::NodeId;
 use crate::net::{Net, NetError, Tuning};
-use crate::wire::PeerInfo;
+use crate::wire::{ErrorCode, PeerInfo};
+use admission::{Admission, Decision};
+use members::Members;
 use peers::{KnownPeer, PeerTable};
 
-/// Most peer connections a node serves at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
+pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
+
 /// Most payload bytes (chunks, manifests, pin lists) a node holds in memory
 /// at once, over all requests.
 pub const PAYLOAD_BUDGET: usize = 96 << 20;
+/// How long a request may wait for room in the payload budget before it is
+/// refused with `Busy` (retry later).
+pub const BUDGET_WAIT: Duration = Duration::from_secs(5);
 /// How often a node exchanges peer lists with the peers it knows.
 pub const PEER_EXCHANGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a peer may take to answer a peer exchange.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most peers a node dials at once during an exchange round.
+const EXCHANGE_CONCURRENCY: usize = 8;
+/// How often a changed peer table is written to `peers.json`.
+const PEERS_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// The shortest time between two rounds that check addresses heard of.
+const VERIFY_GAP: Duration = Duration::from_secs(2);
 
 /// The file a running node writes into its home: who it is, where it listens.
 pub const SERVE_FILE: &str = "serve.json";
@@ -85,23 +110,52 @@ pub(crate) struct NodeState {
     pub(crate) me: PeerInfo,
     pub(crate) table: Mutex<PeerTable>,
     pub(crate) budget: Semaphore,
+    pub(crate) members: Arc<Members>,
+    /// Raised when the table gains an address to verify.
+    heard_of: Notify,
 }
 
 impl NodeState {
-    /// Learns peers from a `Peers` frame and saves the table if it changed.
+    /// Learns peers from a `Peers` frame: unverified, until a connection
+    /// to them succeeds (the exchange task tries soon). The table is
+    /// written later, off the runtime.
     pub(crate) fn learn(&self, peers: &[PeerInfo]) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.learn_all(peers, self.net.node_id())
-            && let Err(e) = table.save()
-        {
-            warn!("saving the peer table: {e}");
+        if table.learn_all_unverified(peers, self.net.node_id()) {
+            self.heard_of.notify_one();
         }
     }
 
-    /// This node and every peer it knows, as a `Peers` frame carries them.
+    /// Records that `node` answered at `addr`.
+    fn verified(&self, node: NodeId, addr: SocketAddr) {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner).learn_verified(node, addr);
+    }
+
+    /// This node and every peer it has verified, as a `Peers` frame carries them.
     pub(crate) fn known(&self) -> Vec<PeerInfo> {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        std::iter::once(self.me.clone()).chain(table.peers().iter().map(KnownPeer::to_wire)).collect()
+        std::iter::once(self.me.clone()).chain(table.verified_peers().iter().map(KnownPeer::to_wire)).collect()
+    }
+
+    /// Writes the peer table if it changed, on the blocking pool.
+    async fn flush_peer_table(self: &Arc<Self>) {
+        let state = Arc::clone(self);
+        let written = tokio::task::spawn_blocking(move || {
+            let (path, changes) = {
+                let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
+                (table.path().to_owned(), table.take_changes())
+            };
+            let result = match changes {
+                Ok(Some(json)) => peers::write_table(&path, &json),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                warn!("saving the peer table {}: {e}", path.display());
+                state.table.lock().unwrap_or_else(PoisonError::into_inner).mark_dirty();
+            }
+        });
+        let _ = written.await;
     }
 }
 
@@ -133,8 +187,15 @@ impl Node {
             source,
         })?;
         let me = KnownPeer { node: net.node_id(), addrs: vec![advertised] }.to_wire();
-        let state =
-            Arc::new(NodeState { home, net, me, table: Mutex::new(table), budget: Semaphore::new(PAYLOAD_BUDGET) });
+        let state = Arc::new(NodeState {
+            home,
+            net,
+            me,
+            table: Mutex::new(table),
+            budget: Semaphore::new(PAYLOAD_BUDGET),
+            members: Arc::new(Members::default()),
+            heard_of: Notify::new(),
+        });
         Ok(Self { state, bootstrap })
     }
 
@@ -151,8 +212,10 @@ impl Node {
     /// Serves until `shutdown` completes, then closes every connection and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
-        let exchange = tokio::spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
+        background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
+        let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -160,28 +223,60 @@ impl Node {
                 () = &mut shutdown => break,
                 incoming = state.net.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                        incoming.refuse();
-                        continue;
-                    };
-                    let state = Arc::clone(&state);
-                    tasks.spawn(async move {
-                        match state.net.admit(incoming).await {
-                            Ok(peer) => handler::serve_connection(state, peer).await,
-                            Err(e) => info!("refused a connection: {e}"),
+                    let ip = incoming.remote_address().ip().to_canonical();
+                    match admission.consider(ip, incoming.remote_address_validated()) {
+                        Decision::Handshake(slot) => {
+                            tasks.spawn(connection(Arc::clone(&state), incoming, slot));
                         }
-                        drop(permit);
-                    });
+                        Decision::Retry if incoming.may_retry() => {
+                            if let Err(e) = incoming.retry() {
+                                e.into_incoming().refuse();
+                            }
+                        }
+                        Decision::Retry => incoming.refuse(),
+                        Decision::Refuse(why) => {
+                            debug!("refused a connection from {ip}: {why}");
+                            incoming.refuse();
+                        }
+                    }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
         info!("shutting down");
-        exchange.abort();
+        background.abort_all();
         state.net.shutdown().await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        while background.join_next().await.is_some() {}
+        state.flush_peer_table().await;
         let _ = std::fs::remove_file(state.home.path().join(SERVE_FILE));
+    }
+}
+
+/// One accepted connection: its handshake and `Hello` (holding a pending
+/// slot), then, once it has a member's place, its requests.
+async fn connection(state: Arc<NodeState>, incoming: quinn::Incoming, slot: admission::Slot) {
+    let from = incoming.remote_address();
+    let candidate = match state.net.handshake(incoming).await {
+        Ok(candidate) => candidate,
+        Err(e) => {
+            info!("refused a connection from {from}: {e}");
+            return;
+        }
+    };
+    drop(slot);
+    let (window, membership) = match state.members.join(candidate.peer()) {
+        Ok(joined) => joined,
+        Err(why) => {
+            info!("refused member {} at {from}: {why}", candidate.peer().node_id().short(16));
+            candidate.refuse(ErrorCode::BUSY, why);
+            return;
+        }
+    };
+    match candidate.welcome(window).await {
+        Ok(peer) => handler::serve_connection(state, peer, membership).await,
+        Err(e) => debug!("member at {from} left during its Hello: {e}"),
     }
 }
 
@@ -198,29 +293,63 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Dials the bootstrap peers at start, then every known peer now and then,
-/// and exchanges peer lists with each.
+/// Dials the bootstrap peers at start, then every known peer now and then
+/// (a few at once, every address of each in turn), and exchanges peer
+/// lists with each that answers. Between those rounds, addresses heard of
+/// are checked soon after they arrive (at most one such round per
+/// [`VERIFY_GAP`]), so a new member is known, verified, within seconds.
 async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAddr)>) {
-    for (node, addr) in &bootstrap {
-        let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.learn(*node, &[*addr])
-            && let Err(e) = table.save()
-        {
-            warn!("saving the peer table: {e}");
-        }
+    for (node, addr) in bootstrap {
+        state.verified(node, addr);
     }
+    let mut next_round = tokio::time::Instant::now();
     loop {
-        let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).peers();
-        for peer in known {
-            let Some(&addr) = peer.addrs.first() else { continue };
-            match state.net.connect(peer.node, addr).await {
-                Ok(conn) => match conn.exchange_peers(state.known()).await {
-                    Ok(theirs) => state.learn(&theirs),
-                    Err(e) => debug!("peer exchange with {}: {e}", peer.node.short(16)),
-                },
-                Err(e) => debug!("peer {} unreachable: {e}", peer.node.short(16)),
+        tokio::select! {
+            () = tokio::time::sleep_until(next_round) => {
+                let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).peers();
+                exchange_round(&state, known).await;
+                next_round = tokio::time::Instant::now() + PEER_EXCHANGE_INTERVAL;
+            }
+            () = state.heard_of.notified() => {
+                let heard = state.table.lock().unwrap_or_else(PoisonError::into_inner).unverified_peers();
+                exchange_round(&state, heard).await;
+                tokio::time::sleep(VERIFY_GAP).await;
             }
         }
-        tokio::time::sleep(PEER_EXCHANGE_INTERVAL).await;
+    }
+}
+
+async fn exchange_round(state: &Arc<NodeState>, peers: Vec<KnownPeer>) {
+    futures_util::stream::iter(peers)
+        .for_each_concurrent(EXCHANGE_CONCURRENCY, |peer| {
+            let state = Arc::clone(state);
+            async move { exchange_with(&state, &peer).await }
+        })
+        .await;
+    state.flush_peer_table().await;
+}
+
+async fn exchange_with(state: &NodeState, peer: &KnownPeer) {
+    let short = peer.node.short(16);
+    let (conn, addr) = match state.net.connect_any(peer.node, &peer.addrs).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            debug!("peer {short} unreachable: {e}");
+            return;
+        }
+    };
+    state.verified(peer.node, addr);
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, conn.exchange_peers(state.known())).await {
+        Ok(Ok(theirs)) => state.learn(&theirs),
+        Ok(Err(e)) => debug!("peer exchange with {short}: {e}"),
+        Err(_) => debug!("peer exchange with {short} timed out"),
+    }
+    conn.close(ErrorCode(0), "peer exchange done");
+}
+
+async fn flush_peer_table_now_and_then(state: Arc<NodeState>) {
+    loop {
+        tokio::time::sleep(PEERS_FLUSH_INTERVAL).await;
+        state.flush_peer_table().await;
     }
 }

@@ -1,9 +1,16 @@
 //! The peer table: which nodes this home knows, and where they listen.
 //!
 //! A small JSON file, `peers.json` in the home, replaced atomically (temp
-//! file, fsync, rename). `serve` adds what bootstrap peers and peer exchange
-//! tell it; `init --join` and `push`/`pull` add what they learn. It is read
-//! without the home's lock, so `p2pfs peers` works beside a running node.
+//! file, fsync, rename). It is read without the home's lock, so `p2pfs
+//! peers` works beside a running node.
+//!
+//! An address is *verified* once a connection to it succeeded (TLS pinned to
+//! the peer's key, then the membership proof), or when the user gave it
+//! (`init --join`, `--bootstrap`). Addresses other members tell us of in
+//! `Peers` frames are *unverified* until then: they are tried after the
+//! verified ones, never displace them, and are not passed on. Everything is
+//! capped: [`MAX_KNOWN_PEERS`] peers, [`MAX_ADDRS`] addresses of each kind
+//! per peer, so no member can grow the table or bury a real address.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,12 +23,17 @@ use serde::{Deserialize, Serialize};
 use crate::id::NodeId;
 use crate::wire::{self, Bounded, PeerInfo};
 
-/// One known peer.
+/// Most peers a table holds.
+pub const MAX_KNOWN_PEERS: usize = 256;
+/// Most verified, and most unverified, addresses kept per peer.
+pub const MAX_ADDRS: usize = 4;
+
+/// One known peer: where to dial it, verified addresses first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownPeer {
     /// Its NodeId.
     pub node: NodeId,
-    /// Where it listens, most recently learned first.
+    /// Where it listens, in the order to try.
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -31,18 +43,42 @@ impl KnownPeer {
         let addrs = self.addrs.iter().take(wire::MAX_PEER_ADDRS).map(|&a| a.into()).collect();
         PeerInfo { node: self.node, addrs: Bounded::new(addrs).expect("at most MAX_PEER_ADDRS were taken") }
     }
+
+    /// From a `Peers` frame.
+    pub fn from_wire(info: &PeerInfo) -> Self {
+        Self { node: info.node, addrs: info.addrs.iter().map(|&a| a.into()).collect() }
+    }
+}
+
+/// The addresses known for one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Addrs {
+    /// Most recently verified first.
+    verified: Vec<SocketAddr>,
+    /// Most recently heard of first.
+    unverified: Vec<SocketAddr>,
 }
 
 /// The peer table of a home.
 #[derive(Debug)]
 pub struct PeerTable {
     path: PathBuf,
-    peers: BTreeMap<NodeId, Vec<SocketAddr>>,
+    peers: BTreeMap<NodeId, Addrs>,
+    dirty: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerEntry {
+    node: NodeId,
+    /// Verified addresses.
+    addrs: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unverified: Vec<SocketAddr>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
 struct PeerFile {
-    peers: Vec<KnownPeer>,
+    peers: Vec<PeerEntry>,
 }
 
 /// The file name of the peer table inside a home.
@@ -58,21 +94,90 @@ impl PeerTable {
             Err(e) if e.kind() == io::ErrorKind::NotFound => PeerFile::default(),
             Err(e) => return Err(e),
         };
-        let peers = file.peers.into_iter().map(|p| (p.node, p.addrs)).collect();
-        Ok(Self { path, peers })
+        let mut table = Self { path, peers: BTreeMap::new(), dirty: false };
+        for entry in file.peers {
+            for addr in entry.addrs.iter().rev() {
+                table.learn_verified(entry.node, *addr);
+            }
+            table.learn_unverified(entry.node, &entry.unverified);
+        }
+        table.dirty = false;
+        Ok(table)
     }
 
-    /// Writes the table back, atomically.
-    pub fn save(&self) -> io::Result<()> {
-        let file = PeerFile { peers: self.peers() };
-        let json = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::store::write_durably(dir, &self.path, &json)
+    /// Writes the table back, atomically, if it changed.
+    pub fn save(&mut self) -> io::Result<()> {
+        match self.take_changes()? {
+            Some(json) => write_table(&self.path, &json),
+            None => Ok(()),
+        }
     }
 
-    /// Every known peer, ordered by NodeId.
+    /// The file's new contents if the table changed since it was loaded or
+    /// last taken (it is then clean), so that a caller can write them
+    /// without holding the table ([`write_table`]).
+    pub fn take_changes(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let peers = self
+            .peers
+            .iter()
+            .map(|(node, addrs)| PeerEntry {
+                node: *node,
+                addrs: addrs.verified.clone(),
+                unverified: addrs.unverified.clone(),
+            })
+            .collect();
+        let json = serde_json::to_vec_pretty(&PeerFile { peers }).map_err(io::Error::other)?;
+        self.dirty = false;
+        Ok(Some(json))
+    }
+
+    /// Marks the table changed (a write of its changes failed).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Where the table is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether something changed since the table was loaded or saved.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Every known peer, ordered by NodeId, with every address (verified first).
     pub fn peers(&self) -> Vec<KnownPeer> {
-        self.peers.iter().map(|(node, addrs)| KnownPeer { node: *node, addrs: addrs.clone() }).collect()
+        self.peers
+            .iter()
+            .map(|(node, addrs)| KnownPeer {
+                node: *node,
+                addrs: addrs.verified.iter().chain(&addrs.unverified).copied().collect(),
+            })
+            .collect()
+    }
+
+    /// The peers with a verified address, and only those addresses: what
+    /// this node tells others.
+    pub fn verified_peers(&self) -> Vec<KnownPeer> {
+        self.peers
+            .iter()
+            .filter(|(_, addrs)| !addrs.verified.is_empty())
+            .map(|(node, addrs)| KnownPeer { node: *node, addrs: addrs.verified.clone() })
+            .collect()
+    }
+
+    /// The peers with addresses nobody has verified yet, and only those
+    /// addresses: what a node dials to find out whether they are real.
+    pub fn unverified_peers(&self) -> Vec<KnownPeer> {
+        self.peers
+            .iter()
+            .filter(|(_, addrs)| !addrs.unverified.is_empty())
+            .map(|(node, addrs)| KnownPeer { node: *node, addrs: addrs.unverified.clone() })
+            .collect()
     }
 
     /// Whether the table is empty (no network configured).
@@ -80,50 +185,160 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    /// Learns that `node` listens at `addrs` (put first). Returns whether anything changed.
-    pub fn learn(&mut self, node: NodeId, addrs: &[SocketAddr]) -> bool {
-        let known = self.peers.entry(node).or_default();
-        let before = known.clone();
-        for addr in addrs.iter().rev() {
-            known.retain(|a| a != addr);
-            known.insert(0, *addr);
-        }
-        known.truncate(wire::MAX_PEER_ADDRS);
-        *known != before
+    /// Whether `node` is known.
+    pub fn knows(&self, node: &NodeId) -> bool {
+        self.peers.contains_key(node)
     }
 
-    /// Learns every peer of a `Peers` frame except `me`. Returns whether anything changed.
-    pub fn learn_all(&mut self, peers: &[PeerInfo], me: NodeId) -> bool {
+    /// Records that `node` answered at `addr` (or that the user says it
+    /// listens there): it goes first. Returns whether anything changed.
+    pub fn learn_verified(&mut self, node: NodeId, addr: SocketAddr) -> bool {
+        if !self.peers.contains_key(&node) && !self.make_room() {
+            return false;
+        }
+        let addrs = self.peers.entry(node).or_default();
+        let before = addrs.clone();
+        addrs.unverified.retain(|a| *a != addr);
+        addrs.verified.retain(|a| *a != addr);
+        addrs.verified.insert(0, addr);
+        addrs.verified.truncate(MAX_ADDRS);
+        let changed = *addrs != before;
+        self.dirty |= changed;
+        changed
+    }
+
+    /// Records addresses another member says `node` has: after every
+    /// verified one, and only as many as [`MAX_ADDRS`]. Returns whether
+    /// anything changed.
+    pub fn learn_unverified(&mut self, node: NodeId, heard: &[SocketAddr]) -> bool {
+        let heard: Vec<SocketAddr> = heard.iter().copied().filter(|a| !a.ip().is_unspecified()).collect();
+        if heard.is_empty() || (!self.peers.contains_key(&node) && !self.make_room()) {
+            return false;
+        }
+        let addrs = self.peers.entry(node).or_default();
+        let before = addrs.clone();
+        for addr in heard.iter().rev().filter(|a| !before.verified.contains(a)) {
+            addrs.unverified.retain(|a| a != addr);
+            addrs.unverified.insert(0, *addr);
+        }
+        addrs.unverified.truncate(MAX_ADDRS);
+        let changed = *addrs != before;
+        self.dirty |= changed;
+        changed
+    }
+
+    /// Learns every peer of a `Peers` frame except `me`, unverified.
+    /// Returns whether anything changed.
+    pub fn learn_all_unverified(&mut self, peers: &[PeerInfo], me: NodeId) -> bool {
         let mut changed = false;
         for peer in peers.iter().filter(|p| p.node != me) {
-            let addrs: Vec<SocketAddr> = peer.addrs.iter().map(|&a| a.into()).collect();
-            changed |= self.learn(peer.node, &addrs);
+            changed |= self.learn_unverified(peer.node, &KnownPeer::from_wire(peer).addrs);
         }
         changed
     }
 
     /// Forgets a peer. Returns whether it was known.
     pub fn forget(&mut self, node: &NodeId) -> bool {
-        self.peers.remove(node).is_some()
+        let known = self.peers.remove(node).is_some();
+        self.dirty |= known;
+        known
     }
+
+    /// Room for one more peer: there is some, or a peer nobody has verified
+    /// gives its place. Verified peers are never pushed out.
+    fn make_room(&mut self) -> bool {
+        if self.peers.len() < MAX_KNOWN_PEERS {
+            return true;
+        }
+        let Some(victim) = self.peers.iter().find(|(_, a)| a.verified.is_empty()).map(|(n, _)| *n) else {
+            return false;
+        };
+        self.peers.remove(&victim);
+        self.dirty = true;
+        true
+    }
+}
+
+/// Writes a table's contents (from [`PeerTable::take_changes`]) to `path`, atomically.
+pub fn write_table(path: &Path, json: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    crate::store::write_durably(dir, path, json)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn info(node: NodeId, ports: &[u16]) -> PeerInfo {
+        KnownPeer { node, addrs: ports.iter().map(|&p| addr(p)).collect() }.to_wire()
+    }
+
     #[test]
-    fn learning_puts_the_newest_address_first_and_survives_a_reload() {
+    fn verified_addresses_come_first_and_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let mut table = PeerTable::load(dir.path()).unwrap();
         assert!(table.is_empty());
         let node = NodeId([3; 32]);
-        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        assert!(table.learn(node, &[a]));
-        assert!(table.learn(node, &[b]));
-        assert!(!table.learn(node, &[b]), "nothing new");
+        assert!(table.learn_verified(node, addr(1)));
+        assert!(table.learn_unverified(node, &[addr(9)]));
+        assert!(table.learn_verified(node, addr(2)));
+        assert!(!table.learn_verified(node, addr(2)), "nothing new");
+        assert!(table.is_dirty());
         table.save().unwrap();
+        assert!(!table.is_dirty());
         let again = PeerTable::load(dir.path()).unwrap();
-        assert_eq!(again.peers(), vec![KnownPeer { node, addrs: vec![b, a] }]);
+        assert_eq!(again.peers(), vec![KnownPeer { node, addrs: vec![addr(2), addr(1), addr(9)] }]);
+        assert_eq!(again.verified_peers(), vec![KnownPeer { node, addrs: vec![addr(2), addr(1)] }]);
+    }
+
+    #[test]
+    fn heard_addresses_never_bury_or_evict_verified_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let me = NodeId([0; 32]);
+        let real = NodeId([1; 32]);
+        table.learn_verified(real, addr(7070));
+        for round in 0..200u16 {
+            let fake: Vec<u16> = (0..8).map(|i| 10_000 + round * 8 + i).collect();
+            let mut frame = vec![info(real, &fake)];
+            frame.extend((0..63u16).map(|i| {
+                let mut id = [2; 32];
+                id[..2].copy_from_slice(&(round * 64 + i).to_le_bytes());
+                info(NodeId(id), &[1])
+            }));
+            table.learn_all_unverified(&frame, me);
+        }
+        assert!(table.peers().len() <= MAX_KNOWN_PEERS);
+        let real_entry = table.peers().into_iter().find(|p| p.node == real).unwrap();
+        assert_eq!(real_entry.addrs[0], addr(7070), "the verified address is still first");
+        assert!(real_entry.addrs.len() <= 1 + MAX_ADDRS);
+        assert_eq!(table.verified_peers(), vec![KnownPeer { node: real, addrs: vec![addr(7070)] }]);
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_verified_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        for i in 0..MAX_KNOWN_PEERS as u16 {
+            let mut id = [5; 32];
+            id[..2].copy_from_slice(&i.to_le_bytes());
+            assert!(table.learn_verified(NodeId(id), addr(i)));
+        }
+        assert!(!table.learn_unverified(NodeId([9; 32]), &[addr(1)]), "no verified peer gives way");
+        assert_eq!(table.peers().len(), MAX_KNOWN_PEERS);
+    }
+
+    #[test]
+    fn a_table_written_before_unverified_addresses_existed_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId([4; 32]);
+        let old = format!(r#"{{"peers":[{{"node":"{node}","addrs":["127.0.0.1:5","127.0.0.1:6"]}}]}}"#);
+        fs::write(dir.path().join(PEERS_FILE), old).unwrap();
+        let table = PeerTable::load(dir.path()).unwrap();
+        assert_eq!(table.verified_peers(), vec![KnownPeer { node, addrs: vec![addr(5), addr(6)] }]);
     }
 }

@@ -11,7 +11,9 @@ pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()
     write_parts_durably(tmp_dir, path, &[bytes])
 }
 
-/// [`write_durably`] for bytes that arrive in pieces: the file holds them in order.
+/// [`write_durably`] for bytes that arrive in pieces: the file holds them in
+/// order. The target's directory must exist and be durable
+/// ([`create_dir_durably`]); this makes only the new entry in it durable.
 pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]>]) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
     let mut tmp_name = name.to_os_string();
@@ -23,7 +25,6 @@ pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]
         file.sync_data()?;
         drop(file);
         let parent = path.parent().ok_or_else(|| io::Error::other("durable write target has no parent"))?;
-        create_dir_durably(parent)?;
         fs::rename(&tmp, path)?;
         sync_dir(parent)
     })();
@@ -49,20 +50,23 @@ fn write_all_parts(file: &mut File, parts: &[impl AsRef<[u8]>]) -> io::Result<()
     Ok(())
 }
 
-/// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.
+/// Creates `dir` and any missing parents, and fsyncs the parent of every
+/// level it looked at, whoever created it: a directory another thread made
+/// a moment ago may not be durable yet, and a file renamed into it must not
+/// be acknowledged before it is.
 pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        if dir.parent().is_some() {
+            create_dir_durably(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
-    if let Some(parent) = dir.parent() {
-        create_dir_durably(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/"))),
-        // Another worker created it first; its creator syncs the parent.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
+    sync_dir(parent)
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
@@ -101,10 +105,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durable_write_creates_parents_and_leaves_no_temp_file() {
+    fn durable_write_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).unwrap();
+        create_dir_durably(&dir.path().join("a/b")).unwrap();
         let target = dir.path().join("a/b/file");
         write_durably(&tmp, &target, b"hello").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"hello");

@@ -3,32 +3,47 @@
 //!
 //! Tables (docs/FORMAT.md, "Metadata database"):
 //! - `log`: (OwnerId, seq) → encoded `LogEntry`
-//! - `pins`: ManifestId → postcard `PinRecord` (who keeps it, which chunks it needs)
+//! - `owner_pins`: (OwnerId, ManifestId) → the chunk ids that pin keeps (32 bytes each)
+//! - `unpinned`: (OwnerId, ManifestId) → (): the owner unpinned it; it is never pinned again
 //! - `refs`: ChunkId → number of pins that need it (rows at zero are deleted)
 //! - `sealed`: BLAKE3(chunk key) → ChunkId, so a push skips sealing chunks it has sealed before
 //! - `heads`: OwnerId → the newest signed log entry a peer sent (`PutHead`), for any owner
+//!
+//! A pin belongs to its owner: two owners pinning one manifest id hold two
+//! pins, and neither can touch the other's. Checking and changing a pin is
+//! one write transaction.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::id::{ChunkId, ManifestId, OwnerId};
 use crate::manifest::log::LogEntry;
 
+type PinKey<'a> = (&'a [u8; 32], &'a [u8; 32]);
+
 const LOG: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("log");
-const PINS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pins");
+const OWNER_PINS: TableDefinition<PinKey, &[u8]> = TableDefinition::new("owner_pins");
+const UNPINNED: TableDefinition<PinKey, ()> = TableDefinition::new("unpinned");
 const REFS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("refs");
 const SEALED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("sealed");
 const HEADS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("heads");
+/// Pins keyed by manifest alone, as stores before owner-keyed pins kept them;
+/// migrated into `owner_pins` when such a store is opened.
+const LEGACY_PINS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pins");
 
 /// An owner's promise to keep one manifest's chunks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinRecord {
     /// Who pinned it.
     pub owner: OwnerId,
+    /// What is pinned.
+    pub manifest: ManifestId,
     /// The chunks the manifest needs (duplicates allowed; counted once).
     pub chunks: Vec<ChunkId>,
 }
@@ -40,6 +55,25 @@ impl PinRecord {
         chunks.dedup();
         chunks
     }
+}
+
+/// What [`Meta::pin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// The pin is new; its chunks are counted.
+    New,
+    /// That owner already pinned that manifest; nothing changed.
+    AlreadyHeld,
+    /// That owner unpinned that manifest before: the pin is refused, so a
+    /// replayed `Pin` cannot bring back what its owner removed.
+    Revoked,
+}
+
+/// A pin as stores before owner-keyed pins encoded it (postcard).
+#[derive(Deserialize, Serialize)]
+struct LegacyPin {
+    owner: OwnerId,
+    chunks: Vec<ChunkId>,
 }
 
 /// What a garbage collection removed.
@@ -76,18 +110,46 @@ pub enum Appended {
 }
 
 impl Meta {
-    /// Opens or creates the database and its tables.
+    /// Opens or creates the database and its tables, migrating pins of an
+    /// older store (keyed by manifest alone) to owner-keyed pins.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(db_err(path))?;
         let meta = Self { db, path: path.to_owned() };
-        let txn = meta.db.begin_write().map_err(db_err(path))?;
-        txn.open_table(LOG).map_err(db_err(path))?;
-        txn.open_table(PINS).map_err(db_err(path))?;
-        txn.open_table(REFS).map_err(db_err(path))?;
-        txn.open_table(SEALED).map_err(db_err(path))?;
-        txn.open_table(HEADS).map_err(db_err(path))?;
-        txn.commit().map_err(db_err(path))?;
+        let txn = meta.db.begin_write().map_err(meta.err())?;
+        txn.open_table(LOG).map_err(meta.err())?;
+        txn.open_table(OWNER_PINS).map_err(meta.err())?;
+        txn.open_table(UNPINNED).map_err(meta.err())?;
+        txn.open_table(REFS).map_err(meta.err())?;
+        txn.open_table(SEALED).map_err(meta.err())?;
+        txn.open_table(HEADS).map_err(meta.err())?;
+        meta.migrate_legacy_pins(&txn)?;
+        txn.commit().map_err(meta.err())?;
         Ok(meta)
+    }
+
+    /// Moves every row of the old `pins` table to `owner_pins`; refcounts
+    /// stay as they are (one pin, one count), then drops the old table.
+    fn migrate_legacy_pins(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let legacy = txn.list_tables().map_err(self.err())?.any(|t| t.name() == LEGACY_PINS.name());
+        if !legacy {
+            return Ok(());
+        }
+        {
+            let old = txn.open_table(LEGACY_PINS).map_err(self.err())?;
+            let mut pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+            for row in old.iter().map_err(self.err())? {
+                let (manifest, value) = row.map_err(self.err())?;
+                let pin: LegacyPin = postcard::from_bytes(value.value())
+                    .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: format!("pin record: {e}") })?;
+                let record =
+                    PinRecord { owner: pin.owner, manifest: ManifestId(*manifest.value()), chunks: pin.chunks };
+                let ids = encode_ids(&record.distinct_chunks());
+                pins.insert((record.owner.as_bytes(), record.manifest.as_bytes()), ids.as_slice())
+                    .map_err(self.err())?;
+            }
+        }
+        txn.delete_table(LEGACY_PINS).map_err(self.err())?;
+        Ok(())
     }
 
     /// Every log entry of `owner`, in sequence order (unverified: replay checks them).
@@ -97,10 +159,7 @@ impl Meta {
         let mut out = Vec::new();
         for row in table.range((owner.as_bytes(), 0)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
             let (key, value) = row.map_err(self.err())?;
-            let seq = key.value().1;
-            let entry = LogEntry::decode(seq, value.value())
-                .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
-            out.push(entry);
+            out.push(self.decode_entry(key.value().1, value.value())?);
         }
         Ok(out)
     }
@@ -132,7 +191,8 @@ impl Meta {
 
     /// Appends `entry` (already signature-checked) to its owner's log if it
     /// is the next one: its sequence number follows the last held entry's
-    /// and it names that entry's hash. Keeps it as the owner's head too.
+    /// and it names that entry's hash. It becomes the owner's head in the
+    /// same transaction.
     pub fn append_log(&self, entry: &LogEntry) -> Result<Appended, StoreError> {
         let owner = entry.owner.as_bytes();
         let encoded = entry.encode();
@@ -143,9 +203,7 @@ impl Meta {
                 Some(row) => {
                     let (key, value) = row.map_err(self.err())?;
                     let seq = key.value().1;
-                    let held = LogEntry::decode(seq, value.value())
-                        .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })?;
-                    Some((seq, held.hash()))
+                    Some((seq, self.decode_entry(seq, value.value())?.hash()))
                 }
                 None => None,
             };
@@ -164,15 +222,15 @@ impl Meta {
             txn.abort().map_err(self.err())?;
             return Ok(appended);
         }
+        self.put_head_in(&txn, entry)?;
         txn.commit().map_err(self.err())?;
-        self.put_head(entry)?;
         Ok(appended)
     }
 
-    /// How many manifests are pinned, by any owner.
+    /// How many pins are held, over every owner.
     pub fn pin_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(self.err())?;
-        let table = txn.open_table(PINS).map_err(self.err())?;
+        let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
         table.len().map_err(self.err())
     }
 
@@ -194,43 +252,99 @@ impl Meta {
     /// sequence number is higher than the held one's; returns whether it did.
     pub fn put_head(&self, entry: &LogEntry) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(self.err())?;
-        let newer = {
-            let mut table = txn.open_table(HEADS).map_err(self.err())?;
-            let held = match table.get(entry.owner.as_bytes()).map_err(self.err())? {
-                Some(bytes) => Some(
-                    LogEntry::decode(0, bytes.value())
-                        .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: format!("head: {e}") })?
-                        .seq,
-                ),
-                None => None,
-            };
-            let newer = held.is_none_or(|seq| entry.seq > seq);
-            if newer {
-                table.insert(entry.owner.as_bytes(), entry.encode().as_slice()).map_err(self.err())?;
-            }
-            newer
-        };
+        let newer = self.put_head_in(&txn, entry)?;
         txn.commit().map_err(self.err())?;
         Ok(newer)
     }
 
-    /// The pin of a manifest, if it has one.
-    pub fn pin(&self, manifest: &ManifestId) -> Result<Option<PinRecord>, StoreError> {
+    fn put_head_in(&self, txn: &WriteTransaction, entry: &LogEntry) -> Result<bool, StoreError> {
+        let mut table = txn.open_table(HEADS).map_err(self.err())?;
+        let held = match table.get(entry.owner.as_bytes()).map_err(self.err())? {
+            Some(bytes) => Some(self.decode_entry(0, bytes.value())?.seq),
+            None => None,
+        };
+        let newer = held.is_none_or(|seq| entry.seq > seq);
+        if newer {
+            table.insert(entry.owner.as_bytes(), entry.encode().as_slice()).map_err(self.err())?;
+        }
+        Ok(newer)
+    }
+
+    /// `owner`'s pin of `manifest`, if it holds one: the chunks it keeps.
+    pub fn pin_of(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<Option<Vec<ChunkId>>, StoreError> {
         let txn = self.db.begin_read().map_err(self.err())?;
-        let table = txn.open_table(PINS).map_err(self.err())?;
-        let Some(bytes) = table.get(manifest.as_bytes()).map_err(self.err())? else { return Ok(None) };
-        self.decode_pin(bytes.value()).map(Some)
+        let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        let row = table.get((owner.as_bytes(), manifest.as_bytes())).map_err(self.err())?;
+        row.map(|ids| self.decode_ids(ids.value())).transpose()
+    }
+
+    /// Pins (checking for an earlier unpin and counting the chunks) in one
+    /// durable transaction, and says what it did.
+    pub fn pin(&self, pin: &PinRecord) -> Result<Pinned, StoreError> {
+        let txn = self.db.begin_write().map_err(self.err())?;
+        let pinned = self.pin_in(&txn, pin)?;
+        txn.commit().map_err(self.err())?;
+        Ok(pinned)
+    }
+
+    /// Removes `owner`'s pin of `manifest` (uncounting its chunks) and keeps
+    /// a tombstone so that it is never pinned again, in one durable
+    /// transaction. Returns whether a pin was held.
+    pub fn unpin(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(self.err())?;
+        let held = self.unpin_in(&txn, owner, manifest)?;
+        txn.commit().map_err(self.err())?;
+        Ok(held)
+    }
+
+    fn pin_in(&self, txn: &WriteTransaction, pin: &PinRecord) -> Result<Pinned, StoreError> {
+        let key = (pin.owner.as_bytes(), pin.manifest.as_bytes());
+        if txn.open_table(UNPINNED).map_err(self.err())?.get(key).map_err(self.err())?.is_some() {
+            return Ok(Pinned::Revoked);
+        }
+        let mut pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        if pins.get(key).map_err(self.err())?.is_some() {
+            return Ok(Pinned::AlreadyHeld);
+        }
+        let chunks = pin.distinct_chunks();
+        pins.insert(key, encode_ids(&chunks).as_slice()).map_err(self.err())?;
+        let mut refs = txn.open_table(REFS).map_err(self.err())?;
+        for chunk in chunks {
+            let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
+            refs.insert(chunk.as_bytes(), count + 1).map_err(self.err())?;
+        }
+        Ok(Pinned::New)
+    }
+
+    fn unpin_in(&self, txn: &WriteTransaction, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
+        let key = (owner.as_bytes(), manifest.as_bytes());
+        txn.open_table(UNPINNED).map_err(self.err())?.insert(key, ()).map_err(self.err())?;
+        let mut pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        let Some(ids) = pins.remove(key).map_err(self.err())? else { return Ok(false) };
+        let chunks = self.decode_ids(ids.value())?;
+        drop(ids);
+        let mut refs = txn.open_table(REFS).map_err(self.err())?;
+        for chunk in chunks {
+            let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
+            if count > 1 {
+                refs.insert(chunk.as_bytes(), count - 1).map_err(self.err())?;
+            } else {
+                refs.remove(chunk.as_bytes()).map_err(self.err())?;
+            }
+        }
+        Ok(true)
     }
 
     /// Applies one atomic, durable change: append log entries, add pins
-    /// (counting their chunks), remove pins (uncounting them), and remember
-    /// sealed chunks. Adding a pin that exists, or removing one that does
-    /// not, changes nothing.
+    /// (counting their chunks), remove pins (uncounting them, and keeping
+    /// their tombstones), and remember sealed chunks. Adding a pin that
+    /// exists, or removing one that does not, changes nothing; adding one
+    /// its owner removed before fails and changes nothing.
     pub fn commit(
         &self,
         log: &[LogEntry],
-        pins: &[(ManifestId, PinRecord)],
-        unpins: &[ManifestId],
+        pins: &[PinRecord],
+        unpins: &[(OwnerId, ManifestId)],
         sealed: &[([u8; 32], ChunkId)],
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(self.err())?;
@@ -239,32 +353,17 @@ impl Meta {
             for entry in log {
                 log_table.insert((entry.owner.as_bytes(), entry.seq), entry.encode().as_slice()).map_err(self.err())?;
             }
-            let mut pin_table = txn.open_table(PINS).map_err(self.err())?;
-            let mut refs = txn.open_table(REFS).map_err(self.err())?;
-            for (manifest, pin) in pins {
-                if pin_table.get(manifest.as_bytes()).map_err(self.err())?.is_some() {
-                    continue;
-                }
-                let encoded = postcard::to_stdvec(pin).expect("pin records always encode");
-                pin_table.insert(manifest.as_bytes(), encoded.as_slice()).map_err(self.err())?;
-                for chunk in pin.distinct_chunks() {
-                    let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
-                    refs.insert(chunk.as_bytes(), count + 1).map_err(self.err())?;
-                }
+        }
+        for pin in pins {
+            if self.pin_in(&txn, pin)? == Pinned::Revoked {
+                txn.abort().map_err(self.err())?;
+                return Err(StoreError::PinRevoked(pin.manifest));
             }
-            for manifest in unpins {
-                let Some(bytes) = pin_table.remove(manifest.as_bytes()).map_err(self.err())? else { continue };
-                let pin = self.decode_pin(bytes.value())?;
-                drop(bytes);
-                for chunk in pin.distinct_chunks() {
-                    let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
-                    if count > 1 {
-                        refs.insert(chunk.as_bytes(), count - 1).map_err(self.err())?;
-                    } else {
-                        refs.remove(chunk.as_bytes()).map_err(self.err())?;
-                    }
-                }
-            }
+        }
+        for (owner, manifest) in unpins {
+            self.unpin_in(&txn, owner, manifest)?;
+        }
+        {
             let mut sealed_table = txn.open_table(SEALED).map_err(self.err())?;
             for (tag, id) in sealed {
                 sealed_table.insert(tag, id.as_bytes()).map_err(self.err())?;
@@ -275,23 +374,22 @@ impl Meta {
 
     /// Every chunk at least one pin needs.
     pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, StoreError> {
-        Ok(self.keys_of(REFS)?.into_iter().map(ChunkId).collect())
-    }
-
-    /// Every pinned manifest.
-    pub fn pinned_manifests(&self) -> Result<HashSet<ManifestId>, StoreError> {
-        Ok(self.keys_of(PINS)?.into_iter().map(ManifestId).collect())
-    }
-
-    fn keys_of<V: redb::Value + 'static>(
-        &self,
-        table: TableDefinition<&[u8; 32], V>,
-    ) -> Result<Vec<[u8; 32]>, StoreError> {
         let txn = self.db.begin_read().map_err(self.err())?;
-        let table = txn.open_table(table).map_err(self.err())?;
-        let mut out = Vec::new();
+        let table = txn.open_table(REFS).map_err(self.err())?;
+        let mut out = HashSet::new();
         for row in table.iter().map_err(self.err())? {
-            out.push(*row.map_err(self.err())?.0.value());
+            out.insert(ChunkId(*row.map_err(self.err())?.0.value()));
+        }
+        Ok(out)
+    }
+
+    /// Every manifest at least one owner pins.
+    pub fn pinned_manifests(&self) -> Result<HashSet<ManifestId>, StoreError> {
+        let txn = self.db.begin_read().map_err(self.err())?;
+        let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        let mut out = HashSet::new();
+        for row in table.iter().map_err(self.err())? {
+            out.insert(ManifestId(*row.map_err(self.err())?.0.value().1));
         }
         Ok(out)
     }
@@ -313,10 +411,21 @@ impl Meta {
         db_err(&self.path)
     }
 
-    fn decode_pin(&self, bytes: &[u8]) -> Result<PinRecord, StoreError> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: format!("pin record: {e}") })
+    fn decode_entry(&self, seq: u64, bytes: &[u8]) -> Result<LogEntry, StoreError> {
+        LogEntry::decode(seq, bytes).map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })
     }
+
+    fn decode_ids(&self, bytes: &[u8]) -> Result<Vec<ChunkId>, StoreError> {
+        if !bytes.len().is_multiple_of(32) {
+            let reason = format!("a pin's chunk list of {} bytes is not a whole number of ids", bytes.len());
+            return Err(StoreError::Corrupt { path: self.path.clone(), reason });
+        }
+        Ok(bytes.chunks_exact(32).map(|id| ChunkId(id.try_into().expect("chunks_exact yields 32 bytes"))).collect())
+    }
+}
+
+fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| *id.as_bytes()).collect()
 }
 
 fn db_err<E: Into<redb::Error>>(path: &Path) -> impl FnOnce(E) -> StoreError + use<E> {
@@ -332,32 +441,95 @@ mod tests {
         ChunkId([n; 32])
     }
 
-    #[test]
-    fn refcounts_follow_pins_and_unpins() {
+    fn meta() -> (tempfile::TempDir, Meta) {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
-        let owner = OwnerId([0; 32]);
-        let (m1, m2) = (ManifestId([1; 32]), ManifestId([2; 32]));
-        let pin1 = PinRecord { owner, chunks: vec![chunk(1), chunk(2), chunk(2)] };
-        let pin2 = PinRecord { owner, chunks: vec![chunk(2), chunk(3)] };
-        meta.commit(&[], &[(m1, pin1.clone()), (m2, pin2)], &[], &[]).unwrap();
+        (dir, meta)
+    }
+
+    fn pin(owner: u8, manifest: u8, chunks: &[u8]) -> PinRecord {
+        PinRecord {
+            owner: OwnerId([owner; 32]),
+            manifest: ManifestId([manifest; 32]),
+            chunks: chunks.iter().map(|&c| chunk(c)).collect(),
+        }
+    }
+
+    #[test]
+    fn refcounts_follow_pins_and_unpins() {
+        let (_dir, meta) = meta();
+        let (pin1, pin2) = (pin(0, 1, &[1, 2, 2]), pin(0, 2, &[2, 3]));
+        meta.commit(&[], &[pin1.clone(), pin2.clone()], &[], &[]).unwrap();
         // Pinning again is idempotent.
-        meta.commit(&[], &[(m1, pin1)], &[], &[]).unwrap();
+        meta.commit(&[], std::slice::from_ref(&pin1), &[], &[]).unwrap();
         let all: HashSet<_> = [chunk(1), chunk(2), chunk(3)].into();
         assert_eq!(meta.referenced_chunks().unwrap(), all);
 
-        meta.commit(&[], &[], &[m1], &[]).unwrap();
+        meta.commit(&[], &[], &[(pin1.owner, pin1.manifest)], &[]).unwrap();
         let left: HashSet<_> = [chunk(2), chunk(3)].into();
         assert_eq!(meta.referenced_chunks().unwrap(), left);
-        meta.commit(&[], &[], &[m2, m2], &[]).unwrap();
+        meta.commit(&[], &[], &[(pin2.owner, pin2.manifest), (pin2.owner, pin2.manifest)], &[]).unwrap();
         assert!(meta.referenced_chunks().unwrap().is_empty());
         assert!(meta.pinned_manifests().unwrap().is_empty());
     }
 
     #[test]
-    fn sealed_map_forgets_collected_chunks() {
+    fn two_owners_pinning_one_manifest_hold_two_pins_and_neither_touches_the_other() {
+        let (_dir, meta) = meta();
+        let (alice, mallory) = (pin(1, 9, &[1, 2]), pin(2, 9, &[1, 2]));
+        assert_eq!(meta.pin(&mallory).unwrap(), Pinned::New, "the squatter pins first");
+        assert_eq!(meta.pin(&alice).unwrap(), Pinned::New, "the owner's pin is its own, not skipped");
+        assert_eq!(meta.pin_count().unwrap(), 2);
+        assert!(meta.unpin(&mallory.owner, &mallory.manifest).unwrap());
+        assert_eq!(meta.pin_of(&alice.owner, &alice.manifest).unwrap(), Some(vec![chunk(1), chunk(2)]));
+        assert_eq!(meta.referenced_chunks().unwrap(), [chunk(1), chunk(2)].into());
+    }
+
+    #[test]
+    fn an_unpinned_manifest_is_never_pinned_again() {
+        let (_dir, meta) = meta();
+        let p = pin(1, 9, &[1]);
+        assert_eq!(meta.pin(&p).unwrap(), Pinned::New);
+        assert_eq!(meta.pin(&p).unwrap(), Pinned::AlreadyHeld);
+        assert!(meta.unpin(&p.owner, &p.manifest).unwrap());
+        assert_eq!(meta.pin(&p).unwrap(), Pinned::Revoked, "a replayed pin after its unpin");
+        assert!(meta.referenced_chunks().unwrap().is_empty());
+        assert!(matches!(meta.commit(&[], std::slice::from_ref(&p), &[], &[]), Err(StoreError::PinRevoked(_))));
+        // An unpin that arrives before its pin still wins.
+        let late = pin(1, 8, &[2]);
+        assert!(!meta.unpin(&late.owner, &late.manifest).unwrap());
+        assert_eq!(meta.pin(&late).unwrap(), Pinned::Revoked);
+    }
+
+    #[test]
+    fn pins_of_an_older_store_are_migrated_to_their_owners() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(LEGACY_PINS).unwrap();
+                let record = LegacyPin { owner: OwnerId([4; 32]), chunks: vec![chunk(1), chunk(1), chunk(2)] };
+                old.insert(&[9; 32], postcard::to_stdvec(&record).unwrap().as_slice()).unwrap();
+                let mut refs = txn.open_table(REFS).unwrap();
+                refs.insert(chunk(1).as_bytes(), 1).unwrap();
+                refs.insert(chunk(2).as_bytes(), 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        assert_eq!(meta.pin_of(&OwnerId([4; 32]), &ManifestId([9; 32])).unwrap(), Some(vec![chunk(1), chunk(2)]));
+        assert_eq!(meta.pinned_manifests().unwrap(), [ManifestId([9; 32])].into());
+        assert!(meta.unpin(&OwnerId([4; 32]), &ManifestId([9; 32])).unwrap());
+        assert!(meta.referenced_chunks().unwrap().is_empty(), "the migrated pin's counts come off cleanly");
+        drop(meta);
+        Meta::open(&path).unwrap();
+    }
+
+    #[test]
+    fn sealed_map_forgets_collected_chunks() {
+        let (_dir, meta) = meta();
         meta.commit(&[], &[], &[], &[([1; 32], chunk(1)), ([2; 32], chunk(2))]).unwrap();
         assert_eq!(meta.lookup_sealed(&[1; 32]).unwrap(), Some(chunk(1)));
         assert_eq!(meta.forget_sealed_except(&[chunk(2)].into()).unwrap(), 1);
@@ -370,8 +542,7 @@ mod tests {
         use crate::crypto::OwnerKeys;
         use crate::manifest::log::{LogOp, LogRecord};
 
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let (_dir, meta) = meta();
         let owner = OwnerKeys::derive(&[1; 32]);
         let mut prev = [0; 32];
         let mut encoded = Vec::new();
@@ -391,5 +562,6 @@ mod tests {
         assert_eq!(meta.log_from(&id, 1, 9, 1).unwrap(), (encoded[1..2].to_vec(), true));
         assert_eq!(meta.log_from(&id, 5, 9, usize::MAX).unwrap(), (vec![], false));
         assert_eq!(meta.log(&id).unwrap().len(), 5);
+        assert_eq!(meta.head(&id).unwrap(), encoded.last().cloned(), "the last append is the head");
     }
 }

@@ -24,16 +24,17 @@ use std::hash::Hash;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 
 pub use files::write_durably;
-pub use meta::{Appended, GcReport, PinRecord};
+pub use meta::{Appended, GcReport, PinRecord, Pinned};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
 
-/// Largest manifest envelope the store reads, in bytes (enough for
-/// `manifest::MAX_CHUNKS` chunk references).
-pub const MAX_MANIFEST_LEN: u64 = 2 << 30;
+/// Largest manifest envelope the store keeps or reads, in bytes
+/// (`manifest::MAX_ENVELOPE_LEN`: one limit for the store, the wire and pins).
+pub const MAX_MANIFEST_LEN: u64 = crate::manifest::MAX_ENVELOPE_LEN as u64;
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +68,23 @@ pub enum StoreError {
         /// Where the bad file now is.
         quarantined: PathBuf,
     },
+    /// A chunk's bytes match its id, but not the length the caller expects:
+    /// the manifest that names it is wrong, not the store.
+    #[error("chunk {id} is {actual} bytes, but its manifest says {expected}: the manifest is wrong")]
+    ChunkLengthMismatch {
+        /// The chunk.
+        id: ChunkId,
+        /// The ciphertext length the caller's manifest implies.
+        expected: u64,
+        /// The length of the (good) chunk.
+        actual: u64,
+    },
     /// A manifest the caller needs is not in the store.
     #[error("manifest {0} is not in the store")]
     ManifestMissing(ManifestId),
+    /// A pin of a manifest its owner unpinned before.
+    #[error("manifest {0} was unpinned by its owner; it is not pinned again")]
+    PinRevoked(ManifestId),
     /// Stored metadata does not decode.
     #[error("metadata database {path} holds a malformed record: {reason}")]
     Corrupt {
@@ -124,6 +139,10 @@ pub const MAX_CHUNK_FILE_LEN: u32 = crate::chunk::MAX_CHUNK_SIZE + TAG_LEN as u3
 pub struct Store {
     root: PathBuf,
     db: meta::Meta,
+    /// Chunk directories whose entry this process has seen fsynced in its
+    /// parent: a chunk renamed into one of them is durable once the
+    /// directory itself is fsynced.
+    durable_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 impl Store {
@@ -134,7 +153,11 @@ impl Store {
             let dir = root.join(dir);
             files::create_dir_durably(&dir).map_err(io_err("creating store directory", &dir))?;
         }
-        let store = Self { root: root.to_owned(), db: meta::Meta::open(&root.join("meta.redb"))? };
+        let store = Self {
+            root: root.to_owned(),
+            db: meta::Meta::open(&root.join("meta.redb"))?,
+            durable_dirs: Mutex::new(HashSet::new()),
+        };
         store.clear_tmp()?;
         Ok(store)
     }
@@ -163,62 +186,95 @@ impl Store {
         self.root.join("manifests").join(id.to_string())
     }
 
-    /// Whether chunk `id` is on disk under its final name.
+    /// Whether chunk `id` is on disk under its final name with a length a
+    /// chunk can have. A copy found bad is quarantined when it is read, so
+    /// it is not counted here again.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunk_path(id).is_file()
+        fs::metadata(self.chunk_path(id))
+            .is_ok_and(|m| m.is_file() && (TAG_LEN as u64..=u64::from(MAX_CHUNK_FILE_LEN)).contains(&m.len()))
     }
 
-    /// Stores a chunk durably unless it is already there. Returns whether it
-    /// wrote it. The caller vouches that `ciphertext` hashes to `id`.
+    /// Stores a chunk durably unless a good copy is there already. Returns
+    /// whether it wrote it. The caller vouches that `ciphertext` hashes to `id`.
     pub fn put_chunk(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, StoreError> {
         self.put_chunk_parts(id, &[ciphertext])
     }
 
-    /// [`Store::put_chunk`] for ciphertext that arrived in pieces (from the network).
+    /// [`Store::put_chunk`] for ciphertext that arrived in pieces (from the
+    /// network). A copy already on disk is kept only if its bytes match its
+    /// id; a corrupt one is quarantined and replaced.
     pub fn put_chunk_parts(&self, id: &ChunkId, parts: &[impl AsRef<[u8]>]) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         if path.is_file() {
-            return Ok(false);
+            let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+            let same_len = fs::metadata(&path).is_ok_and(|m| m.len() == len);
+            if same_len && self.read_chunk_ciphertext(id, &mut Vec::new()).is_ok_and(|found| found) {
+                return Ok(false);
+            }
+            if path.is_file() {
+                self.quarantine(id)?;
+            }
         }
+        let parent = path.parent().expect("chunk paths have a parent");
+        self.make_durable_dir(parent).map_err(io_err("creating a chunk directory", parent))?;
         files::write_parts_durably(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing chunk {}", id.short(16)), &path))?;
         Ok(true)
     }
 
-    /// Reads chunk `id`, which must be `plaintext_len + 16` bytes long, into
-    /// `buf` and checks its BLAKE3. A chunk whose bytes do not match is moved
-    /// to quarantine and reported.
+    /// Creates `dir` if needed and makes its entry durable, once per process.
+    fn make_durable_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.durable_dirs.lock().unwrap_or_else(PoisonError::into_inner).contains(dir) {
+            return Ok(());
+        }
+        files::create_dir_durably(dir)?;
+        self.durable_dirs.lock().unwrap_or_else(PoisonError::into_inner).insert(dir.to_owned());
+        Ok(())
+    }
+
+    /// Reads chunk `id`, which its manifest says is `plaintext_len + 16`
+    /// bytes long, into `buf` and checks its BLAKE3. A file whose bytes do
+    /// not match its id is quarantined; a good chunk of another length is
+    /// the manifest's error, and stays.
     pub fn read_chunk(&self, id: &ChunkId, plaintext_len: u32, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-        let expected = u64::from(plaintext_len) + TAG_LEN as u64;
-        if self.read_verified(id, Some(expected), buf)? { Ok(()) } else { Err(StoreError::ChunkMissing(*id)) }
+        if !self.read_verified(id, buf)? {
+            return Err(StoreError::ChunkMissing(*id));
+        }
+        let (expected, actual) = (u64::from(plaintext_len) + TAG_LEN as u64, buf.len() as u64);
+        if actual != expected {
+            return Err(StoreError::ChunkLengthMismatch { id: *id, expected, actual });
+        }
+        Ok(())
     }
 
     /// Reads chunk `id`'s ciphertext, of whatever length, into `buf` and
     /// checks its BLAKE3 (quarantining a mismatch). `Ok(false)` if the store
     /// does not have it. This is what a node serves to peers.
     pub fn read_chunk_ciphertext(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
-        self.read_verified(id, None, buf)
+        self.read_verified(id, buf)
     }
 
-    fn read_verified(&self, id: &ChunkId, expected: Option<u64>, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+    /// The length of chunk `id`'s file, if it is there.
+    pub fn chunk_len(&self, id: &ChunkId) -> Option<u64> {
+        fs::metadata(self.chunk_path(id)).ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    fn read_verified(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(format!("opening chunk {}", id.short(16)), &path)(e)),
         };
-        let actual = file.metadata().map_err(io_err("reading chunk metadata", &path))?.len();
-        let expected = expected.unwrap_or(actual);
+        let len = file.metadata().map_err(io_err("reading chunk metadata", &path))?.len();
         buf.clear();
-        if actual == expected && expected <= u64::from(MAX_CHUNK_FILE_LEN) {
-            buf.reserve(expected as usize + 1);
-            // Read one byte more than expected to notice a file growing under us.
-            file.by_ref()
-                .take(expected + 1)
-                .read_to_end(buf)
-                .map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
-        }
-        if buf.len() as u64 != expected || ChunkId::of(buf) != *id {
+        buf.reserve(len.min(u64::from(MAX_CHUNK_FILE_LEN)) as usize + 1);
+        // No chunk is longer than MAX_CHUNK_FILE_LEN: one byte more is enough to tell.
+        file.by_ref()
+            .take(u64::from(MAX_CHUNK_FILE_LEN) + 1)
+            .read_to_end(buf)
+            .map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
+        if ChunkId::of(buf) != *id {
             return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
         }
         Ok(true)
@@ -238,6 +294,11 @@ impl Store {
         let path = self.manifest_path(id);
         files::write_durably(&self.tmp_dir(), &path, envelope)
             .map_err(io_err(format!("storing manifest {}", id.short(16)), &path))
+    }
+
+    /// The length of manifest `id`'s envelope, if it is here.
+    pub fn manifest_len(&self, id: &ManifestId) -> Option<u64> {
+        fs::metadata(self.manifest_path(id)).ok().filter(|m| m.is_file()).map(|m| m.len())
     }
 
     /// Reads a manifest envelope (not yet verified: see `Manifest::open`).
@@ -348,6 +409,34 @@ mod tests {
     }
 
     #[test]
+    fn a_good_chunk_read_with_the_wrong_length_is_not_quarantined() {
+        let (_dir, store) = store();
+        let bytes = vec![8u8; 64 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        let err = store.read_chunk(&id, 65, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, StoreError::ChunkLengthMismatch { expected: 81, actual: 80, .. }), "{err}");
+        assert!(store.has_chunk(&id), "the good copy stays");
+        store.read_chunk(&id, 64, &mut Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn a_good_put_replaces_a_corrupt_copy() {
+        let (_dir, store) = store();
+        let bytes = vec![9u8; 64 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        fs::write(store.chunk_path(&id), &bad).unwrap();
+        assert!(store.put_chunk(&id, &bytes).unwrap(), "the corrupt copy is replaced");
+        store.read_chunk(&id, 64, &mut Vec::new()).unwrap();
+        assert!(store.root().join("quarantine").join(id.to_string()).is_file());
+        // A good copy is kept as it is.
+        assert!(!store.put_chunk(&id, &bytes).unwrap());
+    }
+
+    #[test]
     fn gc_deletes_only_unreferenced_chunks_and_manifests() {
         let (_dir, store) = store();
         let kept = vec![1u8; 40];
@@ -359,8 +448,8 @@ mod tests {
         let orphan_manifest = ManifestId([8; 32]);
         store.put_manifest(&manifest, b"envelope").unwrap();
         store.put_manifest(&orphan_manifest, b"envelope").unwrap();
-        let pin = PinRecord { owner: crate::id::OwnerId([1; 32]), chunks: vec![kept_id, kept_id] };
-        store.meta().commit(&[], &[(manifest, pin)], &[], &[]).unwrap();
+        let pin = PinRecord { owner: crate::id::OwnerId([1; 32]), manifest, chunks: vec![kept_id, kept_id] };
+        store.meta().commit(&[], &[pin], &[], &[]).unwrap();
 
         let report = store.gc().unwrap();
         assert_eq!((report.chunks_deleted, report.manifests_deleted), (1, 1));

@@ -3,26 +3,28 @@
 //!
 //! When this process owns the home, that is the home's [`Store`]. While
 //! `p2pfs serve` owns it, the CLI reaches the same records through the
-//! running node over QUIC ([`super::remote::Daemon`]), which checks each
+//! running node over QUIC ([`super::daemon::Daemon`]), which checks each
 //! log entry's signature and place in the chain before it keeps it.
 
+use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId, OwnerId};
 use crate::manifest::log::LogEntry;
 use crate::store::{PinRecord, Store, StoreError};
 
 use super::TransferError;
 
-/// One change to a home's records, made durable as a whole or (over the
-/// network, where it takes several requests) in the order that never leaves
-/// a live version without its pin: pins, then log entries, then unpins.
+/// One change to a home's records (see [`super::record`], the one place
+/// that makes them).
 #[derive(Default)]
 pub struct Change<'a> {
     /// Log entries to append, in sequence order.
     pub entries: &'a [LogEntry],
-    /// Manifests to pin, with their chunks.
-    pub pins: &'a [(ManifestId, PinRecord)],
-    /// Manifests to unpin.
-    pub unpins: &'a [ManifestId],
+    /// A new version's manifest envelope and pin. A store keeps them with
+    /// the log entry, in one commit; the node serving a home gets them as a
+    /// member of the swarm, before the entry.
+    pub version: Option<(&'a [u8], &'a PinRecord)>,
+    /// Pins to remove (the versions the entries remove).
+    pub unpins: &'a [(OwnerId, ManifestId)],
     /// Key tags and ids of chunks sealed, to skip sealing them again.
     pub sealed: &'a [([u8; 32], ChunkId)],
 }
@@ -30,32 +32,25 @@ pub struct Change<'a> {
 /// A home's records: the home's store, or the node serving the home.
 pub trait Catalog: Sync {
     /// Every log entry of `owner`, in sequence order (unverified: replay checks them).
-    fn log(&self, owner: &OwnerId) -> Result<Vec<LogEntry>, TransferError>;
+    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError>;
 
     /// The id of the chunk sealed under a key with this tag, if it is known.
     fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError>;
 
-    /// Keeps a manifest envelope durably.
-    fn put_manifest(&self, id: &ManifestId, envelope: &[u8]) -> Result<(), TransferError>;
-
     /// A manifest envelope, if it is held (unverified: opening it checks it).
     fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError>;
 
-    /// Applies a change (see [`Change`]).
-    fn apply(&self, change: Change<'_>) -> Result<(), TransferError>;
+    /// Makes a change durable (see [`Change`] for what each kind keeps).
+    fn record(&self, change: Change<'_>) -> Result<(), TransferError>;
 }
 
 impl Catalog for Store {
-    fn log(&self, owner: &OwnerId) -> Result<Vec<LogEntry>, TransferError> {
-        Ok(self.meta().log(owner)?)
+    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+        Ok(self.meta().log(&owner.owner_id())?)
     }
 
     fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
         Ok(self.meta().lookup_sealed(tag)?)
-    }
-
-    fn put_manifest(&self, id: &ManifestId, envelope: &[u8]) -> Result<(), TransferError> {
-        Ok(Store::put_manifest(self, id, envelope)?)
     }
 
     fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
@@ -66,7 +61,16 @@ impl Catalog for Store {
         }
     }
 
-    fn apply(&self, change: Change<'_>) -> Result<(), TransferError> {
-        Ok(self.meta().commit(change.entries, change.pins, change.unpins, change.sealed)?)
+    /// The envelope first (durable on its own, unreferenced until the
+    /// commit), then log entries, pin, unpins and sealed tags in one commit.
+    fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
+        let pins = match change.version {
+            Some((envelope, pin)) => {
+                self.put_manifest(&pin.manifest, envelope)?;
+                std::slice::from_ref(pin)
+            }
+            None => &[],
+        };
+        Ok(self.meta().commit(change.entries, pins, change.unpins, change.sealed)?)
     }
 }

@@ -2,18 +2,25 @@
 //!
 //! - [`push`]: chunk → seal → store, then manifest and log entry.
 //! - [`pull`]: read → verify → open → write in order.
-//! - [`remote`]: peers as a push destination and a pull source; [`placement`] picks them.
-//! - [`remove_versions`]: tombstone versions in the log and unpin them, so
-//!   that `Store::gc` can reclaim what no live version needs.
+//! - [`swarm`]: the peers of one transfer; [`replicate`] makes them a push
+//!   destination, [`fetch`] a pull source; [`placement`] ranks them.
+//! - [`record`]: recording a version and retracting one (pins, unpins, log
+//!   entries): one path for every kind of home.
+//! - [`catalog`]: a home's records, in its store or through the node that
+//!   serves it ([`daemon`]).
 //!
 //! Both pipelines run on a fixed number of threads with a fixed number of
 //! chunk buffers ([`Parallelism`]): memory does not grow with file size.
 
 pub mod catalog;
+pub mod daemon;
+pub mod fetch;
 pub mod placement;
 pub mod pull;
 pub mod push;
-pub mod remote;
+pub mod record;
+pub mod replicate;
+pub mod swarm;
 
 use std::io;
 use std::path::PathBuf;
@@ -21,11 +28,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chunk::InvalidChunkerConfig;
 use crate::crypto::OwnerKeys;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, ManifestId};
 use crate::manifest::ManifestError;
-use crate::manifest::log::{History, LogError, LogOp, LogRecord, Version};
+use crate::manifest::log::{History, LogError};
 use crate::store::StoreError;
-use catalog::{Catalog, Change};
+use catalog::Catalog;
 
 /// A push, pull or removal that failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +72,7 @@ pub enum TransferError {
     /// The owner's log could not be read or extended.
     #[error("the version log cannot be used")]
     Log(#[from] LogError),
-    /// A chunk (or a version's manifest) did not reach enough peers.
+    /// A chunk did not reach enough peers.
     #[error("chunk {chunk} reached {acked} of the {wanted} peers it needs: {reasons}")]
     Replication {
         /// The chunk (or manifest) id.
@@ -76,6 +83,25 @@ pub enum TransferError {
         wanted: usize,
         /// What went wrong with the others.
         reasons: String,
+    },
+    /// No peer kept a version's manifest and pin.
+    #[error("no peer kept manifest {manifest} and its pin: {reasons}")]
+    Unpublished {
+        /// The manifest.
+        manifest: ManifestId,
+        /// What each peer said.
+        reasons: String,
+    },
+    /// The input has more chunks than one manifest may list.
+    #[error(
+        "the input is over {max_chunks} chunks, the most one version may have ({max_gib} GiB at this home's \
+         average chunk size): raise [chunker] avg_size in config.toml (up to 4 MiB), or split the input"
+    )]
+    TooManyChunks {
+        /// The limit (`manifest::MAX_CHUNKS`).
+        max_chunks: usize,
+        /// What that is in GiB at the configured average chunk size.
+        max_gib: u64,
     },
     /// No live peer could give a chunk.
     #[error("no peer could give chunk {chunk} ({live} peers still usable): {reasons}")]
@@ -91,7 +117,7 @@ pub enum TransferError {
     #[error("none of {peers} peers has manifest {manifest}: {reasons}")]
     ManifestUnavailable {
         /// The manifest.
-        manifest: crate::id::ManifestId,
+        manifest: ManifestId,
         /// Peers asked.
         peers: usize,
         /// What each peer said.
@@ -133,22 +159,9 @@ impl Parallelism {
     }
 }
 
-/// Tombstones `versions` in the owner's log and unpins their manifests (in
-/// one atomic commit, in a store). Their chunks stay until `Store::gc`.
-pub fn remove_versions(catalog: &dyn Catalog, owner: &OwnerKeys, versions: &[Version]) -> Result<(), TransferError> {
-    let mut history = History::replay(owner, catalog.log(&owner.owner_id())?)?;
-    let mut entries = Vec::with_capacity(versions.len());
-    for version in versions {
-        let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
-        entries.push(history.append(owner, record, rand::random())?);
-    }
-    let unpins: Vec<_> = versions.iter().map(|v| v.manifest).collect();
-    catalog.apply(Change { entries: &entries, unpins: &unpins, ..Change::default() })
-}
-
 /// The owner's verified history, from the home's log.
 pub fn history(catalog: &dyn Catalog, owner: &OwnerKeys) -> Result<History, TransferError> {
-    Ok(History::replay(owner, catalog.log(&owner.owner_id())?)?)
+    Ok(History::replay(owner, catalog.log(owner)?)?)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

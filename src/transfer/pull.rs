@@ -145,8 +145,7 @@ pub fn write_to_path(
 ) -> Result<PullOutcome, TransferError> {
     let tmp = partial_path(path, manifest_id);
     let output_err = |source: io::Error| TransferError::CreateOutput { path: path.to_owned(), source };
-    let mut file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&tmp).map_err(output_err)?;
+    let mut file = open_partial(&tmp).map_err(output_err)?;
     let (resumed, offset) = verified_prefix(&mut file, manifest).map_err(output_err)?;
     file.set_len(offset).map_err(output_err)?;
     file.seek(SeekFrom::Start(offset)).map_err(output_err)?;
@@ -159,6 +158,36 @@ pub fn write_to_path(
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| PullOutcome { resumed_chunks: resumed, resumed_bytes: offset })
+}
+
+/// Opens the partial file of a pull: a new one is created exclusively
+/// (`O_EXCL`), readable by its owner only; an existing one (a pull to
+/// resume) must be a regular file of this user. Neither follows a symbolic
+/// link (`O_NOFOLLOW`), so nobody who can write the directory can aim the
+/// pull at another file.
+fn open_partial(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).custom_flags(libc::O_NOFOLLOW);
+    match options.clone().create_new(true).mode(0o600).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        created => return created,
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if !meta.is_file() || meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} is in the way of the pull's partial file and is not a file of yours: remove it",
+            path.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// What a pull to a file did.

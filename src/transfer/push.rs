@@ -19,11 +19,11 @@ use crate::chunk::{Chunker, ChunkerConfig, CutPoints, GearTable};
 use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys, TAG_LEN, seal_chunk};
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
-use crate::manifest::{ChunkRef, Manifest};
-use crate::store::{PinRecord, Store};
+use crate::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
+use crate::store::Store;
 
-use super::catalog::{Catalog, Change};
-use super::{Parallelism, TransferError, unix_time_ms};
+use super::catalog::Catalog;
+use super::{Parallelism, TransferError, record, unix_time_ms};
 
 /// What a push did.
 #[derive(Debug, Clone)]
@@ -53,8 +53,10 @@ pub trait Destination: Sync {
     /// least the same capacity, the same one whenever it can be reclaimed.
     fn put(&self, id: &ChunkId, ciphertext: &mut Vec<u8>) -> Result<bool, TransferError>;
 
-    /// Makes a version's manifest, pin and log entry durable at the
-    /// destination, after all its chunks and before it is recorded locally.
+    /// Makes a version's manifest, pin and log head durable at the
+    /// destination, after all its chunks and before the home records it
+    /// ([`record::record_version`]). A store has nothing to do: the home's
+    /// record of the version is its commit.
     fn publish(&self, _version: &Published<'_>) -> Result<(), TransferError> {
         Ok(())
     }
@@ -97,7 +99,7 @@ pub fn push(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PushReport, TransferError> {
     let started = Instant::now();
-    let mut history = History::replay(owner, catalog.log(&owner.owner_id())?)?;
+    let mut history = History::replay(owner, catalog.log(owner)?)?;
     let cuts = CutPoints::new(chunker, GearTable::from_seed(owner.chunker_seed()))?;
     let outcome = store_chunks(catalog, destination, owner, input, cuts, parallelism, progress)?;
 
@@ -108,7 +110,6 @@ pub fn push(
         body_nonce: rand::random(),
     };
     let (manifest_id, envelope) = manifest.seal(owner, &fresh);
-    catalog.put_manifest(&manifest_id, &envelope)?;
 
     let record = LogRecord {
         time_ms: unix_time_ms(),
@@ -122,14 +123,8 @@ pub fn push(
     };
     let entry = history.append(owner, record, rand::random())?;
     let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
-    destination.publish(&Published {
-        manifest: manifest_id,
-        envelope: &envelope,
-        chunks: &chunk_ids,
-        entry: &entry,
-    })?;
-    let pin = PinRecord { owner: owner.owner_id(), chunks: chunk_ids };
-    catalog.apply(Change { entries: &[entry], pins: &[(manifest_id, pin)], unpins: &[], sealed: &outcome.sealed })?;
+    let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
+    record::record_version(catalog, destination, owner, &version, &outcome.sealed)?;
 
     let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
     Ok(PushReport {
@@ -174,6 +169,10 @@ fn store_chunks(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Stored, TransferError> {
     let buffer_capacity = cuts.config().max_size as usize + TAG_LEN;
+    let too_many = TransferError::TooManyChunks {
+        max_chunks: MAX_CHUNKS,
+        max_gib: (MAX_CHUNKS as u64 * u64::from(cuts.config().avg_size)) >> 30,
+    };
     let abort = AtomicBool::new(false);
     let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(parallelism.workers);
     // Owned by the workers only: when the last one exits, the reader's sends fail.
@@ -190,6 +189,7 @@ fn store_chunks(
                 if abort.load(Ordering::Relaxed) {
                     break;
                 }
+
                 let mut buf = if allocated < parallelism.buffers {
                     allocated += 1;
                     Vec::with_capacity(buffer_capacity)
@@ -199,6 +199,8 @@ fn store_chunks(
                     buf
                 };
                 match chunker.next_chunk(&mut buf) {
+                    // Fails the push before anything is recorded; chunks sent stay unreferenced.
+                    Ok(Some(_)) if index == MAX_CHUNKS => return Err(too_many),
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(source) => return Err(TransferError::ReadInput { source }),

@@ -44,10 +44,11 @@ pub const HEADER_LEN: usize = 6;
 pub const MAX_FRAME_LEN: usize = 128 * 1024;
 /// Largest chunk ciphertext after `PutChunk`/`ChunkData`: 16 MiB + the tag.
 pub const MAX_CHUNK_PAYLOAD: u32 = 16 * 1024 * 1024 + 16;
-/// Largest manifest envelope after `PutManifest`/`ManifestData`.
-pub const MAX_MANIFEST_PAYLOAD: u32 = 256 * 1024 * 1024;
-/// Most chunk ids after a `Pin`.
-pub const MAX_PIN_CHUNKS: u32 = 16 * 1024 * 1024;
+/// Largest manifest envelope after `PutManifest`/`ManifestData`: room for a
+/// manifest of `MAX_PIN_CHUNKS` chunks with the longest name (18 MiB).
+pub const MAX_MANIFEST_PAYLOAD: u32 = 18 * 1024 * 1024;
+/// Most chunk ids after a `Pin`: the most chunks a manifest lists (256 Ki).
+pub const MAX_PIN_CHUNKS: u32 = 256 * 1024;
 /// Most ids in one `Has`.
 pub const MAX_HAS_IDS: usize = 1024;
 /// Most peers in one `Peers`.
@@ -144,6 +145,12 @@ impl ErrorCode {
     pub const INTERNAL: Self = Self(7);
     /// An `AppendLog` entry does not follow the log the node holds.
     pub const LOG_CONFLICT: Self = Self(8);
+    /// A request frame, its payload or its reply missed its deadline.
+    pub const TIMEOUT: Self = Self(9);
+    /// A `Pin` of a manifest its owner has unpinned: that pin stays gone.
+    pub const UNPINNED: Self = Self(10);
+    /// (Connection close) the connection was idle and made room for others.
+    pub const IDLE: Self = Self(11);
 }
 
 macro_rules! frames {
@@ -453,6 +460,8 @@ pub struct PutHead {
 pub struct GetHead {
     /// Whose log.
     pub owner: OwnerId,
+    /// The owner's signature over this connection ([`owner_read_message`]).
+    pub proof: Signature,
 }
 
 /// Fields of `Head`.
@@ -505,6 +514,8 @@ pub struct GetLog {
     pub owner: OwnerId,
     /// The first sequence number wanted.
     pub from: u64,
+    /// The owner's signature over this connection ([`owner_read_message`]).
+    pub proof: Signature,
 }
 
 /// Fields of `Log`.
@@ -557,6 +568,18 @@ pub fn pin_message(owner: &OwnerId, manifest: &ManifestId, chunks: &[ChunkId]) -
 /// What an `Unpin`'s owner signs: `owner ‖ manifest`.
 pub fn unpin_message(owner: &OwnerId, manifest: &ManifestId) -> Vec<u8> {
     [owner.as_bytes().as_slice(), manifest.as_bytes()].concat()
+}
+
+/// The signature domain of the owner's proof in `GetLog` and `GetHead`.
+pub const OWNER_READ_DOMAIN: &str = "p2pfs owner-read v1";
+/// The TLS exporter label that binds that proof to one connection.
+pub const OWNER_READ_LABEL: &[u8] = b"p2pfs/1 owner-read";
+
+/// What an owner signs to read its own log on a node: the 32-byte TLS
+/// exporter secret of this connection (label [`OWNER_READ_LABEL`]) ‖ owner.
+/// The exporter makes the proof worthless on any other connection.
+pub fn owner_read_message(exporter: &[u8; 32], owner: &OwnerId) -> Vec<u8> {
+    [exporter.as_slice(), owner.as_bytes()].concat()
 }
 
 impl Frame {
@@ -714,13 +737,13 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Pin(Pin { owner: OwnerId(id), manifest: ManifestId(id), chunks: 3, signature: Signature([9; 64]) }),
         Frame::Unpin(Unpin { owner: OwnerId(id), manifest: ManifestId(id), signature: Signature([9; 64]) }),
         Frame::PutHead(PutHead { entry: BoundedBytes::new(vec![1, 2, 3]).expect("3 bytes fit") }),
-        Frame::GetHead(GetHead { owner: OwnerId(id) }),
+        Frame::GetHead(GetHead { owner: OwnerId(id), proof: Signature([8; 64]) }),
         Frame::Head(Head { entry: None }),
         Frame::Ping(Ping { nonce: u64::MAX }),
         Frame::Pong(Pong { nonce: 0 }),
         Frame::Error(Error { code: ErrorCode::STORAGE_FULL, message }),
         Frame::AppendLog(AppendLog { entry: BoundedBytes::new(vec![4, 5, 6]).expect("3 bytes fit") }),
-        Frame::GetLog(GetLog { owner: OwnerId(id), from: 3 }),
+        Frame::GetLog(GetLog { owner: OwnerId(id), from: 3, proof: Signature([8; 64]) }),
         Frame::Log(Log {
             entries: Bounded::new(vec![BoundedBytes::new(vec![1, 2]).expect("2 bytes fit")]).expect("1 entry fits"),
             more: true,

@@ -133,6 +133,18 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// The NodeIds a `peers.json` lists with at least one verified address.
+pub fn verified_peers(peers_file: &Path) -> Vec<String> {
+    let table: serde_json::Value =
+        fs::read(peers_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let peers = table["peers"].as_array().cloned().unwrap_or_default();
+    peers
+        .iter()
+        .filter(|p| p["addrs"].as_array().is_some_and(|a| !a.is_empty()))
+        .filter_map(|p| p["node"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Polls `condition` until it holds, failing the test after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

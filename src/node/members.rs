@@ -1,0 +1,184 @@
+//! The connections of members: who holds which, how busy each is, and what
+//! each may take of the node's memory.
+//!
+//! - At most [`MAX_MEMBER_CONNECTIONS`] at once, and [`MAX_CONNECTIONS_PER_NODE`]
+//!   per NodeId. When either is reached, the longest-idle connection (no
+//!   request in flight) is closed to make room; if every one is busy, the
+//!   newcomer is refused.
+//! - A connection with no request for [`MEMBER_IDLE_TIMEOUT`] is closed.
+//! - QUIC receive windows are shared: together the members' connections may
+//!   make the node buffer about [`RECEIVE_MEMORY`] bytes, each at least
+//!   [`MIN_RECEIVE_WINDOW`], so memory does not grow with the member count.
+//! - Payload bytes a node holds (the budget in `NodeState`) are shared too:
+//!   one NodeId, over all its connections, holds at most [`BUDGET_SHARE`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::{Connection, VarInt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::id::NodeId;
+use crate::net::{MEMBER_RECEIVE_WINDOW, Peer};
+use crate::wire::ErrorCode;
+
+/// Most member connections at once.
+pub const MAX_MEMBER_CONNECTIONS: usize = 256;
+/// Most connections one NodeId may hold.
+pub const MAX_CONNECTIONS_PER_NODE: usize = 8;
+/// A member connection with no request for this long is closed.
+pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// What all member connections together may make the node buffer in QUIC.
+pub const RECEIVE_MEMORY: u64 = 256 << 20;
+/// The smallest receive window a member connection gets.
+pub const MIN_RECEIVE_WINDOW: u32 = 1 << 20;
+/// Most payload bytes the node holds for one NodeId at once: a quarter of
+/// the budget, and room for the largest chunk or manifest.
+pub const BUDGET_SHARE: usize = super::PAYLOAD_BUDGET / 4;
+
+struct Entry {
+    node: NodeId,
+    conn: Connection,
+    in_flight: usize,
+    idle_since: Instant,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<usize, Entry>,
+    /// Each connected NodeId's budget share, and how many connections use it.
+    shares: HashMap<NodeId, (Arc<Semaphore>, usize)>,
+}
+
+/// Every member connection of a node.
+#[derive(Default)]
+pub(crate) struct Members {
+    registry: Mutex<Registry>,
+}
+
+impl Members {
+    /// Registers a member's connection, closing the longest-idle one if the
+    /// node, or that NodeId, has no room. Returns the receive window the
+    /// connection gets and its membership, or why it cannot stay.
+    pub(crate) fn join(self: &Arc<Self>, peer: &Peer) -> Result<(u32, Membership), &'static str> {
+        let node = peer.node_id();
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let of_node = registry.conns.values().filter(|e| e.node == node).count();
+        if of_node >= MAX_CONNECTIONS_PER_NODE {
+            let victim = registry
+                .longest_idle(|e| e.node == node)
+                .ok_or("your node holds as many connections as it may, all busy; finish a request and try again")?;
+            registry.evict(victim);
+        } else if registry.conns.len() >= MAX_MEMBER_CONNECTIONS {
+            let victim = registry
+                .longest_idle(|_| true)
+                .ok_or("this node is serving as many members as it can, all busy; try again shortly")?;
+            registry.evict(victim);
+        }
+        let id = peer.connection().stable_id();
+        let conn = peer.connection().clone();
+        registry.conns.insert(id, Entry { node, conn, in_flight: 0, idle_since: Instant::now() });
+        let share = registry.shares.entry(node).or_insert_with(|| (Arc::new(Semaphore::new(BUDGET_SHARE)), 0));
+        share.1 += 1;
+        let share = Arc::clone(&share.0);
+        let window = registry.rebalance(Some(id));
+        Ok((window, Membership { members: Arc::clone(self), id, share }))
+    }
+
+    fn update(&self, id: usize, change: impl FnOnce(&mut Entry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = registry.conns.get_mut(&id) {
+            change(entry);
+        }
+    }
+}
+
+impl Registry {
+    /// The idle connection (no request in flight) idle longest, among those `which` picks.
+    fn longest_idle(&self, which: impl Fn(&Entry) -> bool) -> Option<usize> {
+        self.conns
+            .iter()
+            .filter(|(_, e)| e.in_flight == 0 && which(e))
+            .min_by_key(|(_, e)| e.idle_since)
+            .map(|(id, _)| *id)
+    }
+
+    fn evict(&mut self, id: usize) {
+        if let Some(entry) = self.remove(id) {
+            entry.conn.close(VarInt::from(ErrorCode::IDLE.0), b"idle: closed to make room for another connection");
+        }
+    }
+
+    /// Forgets a connection (once: a second call finds nothing).
+    fn remove(&mut self, id: usize) -> Option<Entry> {
+        let entry = self.conns.remove(&id)?;
+        if let Some(share) = self.shares.get_mut(&entry.node) {
+            share.1 -= 1;
+            if share.1 == 0 {
+                self.shares.remove(&entry.node);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Gives every connection its share of [`RECEIVE_MEMORY`] (the one
+    /// being admitted, `new`, is opened by the caller) and returns it.
+    fn rebalance(&self, new: Option<usize>) -> u32 {
+        let count = self.conns.len().max(1) as u64;
+        let window = (RECEIVE_MEMORY / count).clamp(u64::from(MIN_RECEIVE_WINDOW), u64::from(MEMBER_RECEIVE_WINDOW));
+        let window = u32::try_from(window).expect("clamped to a u32 bound");
+        for (id, entry) in &self.conns {
+            if Some(*id) != new {
+                entry.conn.set_receive_window(VarInt::from_u32(window));
+            }
+        }
+        window
+    }
+}
+
+/// One member connection's place in the registry, given up when dropped.
+pub(crate) struct Membership {
+    members: Arc<Members>,
+    id: usize,
+    share: Arc<Semaphore>,
+}
+
+impl Membership {
+    /// This member's share of the node's payload budget (shared by every
+    /// connection of its NodeId).
+    pub(crate) fn share(&self) -> &Arc<Semaphore> {
+        &self.share
+    }
+
+    /// Marks a request as started; it ends when the guard is dropped.
+    pub(crate) fn request(&self) -> RequestGuard {
+        self.members.update(self.id, |e| e.in_flight += 1);
+        RequestGuard { members: Arc::clone(&self.members), id: self.id }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut registry = self.members.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if registry.remove(self.id).is_some() {
+            registry.rebalance(None);
+        }
+    }
+}
+
+/// A request in flight on a member connection.
+pub(crate) struct RequestGuard {
+    members: Arc<Members>,
+    id: usize,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.members.update(self.id, |e| {
+            e.in_flight -= 1;
+            e.idle_since = Instant::now();
+        });
+    }
+}

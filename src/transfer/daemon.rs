@@ -1,0 +1,73 @@
+//! The node serving this home, as the home's [`Catalog`].
+
+use crate::crypto::OwnerKeys;
+use crate::id::{ChunkId, ManifestId};
+use crate::manifest::log::LogEntry;
+use crate::net::{Client, NetError, Peer};
+use crate::wire;
+
+use super::TransferError;
+use super::catalog::{Catalog, Change};
+
+/// While `p2pfs serve` owns the home, the CLI reads and extends the owner's
+/// log through it. The node checks every log entry's signature and place in
+/// the chain as it would any peer's, and answers a log read only with the
+/// owner's proof. Manifests and pins reach it as a member of the swarm.
+pub struct Daemon {
+    client: Client,
+    peer: Peer,
+    owner: OwnerKeys,
+}
+
+impl Daemon {
+    /// The home's node, reached at `peer`, read and written as `owner`.
+    pub fn new(client: Client, peer: Peer, owner: OwnerKeys) -> Self {
+        Self { client, peer, owner }
+    }
+
+    /// The connection to the node.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// What the node stores.
+    pub fn status(&self) -> Result<wire::Status, TransferError> {
+        self.call(self.peer.status())
+    }
+
+    fn call<T>(&self, request: impl std::future::Future<Output = Result<T, NetError>>) -> Result<T, TransferError> {
+        self.client.run(request).map_err(|source| TransferError::Node { source })
+    }
+}
+
+impl Catalog for Daemon {
+    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+        let encoded = self.call(self.peer.get_log(owner))?;
+        let mut entries = Vec::with_capacity(encoded.len());
+        for (seq, bytes) in encoded.iter().enumerate() {
+            entries.push(LogEntry::decode(seq as u64, bytes)?);
+        }
+        Ok(entries)
+    }
+
+    fn sealed(&self, _tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
+        // The sealed-chunk map stays in the node's store: a chunk is sealed
+        // again, and the batched `Has` keeps it from travelling again.
+        Ok(None)
+    }
+
+    fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
+        self.call(self.peer.get_manifest(*id))
+    }
+
+    /// Appends the entries to the node's copy of the log. The version's
+    /// manifest and pin, and the unpins, went to the node as a member of
+    /// the swarm (`record`), so they are not sent twice.
+    fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
+        debug_assert!(change.entries.iter().all(|e| e.owner == self.owner.owner_id()));
+        for entry in change.entries {
+            self.call(self.peer.append_log(entry.encode(), entry.hash()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! Recording a version and retracting one: the one path each takes, for a
+//! home on its own and for one with peers. Pins and unpins are built and
+//! signed here and nowhere else.
+//!
+//! Recording (after every chunk is durable where it belongs):
+//! 1. the destination publishes the version: to peers, the manifest and the
+//!    owner's pin (on every peer, and confirmed by every peer holding one of
+//!    its chunks) and the log head; a store has nothing to do here;
+//! 2. the home's records take the log entry: a store keeps the manifest,
+//!    the pin and the entry in one atomic commit; the node serving a home
+//!    appends the entry to its copy of the log.
+//!
+//! Retracting: the home's records take the removal entries first (a store
+//! unpins in the same commit), then every peer of the swarm gets a signed
+//! unpin. A peer keeps a tombstone, so a replayed pin cannot undo it.
+
+use super::TransferError;
+use super::catalog::{Catalog, Change};
+use super::push::{Destination, Published};
+use super::swarm::Swarm;
+use super::unix_time_ms;
+use crate::crypto::OwnerKeys;
+use crate::id::{ChunkId, ManifestId};
+use crate::manifest::log::{History, LogOp, LogRecord, Version};
+use crate::store::PinRecord;
+use crate::wire::{self, Pin, Signature, Unpin};
+
+/// `owner`'s signed pin of `manifest`, which needs `chunks`.
+pub fn signed_pin(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId]) -> Pin {
+    let owner_id = owner.owner_id();
+    let message = wire::pin_message(&owner_id, &manifest, chunks);
+    Pin {
+        owner: owner_id,
+        manifest,
+        chunks: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+        signature: Signature(owner.sign(wire::PIN_DOMAIN, &message)),
+    }
+}
+
+/// `owner`'s signed unpin of `manifest`.
+pub fn signed_unpin(owner: &OwnerKeys, manifest: ManifestId) -> Unpin {
+    let owner_id = owner.owner_id();
+    let signature = Signature(owner.sign(wire::UNPIN_DOMAIN, &wire::unpin_message(&owner_id, &manifest)));
+    Unpin { owner: owner_id, manifest, signature }
+}
+
+/// Records a version whose chunks are durable at `destination`: publishes
+/// it there, then keeps it in the home's records (see the module doc).
+pub fn record_version(
+    catalog: &dyn Catalog,
+    destination: &dyn Destination,
+    owner: &OwnerKeys,
+    version: &Published<'_>,
+    sealed: &[([u8; 32], ChunkId)],
+) -> Result<(), TransferError> {
+    destination.publish(version)?;
+    let pin = PinRecord { owner: owner.owner_id(), manifest: version.manifest, chunks: version.chunks.to_vec() };
+    catalog.record(Change {
+        entries: std::slice::from_ref(version.entry),
+        version: Some((version.envelope, &pin)),
+        unpins: &[],
+        sealed,
+    })
+}
+
+/// What a retraction could not finish.
+#[derive(Debug, Default)]
+pub struct Retracted {
+    /// Peers that did not confirm an unpin, and why.
+    pub unconfirmed: Vec<String>,
+}
+
+/// Tombstones `versions` in the owner's log and unpins them: in the home's
+/// records, then on every peer of `swarm`. Their chunks stay until garbage
+/// collection.
+pub fn retract_versions(
+    catalog: &dyn Catalog,
+    swarm: Option<&Swarm>,
+    owner: &OwnerKeys,
+    versions: &[Version],
+) -> Result<Retracted, TransferError> {
+    let mut history = History::replay(owner, catalog.log(owner)?)?;
+    let mut entries = Vec::with_capacity(versions.len());
+    for version in versions {
+        let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
+        entries.push(history.append(owner, record, rand::random())?);
+    }
+    let unpins: Vec<_> = versions.iter().map(|v| (owner.owner_id(), v.manifest)).collect();
+    catalog.record(Change { entries: &entries, version: None, unpins: &unpins, sealed: &[] })?;
+    let mut retracted = Retracted::default();
+    let Some(swarm) = swarm else { return Ok(retracted) };
+    for version in versions {
+        let unpin = signed_unpin(owner, version.manifest);
+        let live = swarm.live_members();
+        let calls = live.iter().map(|&index| {
+            let unpin = unpin.clone();
+            swarm.with_retry(index, move |peer| {
+                let unpin = unpin.clone();
+                async move { peer.unpin(unpin).await }
+            })
+        });
+        for result in swarm.client().run_all(calls) {
+            if let Err(e) = result {
+                retracted.unconfirmed.push(e.to_string());
+            }
+        }
+    }
+    Ok(retracted)
+}
