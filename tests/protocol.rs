@@ -3,32 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use p2pfs::crypto::OwnerKeys;
-use p2pfs::home::Keys;
-use p2pfs::id::{ChunkId, ManifestId, NodeId};
-use p2pfs::net::Net;
+use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
+use p2pfs::id::{ChunkId, ManifestId};
+use p2pfs::manifest::{ChunkRef, Manifest};
 use p2pfs::net::stream::FrameReader;
 use p2pfs::wire::{self, ErrorCode, Frame, Pin, Signature, Unpin};
 
-use common::{Server, wait_until};
-
-/// A member of `server`'s network, connected to it.
-fn member_client(server: &Server, rt: &tokio::runtime::Runtime) -> (Net, p2pfs::net::Peer) {
-    let keys = Keys::load(&server.node.home).unwrap();
-    let _guard = rt.enter();
-    let net =
-        Net::bind("127.0.0.1:0".parse().unwrap(), &rand::random(), keys.network, Default::default(), false).unwrap();
-    let node: NodeId = server.id.parse().unwrap();
-    let peer = rt.block_on(net.connect(node, server.addr.parse().unwrap())).unwrap();
-    (net, peer)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
+use common::{Server, member_client, runtime};
 
 #[test]
 fn a_rejected_frame_closes_its_stream_and_the_node_serves_on() {
@@ -59,63 +41,142 @@ fn a_rejected_frame_closes_its_stream_and_the_node_serves_on() {
     assert!(server.node.chunk_files().is_empty());
 }
 
+/// A sealed manifest of `owner` listing `chunks` (ciphertexts), with a fixed file key.
+fn manifest_of(owner: &OwnerKeys, name: &str, chunks: &[&[u8]]) -> (ManifestId, Vec<u8>) {
+    let refs = chunks
+        .iter()
+        .map(|c| ChunkRef { id: ChunkId::of(c), key: ChunkKey([3; 32]), len: (c.len() - 16) as u32 })
+        .collect();
+    let fresh = EnvelopeRandomness { file_key: FileKey(rand::random()), wrap_nonce: [1; 24], body_nonce: [2; 24] };
+    Manifest::new(name.into(), refs).seal(owner, &fresh)
+}
+
+fn pin_of(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId], signer: &OwnerKeys) -> Pin {
+    let message = wire::pin_message(&owner.owner_id(), &manifest, chunks);
+    Pin {
+        owner: owner.owner_id(),
+        manifest,
+        chunks: chunks.len() as u32,
+        signature: Signature(signer.sign(wire::PIN_DOMAIN, &message)),
+    }
+}
+
+fn unpin_of(owner: &OwnerKeys, manifest: ManifestId, signer: &OwnerKeys) -> Unpin {
+    let message = wire::unpin_message(&owner.owner_id(), &manifest);
+    Unpin { owner: owner.owner_id(), manifest, signature: Signature(signer.sign(wire::UNPIN_DOMAIN, &message)) }
+}
+
+/// Stops `server`, runs `p2pfs gc` on its home, and starts it again on the same address.
+fn collect_garbage(mut server: Server) -> Server {
+    server.stop();
+    server.node.ok(&["gc"]);
+    let addr = server.addr.clone();
+    let node = std::mem::replace(&mut server.node, common::Node::new());
+    Server::start_in(node, &addr, &[])
+}
+
 #[test]
-fn pins_and_unpins_signed_by_another_owner_are_rejected() {
+fn a_pin_squat_and_a_pin_replay_leave_the_owners_pins_alone() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_alice_net, alice_conn) = member_client(&server, &rt);
+    let (_mallory_net, mallory_conn) = member_client(&server, &rt);
+    let (alice, mallory) = (OwnerKeys::derive(&[1; 32]), OwnerKeys::derive(&[2; 32]));
+    let chunk = b"ciphertext of one of alice's chunks".to_vec();
+    let chunk_id = ChunkId::of(&chunk);
+    let (manifest, envelope) = manifest_of(&alice, "alice.txt", &[&chunk]);
+    rt.block_on(alice_conn.put_chunk(chunk_id, Bytes::copy_from_slice(&chunk))).unwrap();
+    rt.block_on(alice_conn.put_manifest(manifest, envelope.into())).unwrap();
+
+    // Mallory, a storage node, saw the manifest id and chunk ids. She pins
+    // them first, under her own key: that is her pin, not Alice's.
+    rt.block_on(mallory_conn.pin(pin_of(&mallory, manifest, &[chunk_id], &mallory), &[chunk_id])).unwrap();
+    // In Alice's name, she cannot.
+    let forged = pin_of(&alice, manifest, &[chunk_id], &mallory);
+    let err = rt.block_on(mallory_conn.pin(forged, &[chunk_id])).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    // Alice's own pin is stored, not skipped because Mallory's came first.
+    rt.block_on(alice_conn.pin(pin_of(&alice, manifest, &[chunk_id], &alice), &[chunk_id])).unwrap();
+    assert_eq!(rt.block_on(alice_conn.status()).unwrap().pins, 2);
+    // Mallory can remove her pin, not Alice's.
+    let err = rt.block_on(mallory_conn.unpin(unpin_of(&alice, manifest, &mallory))).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    rt.block_on(mallory_conn.unpin(unpin_of(&mallory, manifest, &mallory))).unwrap();
+    assert_eq!(rt.block_on(alice_conn.status()).unwrap().pins, 1);
+
+    // Both pin one manifest at the same moment, again and again: both are kept.
+    for round in 0..20u8 {
+        let other = [round; 40];
+        let other_id = ChunkId::of(&other);
+        let (m, env) = manifest_of(&alice, &format!("race-{round}"), &[&other]);
+        rt.block_on(alice_conn.put_chunk(other_id, Bytes::copy_from_slice(&other))).unwrap();
+        rt.block_on(alice_conn.put_manifest(m, env.into())).unwrap();
+        let ids = [other_id];
+        let (a, b) = rt.block_on(async {
+            tokio::join!(
+                alice_conn.pin(pin_of(&alice, m, &ids, &alice), &ids),
+                mallory_conn.pin(pin_of(&mallory, m, &ids, &mallory), &ids),
+            )
+        });
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(rt.block_on(alice_conn.status()).unwrap().pins, 1 + 2 * (u64::from(round) + 1));
+    }
+
+    // A collection keeps what Alice pins, whatever Mallory did.
+    drop((alice_conn, mallory_conn));
+    let server = collect_garbage(server);
+    let hex = chunk_id.to_string();
+    let chunk_file = server.node.home.join("store/chunks").join(&hex[..2]).join(&hex[2..4]).join(&hex);
+    assert!(chunk_file.is_file(), "Alice's chunk survives Mallory's unpin and a GC");
+    assert!(server.node.home.join("store/manifests").join(manifest.to_string()).is_file());
+
+    // Alice unpins; a captured copy of her pin, sent again, is refused.
+    let (_alice_net, alice_conn) = member_client(&server, &rt);
+    let (_mallory_net, mallory_conn) = member_client(&server, &rt);
+    rt.block_on(alice_conn.unpin(unpin_of(&alice, manifest, &alice))).unwrap();
+    let replayed = pin_of(&alice, manifest, &[chunk_id], &alice);
+    let err = rt.block_on(mallory_conn.pin(replayed, &[chunk_id])).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::UNPINNED.0), "{err}");
+    drop((alice_conn, mallory_conn));
+    let server = collect_garbage(server);
+    assert!(!chunk_file.exists(), "with its only pin gone for good, the chunk is collected");
+    drop(server);
+}
+
+#[test]
+fn a_manifest_and_a_pin_of_the_largest_size_round_trip_through_a_node() {
+    use p2pfs::chunk::MAX_CHUNK_SIZE;
+    use p2pfs::manifest::{MAX_CHUNKS, MAX_NAME_LEN};
+
     let server = Server::start();
     let rt = runtime();
     let (_net, peer) = member_client(&server, &rt);
-    let (alice, mallory) = (OwnerKeys::derive(&[1; 32]), OwnerKeys::derive(&[2; 32]));
-    let chunk = b"ciphertext of some chunk".to_vec();
-    let chunk_id = ChunkId::of(&chunk);
-    let manifest = ManifestId([9; 32]);
-    rt.block_on(peer.put_chunk(chunk_id, Bytes::copy_from_slice(&chunk))).unwrap();
+    let owner = OwnerKeys::derive(&[4; 32]);
+    let chunks: Vec<ChunkRef> = (0..MAX_CHUNKS as u32)
+        .map(|i| {
+            let mut id = [0xff; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ChunkRef { id: ChunkId(id), key: ChunkKey([0xee; 32]), len: MAX_CHUNK_SIZE }
+        })
+        .collect();
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+    let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
+    let (manifest, envelope) = Manifest::new("n".repeat(MAX_NAME_LEN), chunks).seal(&owner, &fresh);
+    assert!(envelope.len() <= wire::MAX_MANIFEST_PAYLOAD as usize);
 
-    // Mallory signs a pin in Alice's name: refused.
-    let message = wire::pin_message(&alice.owner_id(), &manifest, &[chunk_id]);
-    let forged = Pin {
-        owner: alice.owner_id(),
-        manifest,
-        chunks: 1,
-        signature: Signature(mallory.sign(wire::PIN_DOMAIN, &message)),
-    };
-    let err = rt.block_on(peer.pin(forged, &[chunk_id])).unwrap_err();
-    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    rt.block_on(peer.put_manifest(manifest, Bytes::copy_from_slice(&envelope))).unwrap();
+    let back = rt.block_on(peer.get_manifest(manifest)).unwrap().expect("the node has it");
+    assert!(back == envelope, "the largest envelope comes back byte for byte");
+    rt.block_on(peer.pin(pin_of(&owner, manifest, &ids, &owner), &ids)).unwrap();
+    assert_eq!(rt.block_on(peer.status()).unwrap().pins, 1);
+    rt.block_on(peer.unpin(unpin_of(&owner, manifest, &owner))).unwrap();
+    assert_eq!(rt.block_on(peer.status()).unwrap().pins, 0);
 
-    // Alice's own pin is accepted.
-    let pin = Pin {
-        owner: alice.owner_id(),
-        manifest,
-        chunks: 1,
-        signature: Signature(alice.sign(wire::PIN_DOMAIN, &message)),
-    };
-    rt.block_on(peer.pin(pin, &[chunk_id])).unwrap();
-
-    // Mallory cannot unpin it: neither in Alice's name nor in her own.
-    let unpin_message = wire::unpin_message(&alice.owner_id(), &manifest);
-    let forged = Unpin {
-        owner: alice.owner_id(),
-        manifest,
-        signature: Signature(mallory.sign(wire::UNPIN_DOMAIN, &unpin_message)),
-    };
-    let err = rt.block_on(peer.unpin(forged)).unwrap_err();
-    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
-    let own = wire::unpin_message(&mallory.owner_id(), &manifest);
-    let hers =
-        Unpin { owner: mallory.owner_id(), manifest, signature: Signature(mallory.sign(wire::UNPIN_DOMAIN, &own)) };
-    let err = rt.block_on(peer.unpin(hers)).unwrap_err();
-    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
-
-    // Alice can, and the chunk stays on disk until the node collects garbage.
-    let unpin = Unpin {
-        owner: alice.owner_id(),
-        manifest,
-        signature: Signature(alice.sign(wire::UNPIN_DOMAIN, &unpin_message)),
-    };
-    rt.block_on(peer.unpin(unpin)).unwrap();
-    wait_until(Duration::from_secs(5), "the chunk is still served", || {
-        let mut buf = Vec::new();
-        rt.block_on(peer.get_chunk(chunk_id, &mut buf)).unwrap_or(false)
-    });
+    // What is not an envelope is not kept, whatever its id.
+    let junk = vec![0u8; 4096];
+    let err = rt.block_on(peer.put_manifest(ManifestId::of(&junk), junk.into())).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_FRAME.0), "{err}");
 }
 
 #[test]

@@ -265,18 +265,26 @@ impl Request {
                     ));
                 }
                 let _held = self.reserve(len).await?;
-                let mut envelope = Vec::new();
-                reader
-                    .payload(put.len as usize, &mut envelope, Pace::for_payload(len))
-                    .await
-                    .map_err(Refusal::payload)?;
-                crypto::check_envelope_form(&envelope)
-                    .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a manifest envelope: {e}")))?;
+                // Hashed and written as quinn received it, like a chunk: no copy.
+                let parts =
+                    reader.payload_parts(put.len as usize, Pace::for_payload(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
-                if ManifestId::of(&envelope) != id {
-                    return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("manifest bytes do not hash to {id}")));
-                }
-                self.blocking(move |s| Ok(s.home.store().put_manifest(&id, &envelope)?)).await?;
+                self.blocking(move |s| {
+                    let mut hasher = blake3::Hasher::new();
+                    let mut header = Vec::with_capacity(crypto::ENVELOPE_MIN_LEN);
+                    for part in &parts {
+                        hasher.update(part);
+                        let room = crypto::ENVELOPE_MIN_LEN - header.len();
+                        header.extend_from_slice(&part[..room.min(part.len())]);
+                    }
+                    crypto::check_envelope_form(&header)
+                        .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a manifest envelope: {e}")))?;
+                    if ManifestId(*hasher.finalize().as_bytes()) != id {
+                        return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("manifest bytes do not hash to {id}")));
+                    }
+                    Ok(s.home.store().put_manifest_parts(&id, &parts)?)
+                })
+                .await?;
                 reply(send, Frame::Ack(Ack { id: id.0 })).await
             }
             Frame::GetManifest(get) => {

@@ -291,8 +291,13 @@ impl Store {
 
     /// Stores a manifest envelope durably.
     pub fn put_manifest(&self, id: &ManifestId, envelope: &[u8]) -> Result<(), StoreError> {
+        self.put_manifest_parts(id, &[envelope])
+    }
+
+    /// [`Store::put_manifest`] for an envelope that arrived in pieces.
+    pub fn put_manifest_parts(&self, id: &ManifestId, parts: &[impl AsRef<[u8]>]) -> Result<(), StoreError> {
         let path = self.manifest_path(id);
-        files::write_durably(&self.tmp_dir(), &path, envelope)
+        files::write_parts_durably(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing manifest {}", id.short(16)), &path))
     }
 
@@ -309,7 +314,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::ManifestMissing(*id)),
             Err(e) => return Err(io_err("opening manifest", &path)(e)),
         };
-        let mut envelope = Vec::new();
+        let len = file.metadata().map_err(io_err("reading manifest metadata", &path))?.len();
+        // Exactly its size (and one byte to see it grow), not doublings of it.
+        let mut envelope = Vec::with_capacity(len.min(MAX_MANIFEST_LEN) as usize + 1);
         file.take(MAX_MANIFEST_LEN).read_to_end(&mut envelope).map_err(io_err("reading manifest", &path))?;
         Ok(envelope)
     }

@@ -145,6 +145,35 @@ pub fn verified_peers(peers_file: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A tokio runtime for a test's own network client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// An endpoint bound at `bind` with a fresh node key and `server`'s network
+/// key: a member of its network, as far as keys go.
+pub fn member_net(server: &Server, rt: &tokio::runtime::Runtime, bind: &str) -> p2pfs::net::Net {
+    let keys = p2pfs::home::Keys::load(&server.node.home).unwrap();
+    let _guard = rt.enter();
+    p2pfs::net::Net::bind(bind.parse().unwrap(), &rand::random(), keys.network, Default::default(), false).unwrap()
+}
+
+/// A member of `server`'s network (a library client with its own node key), connected to it.
+pub fn member_client(server: &Server, rt: &tokio::runtime::Runtime) -> (p2pfs::net::Net, p2pfs::net::Peer) {
+    let net = member_net(server, rt, "127.0.0.1:0");
+    let node: p2pfs::id::NodeId = server.id.parse().unwrap();
+    let peer = rt.block_on(net.connect(node, server.addr.parse().unwrap())).unwrap();
+    (net, peer)
+}
+
+/// The peak resident memory of process `pid` so far (VmHWM), in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
 /// Polls `condition` until it holds, failing the test after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -1,0 +1,406 @@
+//! Hostile clients, written with the library, against real `p2pfs serve`
+//! processes: a handshake flood and a pre-`Hello` bulk sender (non-members),
+//! stalled uploads, a silent fake member, a `Peers` flood, a connection
+//! flood that fills the node, and a share ticket that lies about a chunk's
+//! length. Each time a member's push and pull must still work, and the node
+//! must stay small.
+
+mod common;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use p2pfs::id::{ChunkId, NodeId};
+use p2pfs::net::stream::{FrameReader, write_frame};
+use p2pfs::net::tls::{self, Identity};
+use p2pfs::wire::{self, ErrorCode, Frame, PeerInfo, PutChunk};
+use quinn::crypto::rustls::QuicClientConfig;
+
+use common::{Node, Server, client, member_client, member_net, peak_rss_mib, random_bytes, runtime, wait_until};
+
+/// The node's peak RSS under attack must stay under this.
+const RSS_LIMIT_MIB: u64 = 150;
+
+/// A raw QUIC endpoint at `bind` and a client config for `node` with a
+/// fresh node key: TLS succeeds (the node takes any Ed25519 client key),
+/// but the caller decides what, if anything, follows.
+fn raw_endpoint(bind: &str, node: NodeId) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let endpoint = quinn::Endpoint::client(bind.parse().unwrap()).unwrap();
+    let identity = Identity::from_node_key(&rand::random()).unwrap();
+    let crypto = QuicClientConfig::try_from(tls::client_config(&identity, node).unwrap()).unwrap();
+    (endpoint, quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// A member's push of `len` random bytes and its pull, through the binary.
+fn member_round_trip(me: &Node, len: usize, seed: u64) {
+    let data = random_bytes(len, seed);
+    let name = format!("member-{seed}.bin");
+    let id = me.push(&me.write(&name, &data), &["--replicas", "1"]);
+    let pulled = me.run(&["pull", &id, "-o", "-"]);
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert!(pulled.stdout == data, "the member's pull is byte-identical");
+}
+
+#[test]
+fn a_handshake_flood_and_a_pre_hello_bulk_sender_cost_a_member_nothing() {
+    let server = Server::start();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handshakes, refused, bulk_max) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+
+    // 300 handshakes at a time from 127.0.0.2, each holding its connection
+    // open without ever sending Hello, dialling again as soon as it is closed.
+    let (flood, config) = rt.block_on(async { raw_endpoint("127.0.0.2:0", node) });
+    for _ in 0..300 {
+        let (flood, config, stop, handshakes, refused) =
+            (flood.clone(), config.clone(), Arc::clone(&stop), Arc::clone(&handshakes), Arc::clone(&refused));
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(connecting) = flood.connect_with(config.clone(), addr, tls::SERVER_NAME) else { break };
+                match connecting.await {
+                    Ok(conn) => {
+                        handshakes.fetch_add(1, Ordering::Relaxed);
+                        conn.closed().await;
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Two bulk senders from 127.0.0.3: as many streams and bytes as they can
+    // push before any Hello.
+    let (bulk, bulk_config) = rt.block_on(async { raw_endpoint("127.0.0.3:0", node) });
+    for _ in 0..2 {
+        let (bulk, config, stop, bulk_max) =
+            (bulk.clone(), bulk_config.clone(), Arc::clone(&stop), Arc::clone(&bulk_max));
+        rt.spawn(async move {
+            let junk = Bytes::from(vec![0x17; 1 << 20]);
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(connecting) = bulk.connect_with(config.clone(), addr, tls::SERVER_NAME) else { break };
+                let Ok(conn) = connecting.await else { continue };
+                let mut written = 0u64;
+                for _ in 0..8 {
+                    let Ok(Ok((mut send, _recv))) =
+                        tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await
+                    else {
+                        break;
+                    };
+                    // Partial writes: count every byte quinn takes, until it takes no more.
+                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), send.write(&junk)).await {
+                        written += n as u64;
+                    }
+                }
+                // Written is only buffered here; flow control decides how much
+                // the node lets a sender buffer for it.
+                bulk_max.fetch_max(written, Ordering::Relaxed);
+                conn.closed().await;
+            }
+        });
+    }
+    wait_until(Duration::from_secs(30), "the flood is under way", || {
+        handshakes.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) > 300
+    });
+
+    member_round_trip(&me, 8 << 20, 1);
+    member_round_trip(&me, 3 << 20, 2);
+    stop.store(true, Ordering::Relaxed);
+
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!(
+        "flood: {} handshakes completed, {} refused; bulk sender buffered at most {} KiB; node peak RSS {rss} MiB",
+        handshakes.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        bulk_max.load(Ordering::Relaxed) / 1024
+    );
+    assert!(refused.load(Ordering::Relaxed) > 0, "the node refused part of the flood");
+    assert!(rss < RSS_LIMIT_MIB, "the node's peak RSS was {rss} MiB");
+    let window = u64::from(p2pfs::net::ADMISSION_WINDOW);
+    assert!(bulk_max.load(Ordering::Relaxed) <= window, "a non-member never gets more than the admission window");
+    drop(rt);
+}
+
+#[test]
+fn six_stalled_maximum_size_uploads_are_cut_and_other_members_carry_on() {
+    let server = Server::start();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let (_net, attacker) = member_client(&server, &rt);
+
+    // Six PutChunks that each declare the largest payload and send one byte.
+    let started = Instant::now();
+    let streams: Vec<FrameReader> = rt.block_on(async {
+        let mut readers = Vec::new();
+        for i in 0..6u8 {
+            let (mut send, recv) = attacker.open().await.unwrap();
+            let frame = Frame::PutChunk(PutChunk { id: ChunkId([i; 32]), len: wire::MAX_CHUNK_PAYLOAD });
+            write_frame(&mut send, &frame, Bytes::from_static(&[0])).await.unwrap();
+            readers.push(FrameReader::new(recv));
+            std::mem::forget(send); // keep the stream open, and silent
+        }
+        readers
+    });
+
+    // Meanwhile another member pushes and pulls.
+    member_round_trip(&me, 6 << 20, 3);
+
+    // Each stalled upload ends with an error reply: cut by the stall
+    // deadline, or refused Busy for want of room in the attacker's share.
+    let mut codes = Vec::new();
+    for mut reader in streams {
+        let reply = rt.block_on(reader.next_frame_within(Duration::from_secs(30))).unwrap();
+        match reply {
+            Frame::Error(e) => codes.push(e.code),
+            other => panic!("a stalled upload got {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    eprintln!("stalled uploads ended with {codes:?} after {waited:?}");
+    assert!(codes.iter().all(|c| *c == ErrorCode::TIMEOUT || *c == ErrorCode::BUSY), "{codes:?}");
+    assert!(codes.contains(&ErrorCode::TIMEOUT), "at least one was cut by the deadline: {codes:?}");
+    assert!(peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB);
+    // The node serves on, the attacker included.
+    rt.block_on(attacker.ping()).unwrap();
+}
+
+#[test]
+fn unread_replies_of_the_largest_manifest_stay_inside_the_budget() {
+    use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
+    use p2pfs::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
+
+    let server = Server::start();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let (_net, attacker) = member_client(&server, &rt);
+    let chunks = (0..MAX_CHUNKS as u32)
+        .map(|i| {
+            let mut id = [0xaa; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ChunkRef { id: ChunkId(id), key: ChunkKey([1; 32]), len: p2pfs::chunk::MAX_CHUNK_SIZE }
+        })
+        .collect();
+    let fresh = EnvelopeRandomness { file_key: FileKey([2; 32]), wrap_nonce: [3; 24], body_nonce: [4; 24] };
+    let (manifest, envelope) = Manifest::new("big".into(), chunks).seal(&OwnerKeys::derive(&[5; 32]), &fresh);
+    rt.block_on(attacker.put_manifest(manifest, envelope.into())).unwrap();
+
+    // Twelve requests for it whose replies nobody reads.
+    let _unread: Vec<_> = rt.block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..12 {
+            let (mut send, recv) = attacker.open().await.unwrap();
+            let frame = Frame::GetManifest(wire::GetManifest { id: manifest });
+            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            let _ = send.finish();
+            streams.push(recv);
+        }
+        streams
+    });
+    // Meanwhile a member works, and the node holds one reply at a time.
+    member_round_trip(&me, 4 << 20, 7);
+    member_round_trip(&me, 4 << 20, 8);
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("twelve unread 17 MiB manifest replies: node peak RSS {rss} MiB");
+    assert!(rss < RSS_LIMIT_MIB, "the node's peak RSS was {rss} MiB");
+}
+
+/// A process that passes `Hello` as a member and then never answers anything.
+fn silent_member(server: &Server, rt: &tokio::runtime::Runtime) -> (NodeId, SocketAddr, tokio::task::JoinHandle<()>) {
+    let keys = p2pfs::home::Keys::load(&server.node.home).unwrap();
+    let _guard = rt.enter();
+    let net =
+        p2pfs::net::Net::bind("127.0.0.1:0".parse().unwrap(), &rand::random(), keys.network, Default::default(), true)
+            .unwrap();
+    let (node, addr) = (net.node_id(), net.local_addr().unwrap());
+    let task = rt.spawn(async move {
+        let mut held = Vec::new();
+        while let Some(incoming) = net.accept().await {
+            if let Ok(candidate) = net.handshake(incoming).await
+                && let Ok(peer) = candidate.welcome(p2pfs::net::MEMBER_RECEIVE_WINDOW).await
+            {
+                held.push(peer); // never accept a stream
+            }
+        }
+    });
+    (node, addr, task)
+}
+
+#[test]
+fn a_silent_fake_member_costs_a_push_a_few_seconds_at_most() {
+    let server = Server::start();
+    let rt = runtime();
+    let (fake, fake_addr, _task) = silent_member(&server, &rt);
+    let me = client(&server.invite());
+    let table = format!(
+        r#"{{"peers":[{{"node":"{}","addrs":["{}"]}},{{"node":"{fake}","addrs":["{fake_addr}"]}}]}}"#,
+        server.id, server.addr
+    );
+    fs::write(me.home.join("peers.json"), table).unwrap();
+
+    let data = random_bytes(4 << 20, 4);
+    let file = me.write("data.bin", &data);
+    let started = Instant::now();
+    let out = me.command().args(["push", file.to_str().unwrap()]).output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&fake.short(16)) && stderr.contains("did not answer"), "the summary names it: {stderr}");
+    eprintln!("push with a silent member among the peers took {took:?}");
+    assert!(took < Duration::from_secs(10), "the silent member cost the push {took:?}");
+    let pulled = me.run(&["pull", "data.bin", "-o", "-"]);
+    assert!(pulled.status.success() && pulled.stdout == data);
+}
+
+#[test]
+fn a_peers_flood_leaves_real_addresses_in_place() {
+    let b = Server::start();
+    let a = Server::start_in(
+        {
+            let node = Node::new();
+            node.ok(&["init", "--join", &b.invite()]);
+            node
+        },
+        "127.0.0.1:0",
+        &[&b.node_addr()],
+    );
+    let rt = runtime();
+    let (_net, mallory) = member_client(&a, &rt);
+    let b_id: NodeId = b.id.parse().unwrap();
+    let b_addr: SocketAddr = b.addr.parse().unwrap();
+
+    // 200 frames: B's NodeId with eight fake addresses, and 63 made-up peers each.
+    for round in 0..200u16 {
+        let fake_addrs: Vec<SocketAddr> =
+            (0..8).map(|i| SocketAddr::from(([10, 9, (round % 250) as u8, i], 7070))).collect();
+        let mut peers = vec![p2pfs::node::peers::KnownPeer { node: b_id, addrs: fake_addrs }.to_wire()];
+        peers.extend((0..63u16).map(|i| {
+            let mut id = [0x33; 32];
+            id[..4].copy_from_slice(&(u32::from(round) * 64 + u32::from(i)).to_le_bytes());
+            p2pfs::node::peers::KnownPeer { node: NodeId(id), addrs: vec![SocketAddr::from(([10, 8, 0, 1], 7070))] }
+                .to_wire()
+        }));
+        let told = rt.block_on(mallory.exchange_peers(peers)).unwrap();
+        if round == 199 {
+            // What A tells others: only what it verified itself.
+            let b_told: Vec<&PeerInfo> = told.iter().filter(|p| p.node == b_id).collect();
+            assert_eq!(b_told.len(), 1);
+            let addrs: Vec<SocketAddr> = b_told[0].addrs.iter().map(|&x| x.into()).collect();
+            assert_eq!(addrs, vec![b_addr], "only B's real address is passed on");
+            assert!(told.iter().all(|p| p.node == b_id || p.node.to_string() == a.id), "no made-up peer is passed on");
+        }
+    }
+    let peers_file = a.node.home.join("peers.json");
+    wait_until(Duration::from_secs(20), "A's table is written", || {
+        fs::read_to_string(&peers_file).is_ok_and(|t| t.contains("10.9."))
+    });
+    let table: serde_json::Value = serde_json::from_str(&fs::read_to_string(&peers_file).unwrap()).unwrap();
+    let peers = table["peers"].as_array().unwrap();
+    assert!(peers.len() <= p2pfs::node::peers::MAX_KNOWN_PEERS, "{} peers", peers.len());
+    let b_entry = peers.iter().find(|p| p["node"] == b.id.as_str()).expect("B is still known");
+    assert_eq!(b_entry["addrs"][0], b.addr.as_str(), "B's verified address is still first: {b_entry}");
+    assert!(b_entry["unverified"].as_array().is_none_or(|u| u.len() <= p2pfs::node::peers::MAX_ADDRS));
+
+    // And the network still works through A.
+    let me = client(&a.invite());
+    member_round_trip(&me, 2 << 20, 5);
+}
+
+#[test]
+fn a_full_node_makes_room_by_closing_its_longest_idle_member() {
+    let server = Server::start();
+    let rt = runtime();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let per_node = p2pfs::node::MAX_CONNECTIONS_PER_NODE;
+    let total = p2pfs::node::MAX_MEMBER_CONNECTIONS;
+
+    // One NodeId may hold only a few connections: its ninth closes its oldest idle one.
+    let net = member_net(&server, &rt, "127.0.0.1:0");
+    let mine: Vec<_> = (0..per_node).map(|_| rt.block_on(net.connect(node, addr)).unwrap()).collect();
+    let ninth = rt.block_on(net.connect(node, addr)).unwrap();
+    rt.block_on(ninth.ping()).unwrap();
+    let closed =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), mine[0].connection().closed()).await });
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code.into_inner(), u64::from(ErrorCode::IDLE.0))
+        }
+        other => panic!("the oldest idle connection of that node should be closed as idle: {other:?}"),
+    }
+    drop((mine, ninth));
+
+    // Fill the node with members (a few connections each), then one more gets in.
+    let nets: Vec<_> = (0..total / per_node + 1).map(|_| member_net(&server, &rt, "127.0.0.1:0")).collect();
+    let mut held = Vec::new();
+    for net in &nets {
+        for _ in 0..per_node {
+            held.push(rt.block_on(net.connect(node, addr)).unwrap());
+        }
+    }
+    let (_late, latecomer) = member_client(&server, &rt);
+    rt.block_on(latecomer.ping()).unwrap();
+    let closed_idle = held
+        .iter()
+        .filter(|p| {
+            matches!(p.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(ref c))
+                if c.error_code.into_inner() == u64::from(ErrorCode::IDLE.0))
+        })
+        .count();
+    assert!(closed_idle >= held.len() + 1 - total, "{closed_idle} idle members made room");
+    assert!(peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB);
+}
+
+#[test]
+fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
+    use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
+    use p2pfs::manifest::{ChunkRef, Manifest};
+
+    // The victim pushed a file into its own store, then joined a network.
+    let victim = Node::with_chunks(common::SMALL_CHUNKS);
+    let data = random_bytes(1 << 20, 6);
+    victim.push(&victim.write("mine.bin", &data), &[]);
+    let server = Server::start();
+    victim.ok(&["init", "--join", &server.invite()]);
+    let chunk = victim.chunk_files().into_iter().next().expect("the victim stores chunks");
+    let chunk_id: ChunkId = chunk.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let real_len = fs::metadata(&chunk).unwrap().len() as u32 - 16;
+
+    // The attacker, who saw that chunk id as a storage node, lists it in a
+    // manifest of its own with a wrong length, and shares that.
+    let attacker = OwnerKeys::derive(&[9; 32]);
+    let file_key = FileKey(rand::random());
+    let fresh = EnvelopeRandomness { file_key, wrap_nonce: [1; 24], body_nonce: [2; 24] };
+    let refs = vec![ChunkRef { id: chunk_id, key: ChunkKey([0; 32]), len: real_len + 1 }];
+    let (manifest, envelope) = Manifest::new("bait.bin".into(), refs).seal(&attacker, &fresh);
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    rt.block_on(peer.put_manifest(manifest, envelope.into())).unwrap();
+    #[derive(serde::Serialize)]
+    struct ShareTicket {
+        manifest: p2pfs::id::ManifestId,
+        file_key: [u8; 32],
+        peers: Vec<PeerInfo>,
+    }
+    let peers = vec![
+        p2pfs::node::peers::KnownPeer { node: server.id.parse().unwrap(), addrs: vec![server.addr.parse().unwrap()] }
+            .to_wire(),
+    ];
+    let ticket = ShareTicket { manifest, file_key: file_key.0, peers };
+    let ticket = format!("p2pfs-share1-{}", p2pfs::id::to_hex(&postcard::to_stdvec(&ticket).unwrap()));
+
+    let stderr = victim.fails(&["pull", &ticket, "-o", "bait.bin"], 1);
+    assert!(stderr.contains("manifest") && stderr.contains("bytes"), "a clear error: {stderr}");
+    assert!(chunk.is_file(), "the victim's good chunk is where it was");
+    assert!(fs::read_dir(victim.home.join("store/quarantine")).unwrap().next().is_none(), "nothing quarantined");
+    let pulled = victim.run(&["pull", "mine.bin", "-o", "-"]);
+    assert!(pulled.status.success() && pulled.stdout == data, "{}", String::from_utf8_lossy(&pulled.stderr));
+}
