@@ -360,6 +360,63 @@ fn a_full_node_makes_room_by_closing_its_longest_idle_member() {
 }
 
 #[test]
+fn idle_members_are_closed_and_a_paused_push_reconnects() {
+    use std::io::Write;
+
+    let server = Server::start();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let data = random_bytes(3 << 20, 9);
+    // A push from a pipe that pauses for longer than the node keeps an idle connection.
+    let mut push = me
+        .command()
+        .args(["push", "-", "--name", "paused.bin", "--replicas", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(&data[..1 << 20]).unwrap();
+    stdin.flush().unwrap();
+    wait_until(Duration::from_secs(30), "the first chunks reach the node", || server.node.chunk_files().len() >= 8);
+
+    // A member that asks once and then stays quiet is closed as idle ...
+    let (_net, quiet) = member_client(&server, &rt);
+    rt.block_on(quiet.ping()).unwrap();
+    let idle = p2pfs::node::MEMBER_IDLE_TIMEOUT;
+    let closed = rt.block_on(async { tokio::time::timeout(idle * 2, quiet.connection().closed()).await });
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code.into_inner(), u64::from(ErrorCode::IDLE.0))
+        }
+        other => panic!("an idle member should be closed as idle: {other:?}"),
+    }
+    // ... and so is the paused push's (only the asker's connection is left).
+    let deadline = Instant::now() + idle;
+    loop {
+        let (net, asker) = member_client(&server, &rt);
+        let connections = rt.block_on(asker.status()).unwrap().connections;
+        rt.block_on(net.shutdown());
+        if connections == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node still has {connections} connections");
+        // Polling, not synchronisation: a new connection per look, four a second.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The push goes on: it connects again and finishes.
+    let rest = stdin.write_all(&data[1 << 20..]);
+    drop(stdin);
+    let out = push.wait_with_output().unwrap();
+    assert!(rest.is_ok(), "the push stopped reading: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = me.run(&["pull", "paused.bin", "-o", "-"]);
+    assert!(pulled.status.success() && pulled.stdout == data);
+}
+
+#[test]
 fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
     use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
     use p2pfs::manifest::{ChunkRef, Manifest};

@@ -182,8 +182,8 @@ impl Served {
             )
         };
         match link.client.connect(info.node, &info.addrs) {
-            Ok((peer, _)) => {
-                let daemon = Daemon::new(link.client.clone(), peer, keys.owner_keys());
+            Ok((peer, addr)) => {
+                let daemon = Daemon::new(link.client.clone(), peer, addr, keys.owner_keys());
                 Ok(Self { keys, config, info, link, daemon })
             }
             Err(e) => Err(anyhow::Error::new(e).context(not_answering())),

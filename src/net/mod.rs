@@ -168,6 +168,12 @@ impl NetError {
         )
     }
 
+    /// Whether the peer closed the connection because it was idle (or to
+    /// make room): a new connection will do.
+    pub fn closed_as_idle(&self) -> bool {
+        matches!(self, NetError::Refused { code, .. } if *code == u64::from(ErrorCode::IDLE.0))
+    }
+
     /// The error code a peer sent, if it sent one.
     pub fn remote_code(&self) -> Option<u16> {
         match self {
@@ -368,12 +374,27 @@ impl Net {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let transport = if is_loopback(addr) { &self.loopback_client } else { &self.client };
         config.transport_config(Arc::clone(transport));
-        let connecting =
-            self.endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Err(_) => return Err(unreachable("timed out".into())),
-            Ok(Err(e)) => return Err(closed_or(e, &short, unreachable)),
-            Ok(Ok(conn)) => conn,
+        // A node whose pool of unproven connections is full refuses the
+        // attempt; it takes a moment to drain, so try again until the deadline.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut pause = Duration::from_millis(100);
+        let conn = loop {
+            let connecting = self
+                .endpoint
+                .connect_with(config.clone(), addr, tls::SERVER_NAME)
+                .map_err(|e| unreachable(e.to_string()))?;
+            match tokio::time::timeout_at(deadline, connecting).await {
+                Err(_) => return Err(unreachable("timed out".into())),
+                Ok(Err(ConnectionError::ConnectionClosed(close)))
+                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(Err(e)) => return Err(closed_or(e, &short, unreachable)),
+                Ok(Ok(conn)) => break conn,
+            }
         };
         let peer = Peer::new(node, conn);
         let hello = async {

@@ -395,7 +395,8 @@ impl Request {
                     .blocking(|s| {
                         let store = s.home.store();
                         let (chunk_bytes, chunks) = store.chunk_usage()?;
-                        Ok(Status { chunks, chunk_bytes, pins: store.meta().pin_count()? })
+                        let connections = s.members.count() as u64;
+                        Ok(Status { chunks, chunk_bytes, pins: store.meta().pin_count()?, connections })
                     })
                     .await?;
                 reply(send, Frame::Status(status)).await

@@ -87,6 +87,11 @@ impl Members {
         Ok((window, Membership { members: Arc::clone(self), id, share }))
     }
 
+    /// How many member connections are open.
+    pub(crate) fn count(&self) -> usize {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner).conns.len()
+    }
+
     fn update(&self, id: usize, change: impl FnOnce(&mut Entry)) {
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = registry.conns.get_mut(&id) {

@@ -1,5 +1,9 @@
 //! The node serving this home, as the home's [`Catalog`].
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+
 use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::LogEntry;
@@ -15,34 +19,52 @@ use super::catalog::{Catalog, Change};
 /// owner's proof. Manifests and pins reach it as a member of the swarm.
 pub struct Daemon {
     client: Client,
-    peer: Peer,
+    /// The connection; a new one replaces it if the node closes it as idle
+    /// (a long push leaves it unused from the first log read to the last entry).
+    peer: Mutex<Peer>,
+    addr: SocketAddr,
     owner: OwnerKeys,
 }
 
 impl Daemon {
-    /// The home's node, reached at `peer`, read and written as `owner`.
-    pub fn new(client: Client, peer: Peer, owner: OwnerKeys) -> Self {
-        Self { client, peer, owner }
+    /// The home's node, reached at `peer` (which answered at `addr`), read
+    /// and written as `owner`.
+    pub fn new(client: Client, peer: Peer, addr: SocketAddr, owner: OwnerKeys) -> Self {
+        Self { client, peer: Mutex::new(peer), addr, owner }
     }
 
     /// The connection to the node.
-    pub fn peer(&self) -> &Peer {
-        &self.peer
+    pub fn peer(&self) -> Peer {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// What the node stores.
     pub fn status(&self) -> Result<wire::Status, TransferError> {
-        self.call(self.peer.status())
+        self.call(|peer| async move { peer.status().await })
     }
 
-    fn call<T>(&self, request: impl std::future::Future<Output = Result<T, NetError>>) -> Result<T, TransferError> {
-        self.client.run(request).map_err(|source| TransferError::Node { source })
+    /// Runs one request, on a new connection if the node closed the old one as idle.
+    fn call<T, Fut>(&self, request: impl Fn(Peer) -> Fut) -> Result<T, TransferError>
+    where
+        Fut: Future<Output = Result<T, NetError>>,
+    {
+        let attempt = self.client.run(request(self.peer()));
+        let result = match attempt {
+            Err(e) if e.closed_as_idle() => {
+                self.client.connect(self.peer().node_id(), &[self.addr]).and_then(|(peer, _)| {
+                    *self.peer.lock().unwrap_or_else(PoisonError::into_inner) = peer.clone();
+                    self.client.run(request(peer))
+                })
+            }
+            other => other,
+        };
+        result.map_err(|source| TransferError::Node { source })
     }
 }
 
 impl Catalog for Daemon {
     fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
-        let encoded = self.call(self.peer.get_log(owner))?;
+        let encoded = self.call(|peer| async move { peer.get_log(owner).await })?;
         let mut entries = Vec::with_capacity(encoded.len());
         for (seq, bytes) in encoded.iter().enumerate() {
             entries.push(LogEntry::decode(seq as u64, bytes)?);
@@ -57,7 +79,7 @@ impl Catalog for Daemon {
     }
 
     fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
-        self.call(self.peer.get_manifest(*id))
+        self.call(|peer| async move { peer.get_manifest(*id).await })
     }
 
     /// Appends the entries to the node's copy of the log. The version's
@@ -66,7 +88,7 @@ impl Catalog for Daemon {
     fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
         debug_assert!(change.entries.iter().all(|e| e.owner == self.owner.owner_id()));
         for entry in change.entries {
-            self.call(self.peer.append_log(entry.encode(), entry.hash()))?;
+            self.call(|peer| async move { peer.append_log(entry.encode(), entry.hash()).await })?;
         }
         Ok(())
     }

@@ -68,7 +68,7 @@ impl Source for Fetch<'_> {
                     return Ok(());
                 }
                 Ok(false) => {
-                    reasons.push(format!("{}: not there", member.peer.node_id().short(16)));
+                    reasons.push(format!("{}: not there", member.node().short(16)));
                 }
                 Err(e) => {
                     if Swarm::disqualifies(&e) {

@@ -32,13 +32,30 @@ const BUSY_PAUSE: Duration = Duration::from_millis(500);
 
 /// One peer of a swarm, and what this transfer did with it.
 pub(super) struct Member {
-    pub(super) peer: Peer,
+    node: NodeId,
+    /// The connection; a new one replaces it if the peer closes it as idle.
+    peer: Mutex<Peer>,
+    /// Held while one worker makes that new connection, so the others wait
+    /// and share it instead of each making one.
+    reconnecting: tokio::sync::Mutex<()>,
     addr: SocketAddr,
     gone: AtomicBool,
     failure: Mutex<Option<String>>,
     pub(super) chunks_sent: AtomicU64,
     pub(super) bytes_sent: AtomicU64,
     pub(super) chunks_fetched: AtomicU64,
+}
+
+impl Member {
+    /// The peer's current connection.
+    pub(super) fn peer(&self) -> Peer {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The peer's NodeId.
+    pub(super) fn node(&self) -> NodeId {
+        self.node
+    }
 }
 
 /// What one peer got or gave in a transfer, for the summary.
@@ -123,7 +140,9 @@ impl Swarm {
                     told.extend(peers);
                     self.nodes.push(conn.node_id());
                     self.members.push(Member {
-                        peer: conn,
+                        node: conn.node_id(),
+                        peer: Mutex::new(conn),
+                        reconnecting: tokio::sync::Mutex::new(()),
                         addr,
                         gone: AtomicBool::new(false),
                         failure: Mutex::new(None),
@@ -155,7 +174,7 @@ impl Swarm {
 
     /// Where each member answered, to remember as verified addresses.
     pub fn answered(&self) -> Vec<(NodeId, SocketAddr)> {
-        self.members.iter().map(|m| (m.peer.node_id(), m.addr)).collect()
+        self.members.iter().map(|m| (m.node, m.addr)).collect()
     }
 
     pub(super) fn client(&self) -> &Client {
@@ -183,7 +202,7 @@ impl Swarm {
     pub(super) fn drop_member(&self, index: usize, why: &NetError) {
         let member = &self.members[index];
         if !member.gone.swap(true, Ordering::Relaxed) {
-            tracing::info!("dropping peer {}: {why}", member.peer.node_id().short(16));
+            tracing::info!("dropping peer {}: {why}", member.node.short(16));
             *member.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_string());
         }
     }
@@ -198,18 +217,28 @@ impl Swarm {
 
     /// Runs `request` against member `index`, sending it again (after a
     /// pause) while the node answers `Busy`: it had no room for the
-    /// payload in time, which means "retry later", not "gone".
+    /// payload in time, which means "retry later", not "gone". A connection
+    /// the node closed as idle (after a long pause in the input, say) is
+    /// made again, once.
     pub(super) async fn with_retry<T, Fut>(&self, index: usize, request: impl Fn(Peer) -> Fut) -> Result<T, NetError>
     where
         Fut: Future<Output = Result<T, NetError>>,
     {
-        let peer = self.members[index].peer.clone();
-        let mut attempt = 0;
+        let member = &self.members[index];
+        let (mut busy, mut reconnected) = (0, false);
         loop {
-            match request(peer.clone()).await {
-                Err(e) if e.remote_code() == Some(ErrorCode::BUSY.0) && attempt < BUSY_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(BUSY_PAUSE * attempt).await;
+            match request(member.peer()).await {
+                Err(e) if e.remote_code() == Some(ErrorCode::BUSY.0) && busy < BUSY_RETRIES => {
+                    busy += 1;
+                    tokio::time::sleep(BUSY_PAUSE * busy).await;
+                }
+                Err(e) if e.closed_as_idle() && !reconnected => {
+                    reconnected = true;
+                    let _turn = member.reconnecting.lock().await;
+                    if member.peer().close_reason().is_some() {
+                        let peer = self.client.net().connect(member.node, member.addr).await?;
+                        *member.peer.lock().unwrap_or_else(PoisonError::into_inner) = peer;
+                    }
                 }
                 other => return other,
             }
@@ -219,11 +248,12 @@ impl Swarm {
     /// What each peer did in this transfer.
     pub fn report(&self) -> Vec<MemberReport> {
         for m in &self.members {
-            let stats = m.peer.connection().stats();
+            let peer = m.peer();
+            let stats = peer.connection().stats();
             tracing::debug!(
                 "{:?}: mtu {} ({} probes, {} lost, {} black holes), rtt {:?}, {} datagrams out in {} sends, {} in; \
                  {} acks out, {} in; lost {}",
-                m.peer,
+                peer,
                 stats.path.current_mtu,
                 stats.path.sent_plpmtud_probes,
                 stats.path.lost_plpmtud_probes,
@@ -240,8 +270,8 @@ impl Swarm {
         self.members
             .iter()
             .map(|m| MemberReport {
-                node: m.peer.node_id(),
-                addr: m.peer.remote_addr(),
+                node: m.node,
+                addr: m.addr,
                 chunks_sent: m.chunks_sent.load(Ordering::Relaxed),
                 bytes_sent: m.bytes_sent.load(Ordering::Relaxed),
                 chunks_fetched: m.chunks_fetched.load(Ordering::Relaxed),
@@ -257,7 +287,7 @@ impl Swarm {
             let member = &self.members[index];
             match self.client.run(self.with_retry(index, |peer| async move { peer.get_manifest(*id).await })) {
                 Ok(Some(envelope)) => return Ok(envelope),
-                Ok(None) => reasons.push(format!("{}: not there", member.peer.node_id().short(16))),
+                Ok(None) => reasons.push(format!("{}: not there", member.node.short(16))),
                 Err(e) => reasons.push(e.to_string()),
             }
         }

@@ -541,8 +541,10 @@ pub struct Status {
     pub chunks: u64,
     /// Their bytes on disk.
     pub chunk_bytes: u64,
-    /// Manifests pinned, by any owner.
+    /// Pins held, over every owner.
     pub pins: u64,
+    /// Member connections open, the asker's included.
+    pub connections: u64,
 }
 
 /// The signature domain of `Pin` (docs/PROTOCOL.md, "Signatures").
@@ -749,7 +751,7 @@ pub fn sample_frames() -> Vec<Frame> {
             more: true,
         }),
         Frame::GetStatus(GetStatus {}),
-        Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1 }),
+        Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1, connections: 3 }),
     ]
 }
 
