@@ -48,6 +48,31 @@ fn a_corrupted_chunk_is_named_quarantined_and_nothing_is_written() {
 }
 
 #[test]
+fn a_pull_never_follows_a_link_planted_at_its_partial_file() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let node = Node::with_chunks(SMALL_CHUNKS);
+    let data = random_bytes(300_000, 16);
+    let id = node.push(&node.write("s.bin", &data), &[]);
+    // Someone who can write the output directory plants a link where the
+    // pull would put its partial file, aiming at a file of the user's.
+    let precious = node.write("precious.txt", b"do not overwrite me");
+    let partial = node.work.join(format!(".out.bin.{}.p2pfs-partial", &id[..16]));
+    std::os::unix::fs::symlink(&precious, &partial).unwrap();
+    let stderr = node.fails(&["pull", "s.bin", "-o", "out.bin"], 1);
+    assert!(stderr.contains("p2pfs-partial") && stderr.contains("in the way"), "{stderr}");
+    assert_eq!(fs::read(&precious).unwrap(), b"do not overwrite me");
+    assert!(!node.work.join("out.bin").exists());
+
+    // Without the link, the pull works, and what it writes is the user's alone.
+    fs::remove_file(&partial).unwrap();
+    node.ok(&["pull", "s.bin", "-o", "out.bin"]);
+    assert_eq!(fs::read(node.work.join("out.bin")).unwrap(), data);
+    let mode = fs::metadata(node.work.join("out.bin")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "created readable by its owner only");
+}
+
+#[test]
 fn a_deleted_chunk_is_named_and_nothing_is_written() {
     let node = Node::with_chunks(SMALL_CHUNKS);
     let file = node.write("d.bin", &random_bytes(1 << 20, 11));

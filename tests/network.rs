@@ -173,10 +173,15 @@ fn the_owner_key_moves_and_a_share_ticket_reads_one_version_only() {
     laptop.ok(&["pull", &id2, "-o", "v2.bin"]);
     assert_eq!(fs::read(laptop.work.join("v2.bin")).unwrap(), v2);
 
-    // Another owner: the ticket of v1 reads v1, and v2 stays closed.
-    let friend = client(&token);
+    // Another owner, who joins with the token on standard input (so it never
+    // shows in the process list): the ticket of v1 reads v1, and v2 stays closed.
+    let friend = Node::new();
+    let joined = friend.run_with_input(&["init", "--join", "-"], format!("{token}\n").as_bytes());
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    friend.set_chunker(common::SMALL_CHUNKS);
     let ticket = owner.ok(&["share", "doc.bin@1"]).trim().to_owned();
-    friend.ok(&["pull", &ticket, "-o", "shared.bin"]);
+    let pulled = friend.run_with_input(&["pull", "-", "-o", "shared.bin"], format!("  {ticket}\n").as_bytes());
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
     assert_eq!(fs::read(friend.work.join("shared.bin")).unwrap(), v1);
     let stderr = friend.fails(&["pull", &id2, "-o", "stolen.bin"], 1);
     assert!(stderr.contains("another owner key"), "{stderr}");

@@ -468,3 +468,32 @@ fn signed_entry(bytes: &[u8]) -> Result<LogEntry, Refusal> {
         .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
     Ok(entry)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_is_reported_without_the_nodes_paths() {
+        let path = std::path::PathBuf::from("/home/alice/.local/share/p2pfs/store/chunks/ab/cd/abcd");
+        let io = StoreError::Io {
+            what: "storing chunk abcd".into(),
+            path: path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let full = StoreError::Io {
+            what: "storing chunk abcd".into(),
+            path: path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let corrupt =
+            StoreError::ChunkCorrupted { id: ChunkId([0xab; 32]), quarantined: path.with_file_name("quarantined") };
+        for (error, code) in
+            [(io, ErrorCode::INTERNAL), (full, ErrorCode::STORAGE_FULL), (corrupt, ErrorCode::INTERNAL)]
+        {
+            let refusal = Refusal::from(error);
+            assert_eq!(refusal.code, code);
+            assert!(!refusal.message.contains("/home") && !refusal.message.contains("alice"), "{}", refusal.message);
+        }
+    }
+}

@@ -174,15 +174,18 @@ fn open_partial(path: &Path) -> io::Result<File> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         created => return created,
     }
-    let file = options.open(path)?;
+    let in_the_way = || {
+        io::Error::other(format!(
+            "{} is in the way of the pull's partial file and is not a file of yours: remove it",
+            path.display()
+        ))
+    };
+    let file = options.open(path).map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { in_the_way() } else { e })?;
     let meta = file.metadata()?;
     // SAFETY: getuid has no preconditions and cannot fail.
     let me = unsafe { libc::getuid() };
     if !meta.is_file() || meta.uid() != me {
-        return Err(io::Error::other(format!(
-            "{} is in the way of the pull's partial file and is not a file of yours: remove it",
-            path.display()
-        )));
+        return Err(in_the_way());
     }
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;

@@ -49,6 +49,21 @@ impl Node {
         self.command().args(args).stdin(Stdio::null()).output().expect("run p2pfs")
     }
 
+    /// Runs `p2pfs ARGS` with `input` on its standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run p2pfs");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().expect("wait for p2pfs")
+    }
+
     /// Runs `p2pfs ARGS`, which must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
