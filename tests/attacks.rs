@@ -56,10 +56,13 @@ fn a_handshake_flood_and_a_pre_hello_bulk_sender_cost_a_member_nothing() {
     let (handshakes, refused, bulk_max) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
 
-    // 300 handshakes at a time from 127.0.0.2, each holding its connection
-    // open without ever sending Hello, dialling again as soon as it is closed.
-    let (flood, config) = rt.block_on(async { raw_endpoint("127.0.0.2:0", node) });
-    for _ in 0..300 {
+    // 320 handshakes at a time from eight addresses (127.0.0.2 to .9), each
+    // holding its connection open without ever sending Hello, dialling
+    // again as soon as it is closed.
+    let floods: Vec<_> =
+        (2..10).map(|i| rt.block_on(async { raw_endpoint(&format!("127.0.0.{i}:0"), node) })).collect();
+    for i in 0..320 {
+        let (flood, config) = &floods[i % floods.len()];
         let (flood, config, stop, handshakes, refused) =
             (flood.clone(), config.clone(), Arc::clone(&stop), Arc::clone(&handshakes), Arc::clone(&refused));
         rt.spawn(async move {
@@ -78,9 +81,9 @@ fn a_handshake_flood_and_a_pre_hello_bulk_sender_cost_a_member_nothing() {
             }
         });
     }
-    // Two bulk senders from 127.0.0.3: as many streams and bytes as they can
+    // Two bulk senders from 127.0.0.10: as many streams and bytes as they can
     // push before any Hello.
-    let (bulk, bulk_config) = rt.block_on(async { raw_endpoint("127.0.0.3:0", node) });
+    let (bulk, bulk_config) = rt.block_on(async { raw_endpoint("127.0.0.10:0", node) });
     for _ in 0..2 {
         let (bulk, config, stop, bulk_max) =
             (bulk.clone(), bulk_config.clone(), Arc::clone(&stop), Arc::clone(&bulk_max));
@@ -112,8 +115,14 @@ fn a_handshake_flood_and_a_pre_hello_bulk_sender_cost_a_member_nothing() {
         handshakes.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) > 300
     });
 
-    member_round_trip(&me, 8 << 20, 1);
-    member_round_trip(&me, 3 << 20, 2);
+    // The member gets in every time, though the pool is full.
+    for seed in 1..=4 {
+        member_round_trip(&me, 2 << 20, seed);
+    }
+    let (_net, member) = member_client(&server, &rt);
+    for _ in 0..20 {
+        rt.block_on(member.ping()).unwrap();
+    }
     stop.store(true, Ordering::Relaxed);
 
     let rss = peak_rss_mib(server.child.id());
@@ -171,6 +180,128 @@ fn six_stalled_maximum_size_uploads_are_cut_and_other_members_carry_on() {
     assert!(peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB);
     // The node serves on, the attacker included.
     rt.block_on(attacker.ping()).unwrap();
+}
+
+#[test]
+fn uploads_in_one_byte_packets_hold_no_more_than_their_bytes() {
+    let server = Server::start();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let (stop, sent, cut) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Five NodeIds, one largest PutChunk each, its payload one byte per write.
+    for i in 0..5u8 {
+        let net = member_net(&server, &rt, "127.0.0.1:0");
+        let peer = rt.block_on(net.connect(node, addr)).unwrap();
+        let (stop, sent, cut) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&cut));
+        rt.spawn(async move {
+            let _net = net;
+            let (mut send, _recv) = peer.open().await.unwrap();
+            let frame = Frame::PutChunk(PutChunk { id: ChunkId([i; 32]), len: wire::MAX_CHUNK_PAYLOAD });
+            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if send.write_all(&[0]).await.is_err() {
+                    // The node cut it: too slow for its pace.
+                    cut.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    // However fast this machine trickles, either a megabyte gets through in
+    // one-byte writes, or the node cuts every one of them for falling behind.
+    wait_until(Duration::from_secs(60), "a megabyte of one-byte writes, or every trickle cut", || {
+        sent.load(Ordering::Relaxed) > 1 << 20 || cut.load(Ordering::Relaxed) == 5
+    });
+    member_round_trip(&me, 4 << 20, 10);
+    let started = Instant::now();
+    // Let the trickle go on a while: memory must not grow with it.
+    while started.elapsed() < Duration::from_secs(10) {
+        assert!(
+            peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB,
+            "the node grew to {} MiB",
+            peak_rss_mib(server.child.id())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!(
+        "one-byte uploads: {} bytes sent, {} cut; node peak RSS {rss} MiB",
+        sent.load(Ordering::Relaxed),
+        cut.load(Ordering::Relaxed)
+    );
+    assert!(rss < RSS_LIMIT_MIB);
+}
+
+#[test]
+fn a_status_flood_over_a_large_store_costs_one_count() {
+    let server = Server::start();
+    // 50,000 chunk files (empty: only their number matters here).
+    let chunks = server.node.home.join("store/chunks");
+    for i in 0..50_000u32 {
+        let hex = format!("{:064x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let dir = chunks.join(&hex[..2]).join(&hex[2..4]);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(&hex), b"").unwrap();
+    }
+    let rt = runtime();
+    let (_a, one) = member_client(&server, &rt);
+    let (_b, two) = member_client(&server, &rt);
+    let started = Instant::now();
+    let answers = rt.block_on(async {
+        let calls = [&one, &two].into_iter().flat_map(|peer| (0..120).map(move |_| peer.status()));
+        futures_util::future::join_all(calls).await
+    });
+    let took = started.elapsed();
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("240 status requests over 50,000 chunk files: {took:?}; node peak RSS {rss} MiB");
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|s| s.chunks == 50_000)), "every request answered, right");
+    assert!(rss < RSS_LIMIT_MIB);
+}
+
+#[test]
+fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
+    let server = Server::start();
+    let me = client(&server.invite());
+    let rt = runtime();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let per_node = p2pfs::node::MAX_CONNECTIONS_PER_NODE;
+    let total = p2pfs::node::MAX_MEMBER_CONNECTIONS;
+    // From 127.0.0.2: enough fresh NodeIds to take every slot, each
+    // connection sending a byte of a never-finished request now and then.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut nets, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..total / per_node {
+        let net = member_net(&server, &rt, "127.0.0.2:0");
+        for _ in 0..per_node {
+            held.push(rt.block_on(net.connect(node, addr)).unwrap());
+        }
+        nets.push(net);
+    }
+    for peer in &held {
+        let (peer, stop) = (peer.clone(), Arc::clone(&stop));
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut send, _recv)) = peer.open().await else { break };
+                let _ = send.write_all(&[1]).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+    let (_net, asker) = member_client(&server, &rt);
+    let connections = rt.block_on(asker.status()).unwrap().connections;
+    assert_eq!(connections as usize, total, "the node is full");
+    // A member from another address still gets in, again and again.
+    for seed in 20..23 {
+        member_round_trip(&me, 1 << 20, seed);
+    }
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
@@ -276,6 +407,9 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
     let (_net, mallory) = member_client(&a, &rt);
     let b_id: NodeId = b.id.parse().unwrap();
     let b_addr: SocketAddr = b.addr.parse().unwrap();
+    let peers_file = a.node.home.join("peers.json");
+    wait_until(Duration::from_secs(20), "A has verified B", || common::verified_peers(&peers_file).contains(&b.id));
+    let before = fs::read_to_string(&peers_file).unwrap();
 
     // 200 frames: B's NodeId with eight fake addresses, and 63 made-up peers each.
     for round in 0..200u16 {
@@ -298,9 +432,8 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
             assert!(told.iter().all(|p| p.node == b_id || p.node.to_string() == a.id), "no made-up peer is passed on");
         }
     }
-    let peers_file = a.node.home.join("peers.json");
-    wait_until(Duration::from_secs(20), "A's table is written", || {
-        fs::read_to_string(&peers_file).is_ok_and(|t| t.contains("10.9."))
+    wait_until(Duration::from_secs(20), "A's table is written after the flood", || {
+        fs::read_to_string(&peers_file).is_ok_and(|t| t != before)
     });
     let table: serde_json::Value = serde_json::from_str(&fs::read_to_string(&peers_file).unwrap()).unwrap();
     let peers = table["peers"].as_array().unwrap();

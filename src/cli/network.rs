@@ -160,7 +160,15 @@ pub(super) fn print_member_report(reports: &[MemberReport], unreachable: &[(Node
 
 pub(super) fn serve(home: Home, listen: SocketAddr, bootstrap: &[String], quiet: bool) -> Result<()> {
     let bootstrap = bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-    let rt = runtime()?;
+    // Store work waits its turn on a bounded pool rather than each request
+    // getting a thread of its own.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_name("p2pfs-node")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async {
         let node = Node::bind(home, listen, bootstrap).with_context(|| format!("starting a node on {listen}"))?;
         if !quiet {

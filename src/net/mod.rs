@@ -47,9 +47,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection that has not passed `Hello` may make a node buffer:
 /// its whole flow-control window, over all its streams.
 pub const ADMISSION_WINDOW: u32 = 64 * 1024;
-/// The largest receive window of a member's connection (the node lowers it
-/// when many members are connected, so that their sum stays bounded).
-pub const MEMBER_RECEIVE_WINDOW: u32 = 96 << 20;
+/// The largest receive (and send) window of a member's connection: room for
+/// 16 chunks of 1 MiB in flight twice over. A node gives less when many
+/// members are connected, so that their sum stays bounded.
+pub const MEMBER_RECEIVE_WINDOW: u32 = 32 << 20;
 
 /// A network operation that failed. Each says which peer and what to try.
 #[derive(Debug, thiserror::Error)]
@@ -439,19 +440,25 @@ impl Net {
         }
     }
 
-    /// Dials `node` at each of `addrs` in turn until one answers; returns
-    /// the peer and the address that answered, or the last failure.
+    /// Dials `node` at every one of `addrs` at once and keeps the first
+    /// that answers (the others are dropped), so a dead or made-up address
+    /// costs no more time than a live one; returns the peer and the address
+    /// that answered, or why none did.
     pub async fn connect_any(&self, node: NodeId, addrs: &[SocketAddr]) -> Result<(Peer, SocketAddr), NetError> {
-        let mut last = None;
-        for &addr in addrs {
-            match self.connect(node, addr).await {
+        let mut attempts: futures_util::stream::FuturesUnordered<_> =
+            addrs.iter().map(|&addr| async move { (addr, self.connect(node, addr).await) }).collect();
+        let mut failure = None;
+        while let Some((addr, result)) = futures_util::StreamExt::next(&mut attempts).await {
+            match result {
                 Ok(peer) => return Ok((peer, addr)),
-                // A peer that refuses us refuses at every address.
-                Err(e @ (NetError::Refused { .. } | NetError::NotMember(_))) => return Err(e),
-                Err(e) => last = Some(e),
+                // A refusal says more than a timeout elsewhere: keep it.
+                Err(e @ (NetError::Refused { .. } | NetError::NotMember(_))) => failure = Some(e),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        Err(last.unwrap_or_else(|| NetError::NoAddress(node.short(16))))
+        Err(failure.unwrap_or_else(|| NetError::NoAddress(node.short(16))))
     }
 
     /// The next incoming connection attempt, or `None` once the endpoint is closed.

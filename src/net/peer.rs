@@ -1,9 +1,9 @@
 //! A verified connection to one peer, and the requests of the protocol.
 //!
 //! Every request has deadlines (docs/PROTOCOL.md, "Deadlines"): its frame
-//! and payload must leave at [`stream::MIN_RATE`] or better, the reply frame
-//! must arrive within [`REPLY_TIMEOUT`] after that, and a reply payload
-//! keeps the same pace. A peer that misses one is reported as
+//! and payload must leave at [`stream::SENDER_RATE`] or better, the reply
+//! frame must arrive within [`REPLY_TIMEOUT`] after that, and a reply
+//! payload keeps the same pace. A peer that misses one is reported as
 //! [`NetError::Timeout`], which callers treat as the peer being gone.
 
 use std::time::{Duration, Instant};
@@ -126,7 +126,7 @@ impl Peer {
     /// it is) on a new stream, and reads the reply frame, within the
     /// request's deadlines. The reader is left at the reply's payload.
     async fn request(&self, frame: &Frame, payload: Bytes) -> Result<(Frame, FrameReader), NetError> {
-        let travel = stream::payload_time(payload.len() as u64);
+        let travel = stream::payload_time_at(payload.len() as u64, stream::SENDER_RATE);
         let opened = tokio::time::timeout(REPLY_TIMEOUT, self.open())
             .await
             .map_err(|_| NetError::Timeout { node: self.short(), what: "opening a stream" })??;
@@ -202,8 +202,7 @@ impl Peer {
     pub async fn get_chunk(&self, id: ChunkId, out: &mut Vec<u8>) -> Result<bool, NetError> {
         match self.request(&Frame::GetChunk(GetChunk { id }), Bytes::new()).await? {
             (Frame::ChunkData(ChunkData { id: got, len }), mut reader) if got == id => {
-                let pace = Pace::for_payload(u64::from(len));
-                reader.payload(len as usize, out, pace).await.map_err(|e| self.stream_err(e))?;
+                reader.payload(len as usize, out, reply_pace()).await.map_err(|e| self.stream_err(e))?;
                 if ChunkId::of(out) != id {
                     return Err(NetError::Corrupt { node: self.short(), what: format!("chunk {id}") });
                 }
@@ -225,8 +224,7 @@ impl Peer {
         match self.request(&Frame::GetManifest(GetManifest { id }), Bytes::new()).await? {
             (Frame::ManifestData(ManifestData { id: got, len }), mut reader) if got == id => {
                 let mut out = Vec::new();
-                let pace = Pace::for_payload(u64::from(len));
-                reader.payload(len as usize, &mut out, pace).await.map_err(|e| self.stream_err(e))?;
+                reader.payload(len as usize, &mut out, reply_pace()).await.map_err(|e| self.stream_err(e))?;
                 if ManifestId::of(&out) != id {
                     return Err(NetError::Corrupt { node: self.short(), what: format!("manifest {id}") });
                 }
@@ -322,6 +320,14 @@ pub fn owner_proof_holds(peer: &Peer, owner: &OwnerId, proof: &Signature) -> boo
     let Ok(exporter) = peer.exporter(wire::OWNER_READ_LABEL) else { return false };
     let message = wire::owner_read_message(&exporter, owner);
     crate::crypto::verify(owner, wire::OWNER_READ_DOMAIN, &message, &proof.0).is_ok()
+}
+
+/// The pace a reply's payload must keep: a quarter of `MIN_RATE`
+/// (`SENDER_RATE`), since a client has many replies coming from one node at
+/// once. (A node that is slow but within it still holds a worker for long;
+/// fetching from a second replica when one lags would be the cure.)
+fn reply_pace() -> Pace {
+    Pace::at_rate(stream::SENDER_RATE)
 }
 
 /// A payload length as the frame declares it. Callers hold payloads within

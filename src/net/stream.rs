@@ -6,7 +6,7 @@
 //! frame is buffered, and a payload is read only after its declared length
 //! has passed the frame's limit. Every read waits only so long: a frame
 //! within [`FRAME_TIMEOUT`], a payload at [`Pace`] (no silence longer than
-//! [`STALL_TIMEOUT`], and the whole at [`MIN_RATE`] or better).
+//! [`STALL_TIMEOUT`], and never behind [`MIN_RATE`] after a short grace).
 
 use std::time::Duration;
 
@@ -27,32 +27,64 @@ pub const MIN_RATE: u64 = 64 * 1024;
 /// Time a payload gets on top of what [`MIN_RATE`] allows.
 pub const PAYLOAD_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a payload of `len` bytes may take: [`PAYLOAD_GRACE`] plus `len` at [`MIN_RATE`].
+/// How long a payload of `len` bytes may take at [`MIN_RATE`]: [`PAYLOAD_GRACE`] plus `len` at that rate.
 pub fn payload_time(len: u64) -> Duration {
-    PAYLOAD_GRACE + Duration::from_millis(len.saturating_mul(1000) / MIN_RATE)
+    payload_time_at(len, MIN_RATE)
 }
 
+/// How long a payload of `len` bytes may take at `rate` bytes per second:
+/// [`PAYLOAD_GRACE`] plus `len` at that rate.
+pub fn payload_time_at(len: u64, rate: u64) -> Duration {
+    PAYLOAD_GRACE + Duration::from_millis(len.saturating_mul(1000) / rate.max(1))
+}
+
+/// The rate a sender allows one of its payloads: a quarter of [`MIN_RATE`],
+/// since it has several on their way to one peer at once.
+pub const SENDER_RATE: u64 = MIN_RATE / 4;
+
 /// The pace a payload must keep: never silent for longer than `stall`, and
-/// done by `deadline`.
+/// never behind its schedule: by `grace` plus n bytes at `rate` after it
+/// started, more than n bytes must have arrived. A payload cannot hold its
+/// reservation by trickling; it must keep up all along, not just finish in
+/// time.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    /// When the whole payload must be there.
-    pub deadline: Instant,
-    /// Longest silence allowed between two pieces.
-    pub stall: Duration,
+    start: Instant,
+    /// Bytes per second the payload must average (after the grace).
+    rate: u64,
+    stall: Duration,
 }
 
 impl Pace {
-    /// The pace for a payload of `len` bytes starting now.
-    pub fn for_payload(len: u64) -> Self {
-        Self { deadline: Instant::now() + payload_time(len), stall: STALL_TIMEOUT }
+    /// The pace for a payload starting now at [`MIN_RATE`].
+    pub fn for_payload() -> Self {
+        Self::at_rate(MIN_RATE)
     }
 
-    /// How long the next read may wait.
-    fn next_wait(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now()).min(self.stall)
+    /// The pace for a payload starting now at `rate` bytes per second (at
+    /// least 1): for one of several payloads that share a connection.
+    pub fn at_rate(rate: u64) -> Self {
+        Self { start: Instant::now(), rate: rate.max(1), stall: STALL_TIMEOUT }
+    }
+
+    /// How long the next read may wait, with `received` bytes in so far;
+    /// `None` once the payload has fallen behind.
+    fn next_wait(&self, received: u64) -> Option<Duration> {
+        let due = self.start + PAYLOAD_GRACE + Duration::from_millis(received.saturating_mul(1000) / self.rate);
+        let wait = due.saturating_duration_since(Instant::now()).min(self.stall);
+        (!wait.is_zero()).then_some(wait)
     }
 }
+
+/// Received pieces this short are copied, not kept. quinn hands out each
+/// piece as a slice of the buffer its datagram (or GRO batch of datagrams,
+/// at most 64 KiB) arrived in, and a kept piece keeps that whole buffer: a
+/// peer sending one payload byte per packet would otherwise make the node
+/// hold a hundred times what the payload budget counts. A piece kept is at
+/// least half its buffer.
+const KEEP_PIECE_MIN: usize = 32 * 1024;
+/// How much a buffer of copied pieces holds before a new one starts.
+const COALESCE_STEP: usize = 256 * 1024;
 
 /// Reading or writing a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,32 +178,60 @@ impl FrameReader {
     pub async fn payload(&mut self, len: usize, out: &mut Vec<u8>, pace: Pace) -> Result<(), StreamError> {
         out.clear();
         out.reserve(len);
-        for part in self.payload_parts(len, pace).await? {
-            out.extend_from_slice(&part);
-        }
-        Ok(())
+        self.read_payload(len, pace, |piece| out.extend_from_slice(&piece)).await
     }
 
-    /// Exactly `len` payload bytes, as the pieces quinn received them in
-    /// (no copy), at `pace`. `len` must already be within the frame's limit.
+    /// Exactly `len` payload bytes, at `pace`, as the large pieces quinn
+    /// received them in (no copy) and the small ones copied together (see
+    /// [`KEEP_PIECE_MIN`]). `len` must already be within the frame's limit.
     pub async fn payload_parts(&mut self, len: usize, pace: Pace) -> Result<Vec<Bytes>, StreamError> {
-        let buffered = self.buf.len().min(len);
-        let mut parts = Vec::with_capacity(len / (16 << 10) + 2);
-        if buffered > 0 {
-            parts.push(self.buf.split_to(buffered).freeze());
+        let mut parts = Vec::with_capacity(len / KEEP_PIECE_MIN + len / COALESCE_STEP + 2);
+        let mut copied = BytesMut::new();
+        let mut left = len;
+        self.read_payload(len, pace, |piece| {
+            left -= piece.len();
+            if piece.len() >= KEEP_PIECE_MIN {
+                if !copied.is_empty() {
+                    parts.push(copied.split().freeze());
+                }
+                parts.push(piece);
+                return;
+            }
+            if copied.capacity() - copied.len() < piece.len() {
+                if !copied.is_empty() {
+                    parts.push(copied.split().freeze());
+                }
+                copied.reserve((left + piece.len()).min(COALESCE_STEP).max(piece.len()));
+            }
+            copied.extend_from_slice(&piece);
+        })
+        .await?;
+        if !copied.is_empty() {
+            parts.push(copied.freeze());
         }
-        let mut missing = len - buffered;
-        while missing > 0 {
-            let read = tokio::time::timeout(pace.next_wait(), self.recv.read_chunk(missing, true));
+        Ok(parts)
+    }
+
+    /// Reads `len` payload bytes at `pace`, handing each piece to `take` as
+    /// it arrives (what the frame reader buffered first, then quinn's).
+    async fn read_payload(&mut self, len: usize, pace: Pace, mut take: impl FnMut(Bytes)) -> Result<(), StreamError> {
+        let buffered = self.buf.len().min(len);
+        if buffered > 0 {
+            take(self.buf.split_to(buffered).freeze());
+        }
+        let mut received = buffered;
+        while received < len {
+            let wait = pace.next_wait(received as u64).ok_or(StreamError::TimedOut("the payload"))?;
+            let read = tokio::time::timeout(wait, self.recv.read_chunk(len - received, true));
             match read.await.map_err(|_| StreamError::TimedOut("the payload"))?? {
                 Some(chunk) => {
-                    missing -= chunk.bytes.len();
-                    parts.push(chunk.bytes);
+                    received += chunk.bytes.len();
+                    take(chunk.bytes);
                 }
                 None => return Err(StreamError::Ended),
             }
         }
-        Ok(parts)
+        Ok(())
     }
 
     /// Tells the peer to stop sending on this stream.
@@ -181,12 +241,13 @@ impl FrameReader {
 }
 
 /// Writes `frame` and then `payload`, handing quinn the payload's buffer
-/// instead of copying it, within the time `payload_time` allows.
+/// instead of copying it, within the time the payload may take at
+/// [`SENDER_RATE`] (a caller that must be quicker sets its own deadline).
 pub async fn write_frame(send: &mut SendStream, frame: &Frame, payload: Bytes) -> Result<(), StreamError> {
     let mut header = Vec::with_capacity(128);
     // Frames built here are within the limits; a failure is a bug worth reporting, not a panic.
     frame.encode(&mut header).map_err(|e| StreamError::Other(e.to_string()))?;
-    let deadline = payload_time(payload.len() as u64);
+    let deadline = payload_time_at(payload.len() as u64, SENDER_RATE);
     let mut pieces = [Bytes::from(header), payload];
     let write = send.write_all_chunks(&mut pieces);
     tokio::time::timeout(deadline, write).await.map_err(|_| StreamError::TimedOut("sending"))??;

@@ -11,6 +11,7 @@
 //! work (fsync, reads) runs on the blocking pool.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream, VarInt};
@@ -45,12 +46,8 @@ pub(super) async fn serve_connection(state: Arc<NodeState>, peer: Peer, membersh
         tokio::select! {
             stream = peer.accept_stream() => {
                 let Ok((send, recv)) = stream else { break };
-                let request = Request {
-                    state: Arc::clone(&state),
-                    peer: peer.clone(),
-                    membership: Arc::clone(&membership),
-                    _in_flight: membership.request(),
-                };
+                let request =
+                    Request { state: Arc::clone(&state), peer: peer.clone(), membership: Arc::clone(&membership) };
                 requests.spawn(request.serve(send, recv));
             }
             Some(_) = requests.join_next(), if !requests.is_empty() => {
@@ -85,7 +82,8 @@ impl Refusal {
             StreamError::TimedOut(_) => Refusal::new(
                 ErrorCode::TIMEOUT,
                 format!(
-                    "the payload was too slow: it must never stall for {} s and must average {} KiB/s",
+                    "the payload was too slow: it must never stall for {} s, and a connection's payloads \
+                     together must keep up {} KiB/s",
                     stream::STALL_TIMEOUT.as_secs(),
                     stream::MIN_RATE / 1024
                 ),
@@ -124,6 +122,14 @@ impl From<StoreError> for Refusal {
 struct Reservation<'a> {
     _node: SemaphorePermit<'a>,
     _member: OwnedSemaphorePermit,
+    on_connection: &'a AtomicU64,
+    len: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.on_connection.fetch_sub(self.len, Ordering::Relaxed);
+    }
 }
 
 /// One request stream and what it may use.
@@ -131,14 +137,18 @@ struct Request {
     state: Arc<NodeState>,
     peer: Peer,
     membership: Arc<Membership>,
-    _in_flight: RequestGuard,
 }
 
 impl Request {
     async fn serve(self, mut send: SendStream, recv: RecvStream) {
         let mut reader = FrameReader::new(recv);
         let result = match reader.next_frame().await {
-            Ok(frame) => self.answer(frame, &mut reader, &mut send).await,
+            Ok(frame) => {
+                // In flight from now on: a stream that never sends a whole
+                // frame does not keep its connection from counting as idle.
+                let _in_flight: RequestGuard = self.membership.request();
+                self.answer(frame, &mut reader, &mut send).await
+            }
             Err(StreamError::Decode(e)) => {
                 Err(Refusal::new(ErrorCode::BAD_FRAME, format!("{e}; this stream is closed, the connection is not")))
             }
@@ -170,7 +180,9 @@ impl Request {
         let wait = async {
             let member = share.acquire_many_owned(permits).await.ok()?;
             let node = self.state.budget.acquire_many(permits).await.ok()?;
-            Some(Reservation { _node: node, _member: member })
+            let on_connection = self.membership.reserved();
+            on_connection.fetch_add(len, Ordering::Relaxed);
+            Some(Reservation { _node: node, _member: member, on_connection, len })
         };
         match tokio::time::timeout(super::BUDGET_WAIT, wait).await {
             Ok(Some(reservation)) => Ok(reservation),
@@ -179,6 +191,24 @@ impl Request {
                 "this node's memory for payloads is taken (or your share of it is); retry later",
             )),
         }
+    }
+
+    /// The pace a reserved payload of `len` bytes must keep: all this
+    /// connection's reserved payloads together at `MIN_RATE`, each its part
+    /// of it, so a client sending many chunks at once over a slow link is
+    /// not cut, and one trickling a large payload is.
+    fn pace(&self, len: u64) -> Pace {
+        let reserved = self.membership.reserved().load(Ordering::Relaxed).max(len).max(1);
+        let rate = u128::from(stream::MIN_RATE) * u128::from(len) / u128::from(reserved);
+        Pace::at_rate(u64::try_from(rate).unwrap_or(stream::MIN_RATE))
+    }
+
+    /// When a reply payload of `len` bytes must have been acknowledged: as
+    /// long as this connection's reserved payloads take at `MIN_RATE`, so a
+    /// client fetching many chunks at once over a slow link gets them.
+    fn reply_deadline(&self, len: u64) -> Instant {
+        let reserved = self.membership.reserved().load(Ordering::Relaxed).max(len);
+        Instant::now() + stream::payload_time(reserved)
     }
 
     /// Runs store work on the blocking pool.
@@ -213,8 +243,7 @@ impl Request {
                 let _held = self.reserve(u64::from(put.len)).await?;
                 // The pieces quinn received, hashed and written as they are: no copy.
                 let len = u64::from(put.len);
-                let parts =
-                    reader.payload_parts(put.len as usize, Pace::for_payload(len)).await.map_err(Refusal::payload)?;
+                let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
                 self.blocking(move |s| {
                     let mut hasher = blake3::Hasher::new();
@@ -250,8 +279,9 @@ impl Request {
                     .await?;
                 match found {
                     Some(bytes) if bytes.len() <= wire::MAX_CHUNK_PAYLOAD as usize => {
+                        let deadline = self.reply_deadline(bytes.len() as u64);
                         let frame = Frame::ChunkData(ChunkData { id, len: bytes.len() as u32 });
-                        reply_with_payload(send, frame, bytes.into(), held).await
+                        reply_with_payload(send, frame, bytes.into(), held, deadline).await
                     }
                     _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
                 }
@@ -266,8 +296,7 @@ impl Request {
                 }
                 let _held = self.reserve(len).await?;
                 // Hashed and written as quinn received it, like a chunk: no copy.
-                let parts =
-                    reader.payload_parts(put.len as usize, Pace::for_payload(len)).await.map_err(Refusal::payload)?;
+                let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
                 self.blocking(move |s| {
                     let mut hasher = blake3::Hasher::new();
@@ -302,9 +331,10 @@ impl Request {
                     .await?;
                 match found {
                     Some(envelope) if ManifestId::of(&envelope) == id => {
+                        let deadline = self.reply_deadline(envelope.len() as u64);
                         let len = u32::try_from(envelope.len()).unwrap_or(u32::MAX);
-                        reply_with_payload(send, Frame::ManifestData(ManifestData { id, len }), envelope.into(), held)
-                            .await
+                        let frame = Frame::ManifestData(ManifestData { id, len });
+                        reply_with_payload(send, frame, envelope.into(), held, deadline).await
                     }
                     _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
                 }
@@ -313,7 +343,7 @@ impl Request {
                 let len = u64::from(pin.chunks) * 32;
                 let _held = self.reserve(len).await?;
                 let mut payload = Vec::new();
-                reader.payload(len as usize, &mut payload, Pace::for_payload(len)).await.map_err(Refusal::payload)?;
+                reader.payload(len as usize, &mut payload, self.pace(len)).await.map_err(Refusal::payload)?;
                 let chunks: Vec<ChunkId> = payload
                     .chunks_exact(32)
                     .map(|id| ChunkId(id.try_into().expect("chunks_exact yields 32 bytes")))
@@ -438,24 +468,27 @@ async fn reply(send: &mut SendStream, frame: Frame) -> Result<(), Refusal> {
 
 /// Sends a reply and its payload, and keeps the payload's reservation until
 /// the peer has acknowledged every byte (quinn holds them until then), or
-/// until the payload's deadline, when the stream is reset.
+/// until `deadline`, when the stream is reset.
 async fn reply_with_payload(
     send: &mut SendStream,
     frame: Frame,
     payload: Bytes,
     held: Reservation<'_>,
+    deadline: Instant,
 ) -> Result<(), Refusal> {
-    let deadline = Instant::now() + stream::payload_time(payload.len() as u64);
     let sent = async {
-        write_frame(send, &frame, payload).await?;
+        tokio::time::timeout_at(deadline, write_frame(send, &frame, payload))
+            .await
+            .map_err(|_| StreamError::TimedOut("sending"))??;
         stream::finish_and_wait(send, deadline).await
     };
-    let result = sent.await;
-    drop(held);
-    if let Err(e) = result {
-        // The peer is gone or too slow; there is no one to send an Error to.
+    if let Err(e) = sent.await {
+        // The peer is gone or too slow: reset the stream so quinn lets go of
+        // the payload before the reservation does. No one to send an Error to.
+        let _ = send.reset(VarInt::from(ErrorCode::TIMEOUT.0));
         debug!("a reply was not taken in time: {e}");
     }
+    drop(held);
     Ok(())
 }
 

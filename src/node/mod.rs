@@ -63,6 +63,9 @@ const EXCHANGE_CONCURRENCY: usize = 8;
 const PEERS_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// The shortest time between two rounds that check addresses heard of.
 const VERIFY_GAP: Duration = Duration::from_secs(2);
+/// Most peers one such round dials: a member cannot turn a node into a
+/// source of handshakes aimed at addresses of its choosing.
+const VERIFY_PER_ROUND: usize = 16;
 
 /// The file a running node writes into its home: who it is, where it listens.
 pub const SERVE_FILE: &str = "serve.json";
@@ -258,10 +261,17 @@ impl Node {
 /// slot), then, once it has a member's place, its requests.
 async fn connection(state: Arc<NodeState>, incoming: quinn::Incoming, slot: admission::Slot) {
     let from = incoming.remote_address();
-    let candidate = match state.net.handshake(incoming).await {
-        Ok(candidate) => candidate,
-        Err(e) => {
-            info!("refused a connection from {from}: {e}");
+    let candidate = tokio::select! {
+        result = state.net.handshake(incoming) => match result {
+            Ok(candidate) => candidate,
+            Err(e) => {
+                info!("refused a connection from {from}: {e}");
+                return;
+            }
+        },
+        // Dropping the handshake closes the connection.
+        () = slot.given_away() => {
+            debug!("an unproven connection from {from} gave way to a newcomer");
             return;
         }
     };
@@ -307,34 +317,44 @@ async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAdd
         tokio::select! {
             () = tokio::time::sleep_until(next_round) => {
                 let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).peers();
-                exchange_round(&state, known).await;
+                exchange_round(&state, known, false).await;
                 next_round = tokio::time::Instant::now() + PEER_EXCHANGE_INTERVAL;
             }
             () = state.heard_of.notified() => {
-                let heard = state.table.lock().unwrap_or_else(PoisonError::into_inner).unverified_peers();
-                exchange_round(&state, heard).await;
+                let mut heard = state.table.lock().unwrap_or_else(PoisonError::into_inner).unverified_peers();
+                if heard.len() > VERIFY_PER_ROUND {
+                    heard.truncate(VERIFY_PER_ROUND);
+                    // The rest wait for the next round.
+                    state.heard_of.notify_one();
+                }
+                exchange_round(&state, heard, true).await;
                 tokio::time::sleep(VERIFY_GAP).await;
             }
         }
     }
 }
 
-async fn exchange_round(state: &Arc<NodeState>, peers: Vec<KnownPeer>) {
+/// Exchanges peers with each of `peers`, a few at once. With `verifying`,
+/// the addresses are ones heard of, and those that do not answer are dropped.
+async fn exchange_round(state: &Arc<NodeState>, peers: Vec<KnownPeer>, verifying: bool) {
     futures_util::stream::iter(peers)
         .for_each_concurrent(EXCHANGE_CONCURRENCY, |peer| {
             let state = Arc::clone(state);
-            async move { exchange_with(&state, &peer).await }
+            async move { exchange_with(&state, &peer, verifying).await }
         })
         .await;
     state.flush_peer_table().await;
 }
 
-async fn exchange_with(state: &NodeState, peer: &KnownPeer) {
+async fn exchange_with(state: &NodeState, peer: &KnownPeer, verifying: bool) {
     let short = peer.node.short(16);
     let (conn, addr) = match state.net.connect_any(peer.node, &peer.addrs).await {
         Ok(connected) => connected,
         Err(e) => {
             debug!("peer {short} unreachable: {e}");
+            if verifying {
+                state.table.lock().unwrap_or_else(PoisonError::into_inner).drop_unverified(&peer.node, &peer.addrs);
+            }
             return;
         }
     };

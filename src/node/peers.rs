@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::admission::address_group;
 use crate::id::NodeId;
 use crate::wire::{self, Bounded, PeerInfo};
 
@@ -27,6 +28,10 @@ use crate::wire::{self, Bounded, PeerInfo};
 pub const MAX_KNOWN_PEERS: usize = 256;
 /// Most verified, and most unverified, addresses kept per peer.
 pub const MAX_ADDRS: usize = 4;
+/// Most peers a table holds whose first address is in one address group
+/// (an IPv4 address, an IPv6 /64): NodeIds cost a member nothing, and one
+/// host must not fill the table with them.
+pub const MAX_PEERS_PER_ADDRESS: usize = 16;
 
 /// One known peer: where to dial it, verified addresses first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +198,7 @@ impl PeerTable {
     /// Records that `node` answered at `addr` (or that the user says it
     /// listens there): it goes first. Returns whether anything changed.
     pub fn learn_verified(&mut self, node: NodeId, addr: SocketAddr) -> bool {
-        if !self.peers.contains_key(&node) && !self.make_room() {
+        if !self.peers.contains_key(&node) && (self.crowded(addr) || !self.make_room()) {
             return false;
         }
         let addrs = self.peers.entry(node).or_default();
@@ -212,7 +217,8 @@ impl PeerTable {
     /// anything changed.
     pub fn learn_unverified(&mut self, node: NodeId, heard: &[SocketAddr]) -> bool {
         let heard: Vec<SocketAddr> = heard.iter().copied().filter(|a| !a.ip().is_unspecified()).collect();
-        if heard.is_empty() || (!self.peers.contains_key(&node) && !self.make_room()) {
+        let Some(&first) = heard.first() else { return false };
+        if !self.peers.contains_key(&node) && (self.crowded(first) || !self.make_room()) {
             return false;
         }
         let addrs = self.peers.entry(node).or_default();
@@ -237,11 +243,31 @@ impl PeerTable {
         changed
     }
 
+    /// Drops addresses heard of for `node` that did not answer; a peer
+    /// left with no address at all is forgotten.
+    pub fn drop_unverified(&mut self, node: &NodeId, failed: &[SocketAddr]) {
+        let Some(addrs) = self.peers.get_mut(node) else { return };
+        let before = addrs.unverified.len();
+        addrs.unverified.retain(|a| !failed.contains(a));
+        self.dirty |= addrs.unverified.len() != before;
+        if addrs.verified.is_empty() && addrs.unverified.is_empty() {
+            self.peers.remove(node);
+        }
+    }
+
     /// Forgets a peer. Returns whether it was known.
     pub fn forget(&mut self, node: &NodeId) -> bool {
         let known = self.peers.remove(node).is_some();
         self.dirty |= known;
         known
+    }
+
+    /// Whether the address group of `addr` already has its share of peers.
+    fn crowded(&self, addr: SocketAddr) -> bool {
+        let group = address_group(addr.ip());
+        let first = |a: &Addrs| a.verified.first().or(a.unverified.first()).copied();
+        self.peers.values().filter_map(first).filter(|a| address_group(a.ip()) == group).count()
+            >= MAX_PEERS_PER_ADDRESS
     }
 
     /// Room for one more peer: there is some, or a peer nobody has verified
@@ -320,13 +346,29 @@ mod tests {
     }
 
     #[test]
+    fn one_host_cannot_fill_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let learned = (0..100u16)
+            .filter(|i| {
+                let mut id = [6; 32];
+                id[..2].copy_from_slice(&i.to_le_bytes());
+                table.learn_verified(NodeId(id), addr(9000 + i))
+            })
+            .count();
+        assert_eq!(learned, MAX_PEERS_PER_ADDRESS);
+        assert!(table.learn_verified(NodeId([7; 32]), SocketAddr::from(([127, 0, 0, 2], 1))), "another host still can");
+    }
+
+    #[test]
     fn a_full_table_keeps_its_verified_peers() {
         let dir = tempfile::tempdir().unwrap();
         let mut table = PeerTable::load(dir.path()).unwrap();
         for i in 0..MAX_KNOWN_PEERS as u16 {
             let mut id = [5; 32];
             id[..2].copy_from_slice(&i.to_le_bytes());
-            assert!(table.learn_verified(NodeId(id), addr(i)));
+            let host = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7070));
+            assert!(table.learn_verified(NodeId(id), host));
         }
         assert!(!table.learn_unverified(NodeId([9; 32]), &[addr(1)]), "no verified peer gives way");
         assert_eq!(table.peers().len(), MAX_KNOWN_PEERS);

@@ -289,7 +289,7 @@ impl Meta {
 
     /// Removes `owner`'s pin of `manifest` (uncounting its chunks) and keeps
     /// a tombstone so that it is never pinned again, in one durable
-    /// transaction. Returns whether a pin was held.
+    /// transaction. Returns whether a pin was held (with none, nothing changes).
     pub fn unpin(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(self.err())?;
         let held = self.unpin_in(&txn, owner, manifest)?;
@@ -318,9 +318,11 @@ impl Meta {
 
     fn unpin_in(&self, txn: &WriteTransaction, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
         let key = (owner.as_bytes(), manifest.as_bytes());
-        txn.open_table(UNPINNED).map_err(self.err())?.insert(key, ()).map_err(self.err())?;
         let mut pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        // Only a pin that was held leaves a tombstone: an unpin of nothing
+        // must not let anyone grow the table with made-up owners.
         let Some(ids) = pins.remove(key).map_err(self.err())? else { return Ok(false) };
+        txn.open_table(UNPINNED).map_err(self.err())?.insert(key, ()).map_err(self.err())?;
         let chunks = self.decode_ids(ids.value())?;
         drop(ids);
         let mut refs = txn.open_table(REFS).map_err(self.err())?;
@@ -495,10 +497,10 @@ mod tests {
         assert_eq!(meta.pin(&p).unwrap(), Pinned::Revoked, "a replayed pin after its unpin");
         assert!(meta.referenced_chunks().unwrap().is_empty());
         assert!(matches!(meta.commit(&[], std::slice::from_ref(&p), &[], &[]), Err(StoreError::PinRevoked(_))));
-        // An unpin that arrives before its pin still wins.
-        let late = pin(1, 8, &[2]);
-        assert!(!meta.unpin(&late.owner, &late.manifest).unwrap());
-        assert_eq!(meta.pin(&late).unwrap(), Pinned::Revoked);
+        // An unpin of a pin never held leaves nothing behind.
+        let never = pin(1, 8, &[2]);
+        assert!(!meta.unpin(&never.owner, &never.manifest).unwrap());
+        assert_eq!(meta.pin(&never).unwrap(), Pinned::New);
     }
 
     #[test]

@@ -143,6 +143,17 @@ pub struct Store {
     /// parent: a chunk renamed into one of them is durable once the
     /// directory itself is fsynced.
     durable_dirs: Mutex<HashSet<PathBuf>>,
+    /// Bytes and count of chunk files: counted by the first
+    /// [`Store::chunk_usage`], kept up to date by every write and quarantine
+    /// after, so asking again costs nothing.
+    usage: Mutex<Option<Usage>>,
+}
+
+/// Chunk files on disk and their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    bytes: u64,
+    files: u64,
 }
 
 impl Store {
@@ -157,6 +168,7 @@ impl Store {
             root: root.to_owned(),
             db: meta::Meta::open(&root.join("meta.redb"))?,
             durable_dirs: Mutex::new(HashSet::new()),
+            usage: Mutex::new(None),
         };
         store.clear_tmp()?;
         Ok(store)
@@ -219,7 +231,19 @@ impl Store {
         self.make_durable_dir(parent).map_err(io_err("creating a chunk directory", parent))?;
         files::write_parts_durably(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing chunk {}", id.short(16)), &path))?;
+        let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+        self.count(|usage| {
+            usage.bytes += len;
+            usage.files += 1;
+        });
         Ok(true)
+    }
+
+    /// Updates the chunk usage, if it has been counted.
+    fn count(&self, change: impl FnOnce(&mut Usage)) {
+        if let Some(usage) = self.usage.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            change(usage);
+        }
     }
 
     /// Creates `dir` if needed and makes its entry durable, once per process.
@@ -285,7 +309,12 @@ impl Store {
     pub fn quarantine(&self, id: &ChunkId) -> Result<PathBuf, StoreError> {
         let from = self.chunk_path(id);
         let to = self.root.join("quarantine").join(id.to_string());
+        let len = fs::metadata(&from).map_or(0, |m| m.len());
         fs::rename(&from, &to).map_err(io_err("moving a corrupted chunk to quarantine", &from))?;
+        self.count(|usage| {
+            usage.bytes = usage.bytes.saturating_sub(len);
+            usage.files = usage.files.saturating_sub(1);
+        });
         Ok(to)
     }
 
@@ -336,14 +365,28 @@ impl Store {
         report.bytes_freed += freed;
         report.sealed_entries_forgotten = self.db.forget_sealed_except(&referenced)?;
         self.clear_tmp()?;
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(report)
     }
 
-    /// Total bytes of chunk files, and their count.
+    /// Total bytes of chunk files, and their count. The first call walks
+    /// the store (one walk at a time, whoever asks), later ones read the count.
     pub fn chunk_usage(&self) -> Result<(u64, u64), StoreError> {
-        let files = self.chunk_files()?;
-        let bytes = files.iter().map(|file| file.metadata().map_or(0, |m| m.len())).sum();
-        Ok((bytes, files.len() as u64))
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if usage.is_none() {
+            let mut counted = Usage::default();
+            for outer in files::dirs_in(&self.root.join("chunks")).map_err(io_err("listing chunks", &self.root))? {
+                for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
+                    for file in files::files_in(&inner).map_err(io_err("listing chunks", &inner))? {
+                        counted.bytes += file.metadata().map_or(0, |m| m.len());
+                        counted.files += 1;
+                    }
+                }
+            }
+            *usage = Some(counted);
+        }
+        let counted = usage.unwrap_or_default();
+        Ok((counted.bytes, counted.files))
     }
 
     /// Every file under `chunks/ab/cd/`.
@@ -441,6 +484,23 @@ mod tests {
         assert!(store.root().join("quarantine").join(id.to_string()).is_file());
         // A good copy is kept as it is.
         assert!(!store.put_chunk(&id, &bytes).unwrap());
+    }
+
+    #[test]
+    fn chunk_usage_is_counted_once_and_kept_up_to_date() {
+        let (_dir, store) = store();
+        let a = vec![1u8; 100];
+        store.put_chunk(&ChunkId::of(&a), &a).unwrap();
+        assert_eq!(store.chunk_usage().unwrap(), (100, 1));
+        let b = vec![2u8; 50];
+        store.put_chunk(&ChunkId::of(&b), &b).unwrap();
+        store.put_chunk(&ChunkId::of(&b), &b).unwrap();
+        assert_eq!(store.chunk_usage().unwrap(), (150, 2), "a second put of one chunk counts once");
+        let mut bad = a.clone();
+        bad[0] ^= 1;
+        fs::write(store.chunk_path(&ChunkId::of(&a)), &bad).unwrap();
+        assert!(store.read_chunk_ciphertext(&ChunkId::of(&a), &mut Vec::new()).is_err());
+        assert_eq!(store.chunk_usage().unwrap(), (50, 1), "a quarantined chunk is not counted");
     }
 
     #[test]
