@@ -177,7 +177,9 @@ fn six_stalled_maximum_size_uploads_are_cut_and_other_members_carry_on() {
     eprintln!("stalled uploads ended with {codes:?} after {waited:?}");
     assert!(codes.iter().all(|c| *c == ErrorCode::TIMEOUT || *c == ErrorCode::BUSY), "{codes:?}");
     assert!(codes.contains(&ErrorCode::TIMEOUT), "at least one was cut by the deadline: {codes:?}");
-    assert!(peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB);
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("six stalled uploads: node peak RSS {rss} MiB");
+    assert!(rss < RSS_LIMIT_MIB);
     // The node serves on, the attacker included.
     rt.block_on(attacker.ping()).unwrap();
 }
@@ -302,6 +304,9 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
         member_round_trip(&me, 1 << 20, seed);
     }
     stop.store(true, Ordering::Relaxed);
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("one host's 256 trickling connections: node peak RSS {rss} MiB");
+    assert!(rss < RSS_LIMIT_MIB);
 }
 
 #[test]
@@ -385,7 +390,10 @@ fn a_silent_fake_member_costs_a_push_a_few_seconds_at_most() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&fake.short(16)) && stderr.contains("did not answer"), "the summary names it: {stderr}");
-    eprintln!("push with a silent member among the peers took {took:?}");
+    eprintln!(
+        "push with a silent member among the peers took {took:?}; node peak RSS {} MiB",
+        peak_rss_mib(server.child.id())
+    );
     assert!(took < Duration::from_secs(10), "the silent member cost the push {took:?}");
     let pulled = me.run(&["pull", "data.bin", "-o", "-"]);
     assert!(pulled.status.success() && pulled.stdout == data);
@@ -445,6 +453,9 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
     // And the network still works through A.
     let me = client(&a.invite());
     member_round_trip(&me, 2 << 20, 5);
+    let rss = peak_rss_mib(a.child.id());
+    eprintln!("Peers flood: {} peers in A's table; A's peak RSS {rss} MiB", peers.len());
+    assert!(rss < RSS_LIMIT_MIB);
 }
 
 #[test]
@@ -489,7 +500,9 @@ fn a_full_node_makes_room_by_closing_its_longest_idle_member() {
         })
         .count();
     assert!(closed_idle >= held.len() + 1 - total, "{closed_idle} idle members made room");
-    assert!(peak_rss_mib(server.child.id()) < RSS_LIMIT_MIB);
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("a full node ({} connections held): peak RSS {rss} MiB", held.len());
+    assert!(rss < RSS_LIMIT_MIB);
 }
 
 #[test]

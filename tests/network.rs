@@ -289,6 +289,23 @@ fn commands_on_a_served_home_go_through_its_node() {
 }
 
 #[test]
+fn a_command_gives_its_connections_back_when_it_ends() {
+    let server = Server::start();
+    let me = client(&server.invite());
+    me.push(&me.write("f.bin", &random_bytes(300_000, 51)), &[]);
+    me.ok(&["pull", "f.bin", "-o", "back.bin"]);
+    // The node hears each command close (QUIC would take its 10 s idle
+    // timeout otherwise): only the asker's connection is left.
+    let rt = common::runtime();
+    wait_until(Duration::from_secs(3), "the node has only the asker's connection", || {
+        let (net, asker) = common::member_client(&server, &rt);
+        let connections = rt.block_on(asker.status()).unwrap().connections;
+        rt.block_on(net.shutdown());
+        connections == 1
+    });
+}
+
+#[test]
 fn push_and_pull_survive_a_lossy_slow_link() {
     let node = Server::start();
     let link = common::LossyLink::start(node.addr.parse().unwrap(), 5, Duration::from_millis(5));

@@ -10,8 +10,10 @@ use tokio::runtime::Handle;
 use super::{Net, NetError, Peer};
 use crate::id::NodeId;
 
-/// How long closing a client waits for its close to reach peers.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long closing a client waits for its close to go out: long enough for
+/// the endpoint to send it, not for the whole draining period (three probe
+/// timeouts), which every command would otherwise spend at its end.
+const CLOSE_WAIT: Duration = Duration::from_millis(50);
 
 /// The network as synchronous code uses it: an endpoint, and the handle of
 /// the runtime that drives it.

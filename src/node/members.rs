@@ -42,9 +42,11 @@ pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RECEIVE_MEMORY: u64 = 256 << 20;
 /// The smallest receive window a member connection gets.
 pub const MIN_RECEIVE_WINDOW: u32 = 1 << 20;
-/// Most payload bytes the node holds for one NodeId at once: a quarter of
-/// the budget, and room for the largest chunk or manifest.
-pub const BUDGET_SHARE: usize = super::PAYLOAD_BUDGET / 4;
+/// Most payload bytes the node holds for one NodeId at once: half the
+/// budget, so another member always finds the other half. (A quarter made
+/// a pull of 16 chunks at once wait on its own share: a reply stays counted
+/// until acknowledged, which takes a delayed ACK longer.)
+pub const BUDGET_SHARE: usize = super::PAYLOAD_BUDGET / 2;
 
 struct Entry {
     node: NodeId,

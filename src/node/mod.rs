@@ -13,7 +13,7 @@
 //!   receive memory.
 //! - A member's requests: 128 streams per connection, deadlines on every
 //!   frame, payload and reply, and payload bytes held in memory taken from
-//!   a node-wide budget of which one NodeId gets a quarter.
+//!   a node-wide budget of which one NodeId gets half.
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
