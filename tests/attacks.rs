@@ -311,22 +311,13 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
 
 #[test]
 fn unread_replies_of_the_largest_manifest_stay_inside_the_budget() {
-    use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
-    use p2pfs::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
+    use p2pfs::crypto::OwnerKeys;
 
     let server = Server::start();
     let me = client(&server.invite());
     let rt = runtime();
     let (_net, attacker) = member_client(&server, &rt);
-    let chunks = (0..MAX_CHUNKS as u32)
-        .map(|i| {
-            let mut id = [0xaa; 32];
-            id[..4].copy_from_slice(&i.to_le_bytes());
-            ChunkRef { id: ChunkId(id), key: ChunkKey([1; 32]), len: p2pfs::chunk::MAX_CHUNK_SIZE }
-        })
-        .collect();
-    let fresh = EnvelopeRandomness { file_key: FileKey([2; 32]), wrap_nonce: [3; 24], body_nonce: [4; 24] };
-    let (manifest, envelope) = Manifest::new("big".into(), chunks).seal(&OwnerKeys::derive(&[5; 32]), &fresh);
+    let (manifest, envelope, _) = common::largest_manifest(&OwnerKeys::derive(&[5; 32]));
     rt.block_on(attacker.put_manifest(manifest, envelope.into())).unwrap();
 
     // Twelve requests for it whose replies nobody reads.

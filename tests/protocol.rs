@@ -146,23 +146,11 @@ fn a_pin_squat_and_a_pin_replay_leave_the_owners_pins_alone() {
 
 #[test]
 fn a_manifest_and_a_pin_of_the_largest_size_round_trip_through_a_node() {
-    use p2pfs::chunk::MAX_CHUNK_SIZE;
-    use p2pfs::manifest::{MAX_CHUNKS, MAX_NAME_LEN};
-
     let server = Server::start();
     let rt = runtime();
     let (_net, peer) = member_client(&server, &rt);
     let owner = OwnerKeys::derive(&[4; 32]);
-    let chunks: Vec<ChunkRef> = (0..MAX_CHUNKS as u32)
-        .map(|i| {
-            let mut id = [0xff; 32];
-            id[..4].copy_from_slice(&i.to_le_bytes());
-            ChunkRef { id: ChunkId(id), key: ChunkKey([0xee; 32]), len: MAX_CHUNK_SIZE }
-        })
-        .collect();
-    let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
-    let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
-    let (manifest, envelope) = Manifest::new("n".repeat(MAX_NAME_LEN), chunks).seal(&owner, &fresh);
+    let (manifest, envelope, ids) = common::largest_manifest(&owner);
     assert!(envelope.len() <= wire::MAX_MANIFEST_PAYLOAD as usize);
 
     rt.block_on(peer.put_manifest(manifest, Bytes::copy_from_slice(&envelope))).unwrap();

@@ -246,11 +246,7 @@ impl Request {
                 let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
                 self.blocking(move |s| {
-                    let mut hasher = blake3::Hasher::new();
-                    parts.iter().for_each(|part| {
-                        hasher.update(part);
-                    });
-                    if ChunkId(*hasher.finalize().as_bytes()) != id {
+                    if ChunkId(hash_parts(&parts)) != id {
                         return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("chunk bytes do not hash to {id}")));
                     }
                     s.home.store().put_chunk_parts(&id, &parts)?;
@@ -299,16 +295,14 @@ impl Request {
                 let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
                 self.blocking(move |s| {
-                    let mut hasher = blake3::Hasher::new();
                     let mut header = Vec::with_capacity(crypto::ENVELOPE_MIN_LEN);
                     for part in &parts {
-                        hasher.update(part);
                         let room = crypto::ENVELOPE_MIN_LEN - header.len();
                         header.extend_from_slice(&part[..room.min(part.len())]);
                     }
                     crypto::check_envelope_form(&header)
                         .map_err(|e| Refusal::new(ErrorCode::BAD_FRAME, format!("not a manifest envelope: {e}")))?;
-                    if ManifestId(*hasher.finalize().as_bytes()) != id {
+                    if ManifestId(hash_parts(&parts)) != id {
                         return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("manifest bytes do not hash to {id}")));
                     }
                     Ok(s.home.store().put_manifest_parts(&id, &parts)?)
@@ -341,13 +335,16 @@ impl Request {
             }
             Frame::Pin(pin) => {
                 let len = u64::from(pin.chunks) * 32;
-                let _held = self.reserve(len).await?;
+                // The id list is in memory up to three times over while it
+                // is received, sorted and written: count all of it.
+                let _held = self.reserve(len * 3).await?;
                 let mut payload = Vec::new();
                 reader.payload(len as usize, &mut payload, self.pace(len)).await.map_err(Refusal::payload)?;
                 let chunks: Vec<ChunkId> = payload
                     .chunks_exact(32)
                     .map(|id| ChunkId(id.try_into().expect("chunks_exact yields 32 bytes")))
                     .collect();
+                drop(payload);
                 let message = wire::pin_message(&pin.owner, &pin.manifest, &chunks);
                 crypto::verify(&pin.owner, wire::PIN_DOMAIN, &message, &pin.signature.0).map_err(|_| {
                     Refusal::new(
@@ -490,6 +487,15 @@ async fn reply_with_payload(
     }
     drop(held);
     Ok(())
+}
+
+/// BLAKE3 of a payload received in pieces.
+fn hash_parts(parts: &[Bytes]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// A log entry from a frame, decoded and checked against its owner's signature.

@@ -181,6 +181,26 @@ pub fn member_client(server: &Server, rt: &tokio::runtime::Runtime) -> (p2pfs::n
     (net, peer)
 }
 
+/// The largest manifest there can be: `manifest::MAX_CHUNKS` chunks of the
+/// largest size (made-up ids), with the longest name, sealed for `owner`.
+/// Returns its id, its envelope and its chunk ids.
+pub fn largest_manifest(owner: &p2pfs::crypto::OwnerKeys) -> (p2pfs::id::ManifestId, Vec<u8>, Vec<p2pfs::id::ChunkId>) {
+    use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey};
+    use p2pfs::manifest::{ChunkRef, MAX_CHUNKS, MAX_NAME_LEN, Manifest};
+
+    let chunks: Vec<ChunkRef> = (0..MAX_CHUNKS as u32)
+        .map(|i| {
+            let mut id = [0xff; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ChunkRef { id: p2pfs::id::ChunkId(id), key: ChunkKey([0xee; 32]), len: p2pfs::chunk::MAX_CHUNK_SIZE }
+        })
+        .collect();
+    let ids = chunks.iter().map(|c| c.id).collect();
+    let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
+    let (id, envelope) = Manifest::new("n".repeat(MAX_NAME_LEN), chunks).seal(owner, &fresh);
+    (id, envelope, ids)
+}
+
 /// The peak resident memory of process `pid` so far (VmHWM), in MiB.
 pub fn peak_rss_mib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
