@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use p2pfs::id::{ChunkId, NodeId};
+use p2pfs::net::Tuning;
 use p2pfs::net::stream::{FrameReader, write_frame};
 use p2pfs::net::tls::{self, Identity};
 use p2pfs::wire::{self, ErrorCode, Frame, PeerInfo, PutChunk};
@@ -242,15 +243,18 @@ fn uploads_in_one_byte_packets_hold_no_more_than_their_bytes() {
 
 #[test]
 fn a_status_flood_over_a_large_store_costs_one_count() {
-    let server = Server::start();
-    // 50,000 chunk files (empty: only their number matters here).
-    let chunks = server.node.home.join("store/chunks");
+    // A node whose store holds 50,000 chunk files (empty: only their number
+    // matters here).
+    let home = Node::new();
+    home.ok(&["init"]);
+    let chunks = home.home.join("store/chunks");
     for i in 0..50_000u32 {
         let hex = format!("{:064x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let dir = chunks.join(&hex[..2]).join(&hex[2..4]);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(&hex), b"").unwrap();
     }
+    let server = Server::start_in(home, "127.0.0.1:0", &[]);
     let rt = runtime();
     let (_a, one) = member_client(&server, &rt);
     let (_b, two) = member_client(&server, &rt);
@@ -276,7 +280,9 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
     let per_node = p2pfs::node::MAX_CONNECTIONS_PER_NODE;
     let total = p2pfs::node::MAX_MEMBER_CONNECTIONS;
     // From 127.0.0.2: enough fresh NodeIds to take every slot, each
-    // connection sending a byte of a never-finished request now and then.
+    // connection keeping a request in flight all the time (an upload whose
+    // payload never comes, sent again as soon as the node cuts it), so that
+    // no connection is ever idle.
     let stop = Arc::new(AtomicBool::new(false));
     let (mut nets, mut held) = (Vec::new(), Vec::new());
     for _ in 0..total / per_node {
@@ -290,9 +296,12 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
         let (peer, stop) = (peer.clone(), Arc::clone(&stop));
         rt.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok((mut send, _recv)) = peer.open().await else { break };
-                let _ = send.write_all(&[1]).await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Ok((mut send, recv)) = peer.open().await else { break };
+                let frame = Frame::PutChunk(PutChunk { id: ChunkId([7; 32]), len: 64 << 10 });
+                if write_frame(&mut send, &frame, Bytes::new()).await.is_err() {
+                    break;
+                }
+                let _ = FrameReader::new(recv).next_frame_within(Duration::from_secs(30)).await;
             }
         });
     }
@@ -305,8 +314,159 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
     }
     stop.store(true, Ordering::Relaxed);
     let rss = peak_rss_mib(server.child.id());
-    eprintln!("one host's 256 trickling connections: node peak RSS {rss} MiB");
+    eprintln!("one host's 256 always-busy connections: node peak RSS {rss} MiB");
     assert!(rss < RSS_LIMIT_MIB);
+}
+
+#[test]
+fn unread_replies_from_one_host_leave_other_members_their_half() {
+    let server = Server::start();
+    let rt = runtime();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    // Three 16 MiB chunks on the node.
+    let (_up_net, up) = member_client(&server, &rt);
+    let ids: Vec<ChunkId> = (0..3u64)
+        .map(|seed| {
+            let data = random_bytes(16 << 20, 100 + seed);
+            let id = ChunkId::of(&data);
+            rt.block_on(up.put_chunk(id, Bytes::from(data))).unwrap();
+            id
+        })
+        .collect();
+    // Two minted NodeIds on 127.0.0.2 ask for all three, with quinn's small
+    // default windows, and never read: the replies cannot be delivered.
+    let keys = p2pfs::home::Keys::load(&server.node.home).unwrap();
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let _guard = rt.enter();
+        let bind = "127.0.0.2:0".parse().unwrap();
+        let net = p2pfs::net::Net::bind(bind, &rand::random(), keys.network, Tuning::QuinnDefaults, false).unwrap();
+        let peer = rt.block_on(net.connect(node, addr)).unwrap();
+        for id in &ids {
+            let (mut send, recv) = rt.block_on(peer.open()).unwrap();
+            rt.block_on(write_frame(&mut send, &Frame::GetChunk(wire::GetChunk { id: *id }), Bytes::new())).unwrap();
+            let _ = send.finish();
+            unread.push(recv);
+        }
+        unread.push(rt.block_on(peer.open()).unwrap().1);
+        std::mem::forget((net, peer));
+    }
+    // A member elsewhere still stores and fetches, without a Busy, again and again.
+    let (_net, honest) = member_client(&server, &rt);
+    for round in 0..3u64 {
+        let data = random_bytes(1 << 20, 7 + round);
+        rt.block_on(honest.put_chunk(ChunkId::of(&data), Bytes::from(data))).unwrap();
+        let mut out = Vec::new();
+        assert!(rt.block_on(honest.get_chunk(ids[round as usize], &mut out)).unwrap());
+    }
+    let rss = peak_rss_mib(server.child.id());
+    eprintln!("unread replies from two minted NodeIds: node peak RSS {rss} MiB");
+    assert!(rss < RSS_LIMIT_MIB);
+    drop(unread);
+}
+
+#[test]
+fn many_uploads_on_one_connection_share_its_pace() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    // Sixteen 128 KiB uploads at once, all sent a little at a time in turn,
+    // 2.5 times the minimum rate in all: each gets a sixteenth of it.
+    let (count, len) = (16usize, 128usize << 10);
+    let chunks: Vec<Vec<u8>> = (0..count).map(|i| random_bytes(len, 300 + i as u64)).collect();
+    let (mut sends, mut replies) = (Vec::new(), Vec::new());
+    for chunk in &chunks {
+        let (mut send, recv) = rt.block_on(peer.open()).unwrap();
+        let frame = Frame::PutChunk(PutChunk { id: ChunkId::of(chunk), len: len as u32 });
+        rt.block_on(write_frame(&mut send, &frame, Bytes::new())).unwrap();
+        sends.push(send);
+        let mut reader = FrameReader::new(recv);
+        replies.push(rt.spawn(async move { reader.next_frame_within(Duration::from_secs(120)).await }));
+    }
+    let step = 1024;
+    let rate = p2pfs::net::stream::MIN_RATE * 5 / 2;
+    let pause = Duration::from_millis((count * step) as u64 * 1000 / rate);
+    for offset in (0..len).step_by(step) {
+        for (send, chunk) in sends.iter_mut().zip(&chunks) {
+            rt.block_on(send.write_all(&chunk[offset..offset + step])).unwrap();
+        }
+        // The pace of a slow link, not a wait for anything.
+        std::thread::sleep(pause);
+    }
+    for (reply, chunk) in replies.into_iter().zip(&chunks) {
+        match rt.block_on(reply).unwrap().unwrap() {
+            Frame::Ack(ack) => assert_eq!(ack.id, ChunkId::of(chunk).0),
+            other => panic!("an upload keeping its share of the pace was refused: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn concurrent_puts_of_one_chunk_count_it_once() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, peer) = member_client(&server, &rt);
+    for round in 0..5u64 {
+        let data = Bytes::from(random_bytes(256 << 10, 900 + round));
+        let id = ChunkId::of(&data);
+        let puts = (0..16).map(|_| peer.put_chunk(id, data.clone()));
+        for put in rt.block_on(futures_util::future::join_all(puts)) {
+            put.unwrap();
+        }
+    }
+    let status = rt.block_on(peer.status()).unwrap();
+    assert_eq!(status.chunks as usize, server.node.chunk_files().len());
+    assert_eq!(status.chunks, 5);
+}
+
+#[test]
+fn a_full_node_takes_room_from_idle_connections_before_busy_ones() {
+    let server = Server::start();
+    let rt = runtime();
+    let node: NodeId = server.id.parse().unwrap();
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let total = p2pfs::node::MAX_MEMBER_CONNECTIONS;
+    let per_node = p2pfs::node::MAX_CONNECTIONS_PER_NODE;
+    // An honest member with its connections busy (uploads in progress, at pace).
+    let honest_net = member_net(&server, &rt, "127.0.0.1:0");
+    let honest: Vec<_> = (0..per_node).map(|_| rt.block_on(honest_net.connect(node, addr)).unwrap()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    for peer in &honest {
+        let (peer, stop) = (peer.clone(), Arc::clone(&stop));
+        rt.spawn(async move {
+            // Four of these fit in the member's half of the budget at once.
+            let data = random_bytes(4 << 20, 77);
+            let (mut send, _recv) = peer.open().await.unwrap();
+            let frame = Frame::PutChunk(PutChunk { id: ChunkId::of(&data), len: data.len() as u32 });
+            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            for piece in data.chunks(16 << 10) {
+                if stop.load(Ordering::Relaxed) || send.write_all(piece).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    // Idle fillers, four to an address, up to a full node.
+    let mut fillers = Vec::new();
+    for i in 0..(total - per_node) {
+        if i % 4 == 0 {
+            fillers.push((member_net(&server, &rt, &format!("127.0.1.{}:0", i / 4 + 1)), Vec::new()));
+        }
+        let (net, held) = fillers.last_mut().unwrap();
+        held.push(rt.block_on(net.connect(node, addr)).unwrap());
+    }
+    // A newcomer from yet another address: an idle filler makes room.
+    let newcomer_net = member_net(&server, &rt, "127.0.2.1:0");
+    let newcomer = rt.block_on(newcomer_net.connect(node, addr)).unwrap();
+    rt.block_on(newcomer.ping()).unwrap();
+    let closed = |peers: &[p2pfs::net::Peer]| peers.iter().filter(|p| p.close_reason().is_some()).count();
+    let fillers_closed = || fillers.iter().map(|(_, held)| closed(held)).sum::<usize>();
+    wait_until(Duration::from_secs(5), "an idle filler gives way", || fillers_closed() >= 1);
+    assert_eq!(closed(&honest), 0, "no busy honest connection was closed");
+    assert_eq!(fillers_closed(), 1, "one idle filler gave way, no more");
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
@@ -437,6 +597,8 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
     let table: serde_json::Value = serde_json::from_str(&fs::read_to_string(&peers_file).unwrap()).unwrap();
     let peers = table["peers"].as_array().unwrap();
     assert!(peers.len() <= p2pfs::node::peers::MAX_KNOWN_PEERS, "{} peers", peers.len());
+    let at_one_address = peers.iter().filter(|p| p.to_string().contains("10.8.0.1")).count();
+    assert!(at_one_address <= p2pfs::node::peers::MAX_PEERS_PER_ADDRESS, "{at_one_address} peers at one address");
     let b_entry = peers.iter().find(|p| p["node"] == b.id.as_str()).expect("B is still known");
     assert_eq!(b_entry["addrs"][0], b.addr.as_str(), "B's verified address is still first: {b_entry}");
     assert!(b_entry["unverified"].as_array().is_none_or(|u| u.len() <= p2pfs::node::peers::MAX_ADDRS));

@@ -108,7 +108,7 @@ pub(super) fn client(keys: &Keys) -> Result<Net> {
 /// they answered, and the peers they told of (unverified). Fails if none answers.
 pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPeer]) -> Result<Swarm> {
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
-    let mut known = table.peers();
+    let mut known = table.dial_list();
     for peer in extra {
         if !known.iter().any(|k| k.node == peer.node) {
             known.push(peer.clone());
@@ -251,7 +251,7 @@ pub(super) fn peers(home_path: &Path, json: bool) -> Result<()> {
     let keys = Keys::load(home_path)?;
     let table = PeerTable::load(home_path).context("reading the peer table")?;
     let link = super::session::Link::new(&keys)?;
-    let probes = table.peers().into_iter().map(|peer| {
+    let probes = table.dial_list().into_iter().map(|peer| {
         let net = link.client.net().clone();
         async move {
             let (addr, state) = match net.connect_any(peer.node, &peer.addrs).await {
@@ -353,6 +353,6 @@ pub(super) fn share_ticket(
             "this home has no peers, so nobody else could fetch the file; join a network first (`p2pfs init --join`)"
         );
     }
-    let peers: Vec<PeerInfo> = own_node.iter().chain(&table.peers()).take(4).map(KnownPeer::to_wire).collect();
+    let peers: Vec<PeerInfo> = own_node.iter().chain(&table.verified_peers()).take(4).map(KnownPeer::to_wire).collect();
     Ok(encode_token(SHARE_PREFIX, &ShareTicket { manifest, file_key: file_key.0, peers }))
 }

@@ -326,7 +326,7 @@ pub fn owner_proof_holds(peer: &Peer, owner: &OwnerId, proof: &Signature) -> boo
 /// (`SENDER_RATE`), since a client has many replies coming from one node at
 /// once. (A node that is slow but within it still holds a worker for long;
 /// fetching from a second replica when one lags would be the cure.)
-fn reply_pace() -> Pace {
+fn reply_pace() -> Pace<'static> {
     Pace::at_rate(stream::SENDER_RATE)
 }
 

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio::time::Instant;
@@ -42,36 +44,54 @@ pub fn payload_time_at(len: u64, rate: u64) -> Duration {
 /// since it has several on their way to one peer at once.
 pub const SENDER_RATE: u64 = MIN_RATE / 4;
 
-/// The pace a payload must keep: never silent for longer than `stall`, and
-/// never behind its schedule: by `grace` plus n bytes at `rate` after it
-/// started, more than n bytes must have arrived. A payload cannot hold its
-/// reservation by trickling; it must keep up all along, not just finish in
-/// time.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
+/// The pace a payload must keep: never silent for longer than
+/// [`STALL_TIMEOUT`], and never behind its schedule: by [`PAYLOAD_GRACE`]
+/// plus n bytes at its rate after it started, n bytes must have moved. A
+/// payload cannot hold its reservation by trickling; it must keep up all
+/// along, not just finish in time.
+///
+/// A payload that shares a connection with others gets its part of the
+/// connection's rate, in proportion to its length among all the bytes the
+/// connection has reserved (the most it has had at once while this one
+/// moved), so many payloads over one slow link are not cut, and together
+/// they must still keep up the whole rate.
+#[derive(Debug)]
+pub struct Pace<'a> {
     start: Instant,
-    /// Bytes per second the payload must average (after the grace).
+    len: u64,
     rate: u64,
-    stall: Duration,
+    shared: Option<&'a AtomicU64>,
+    peak: u64,
 }
 
-impl Pace {
-    /// The pace for a payload starting now at [`MIN_RATE`].
-    pub fn for_payload() -> Self {
-        Self::at_rate(MIN_RATE)
-    }
-
-    /// The pace for a payload starting now at `rate` bytes per second (at
-    /// least 1): for one of several payloads that share a connection.
+impl Pace<'static> {
+    /// The pace for a payload starting now at `rate` bytes per second.
     pub fn at_rate(rate: u64) -> Self {
-        Self { start: Instant::now(), rate: rate.max(1), stall: STALL_TIMEOUT }
+        Pace { start: Instant::now(), len: 0, rate: rate.max(1), shared: None, peak: 0 }
+    }
+}
+
+impl<'a> Pace<'a> {
+    /// The pace for a payload of `len` bytes starting now, which shares
+    /// `rate` with the other payloads of a connection that has `reserved`
+    /// bytes reserved (this one's included).
+    pub fn shared(len: u64, rate: u64, reserved: &'a AtomicU64) -> Self {
+        Pace { start: Instant::now(), len: len.max(1), rate: rate.max(1), shared: Some(reserved), peak: 0 }
     }
 
-    /// How long the next read may wait, with `received` bytes in so far;
+    /// How long the next wait may last, with `moved` bytes through so far;
     /// `None` once the payload has fallen behind.
-    fn next_wait(&self, received: u64) -> Option<Duration> {
-        let due = self.start + PAYLOAD_GRACE + Duration::from_millis(received.saturating_mul(1000) / self.rate);
-        let wait = due.saturating_duration_since(Instant::now()).min(self.stall);
+    fn next_wait(&mut self, moved: u64) -> Option<Duration> {
+        let rate = match self.shared {
+            None => self.rate,
+            Some(reserved) => {
+                self.peak = self.peak.max(reserved.load(Ordering::Relaxed)).max(self.len);
+                let part = u128::from(self.rate) * u128::from(self.len) / u128::from(self.peak);
+                u64::try_from(part).unwrap_or(self.rate).max(1)
+            }
+        };
+        let due = self.start + PAYLOAD_GRACE + Duration::from_millis(moved.saturating_mul(1000) / rate);
+        let wait = due.saturating_duration_since(Instant::now()).min(STALL_TIMEOUT);
         (!wait.is_zero()).then_some(wait)
     }
 }
@@ -175,7 +195,7 @@ impl FrameReader {
 
     /// Exactly `len` payload bytes into `out` (replacing its contents), at `pace`.
     /// `len` must already be within the frame's limit.
-    pub async fn payload(&mut self, len: usize, out: &mut Vec<u8>, pace: Pace) -> Result<(), StreamError> {
+    pub async fn payload(&mut self, len: usize, out: &mut Vec<u8>, pace: Pace<'_>) -> Result<(), StreamError> {
         out.clear();
         out.reserve(len);
         self.read_payload(len, pace, |piece| out.extend_from_slice(&piece)).await
@@ -184,7 +204,7 @@ impl FrameReader {
     /// Exactly `len` payload bytes, at `pace`, as the large pieces quinn
     /// received them in (no copy) and the small ones copied together (see
     /// [`KEEP_PIECE_MIN`]). `len` must already be within the frame's limit.
-    pub async fn payload_parts(&mut self, len: usize, pace: Pace) -> Result<Vec<Bytes>, StreamError> {
+    pub async fn payload_parts(&mut self, len: usize, pace: Pace<'_>) -> Result<Vec<Bytes>, StreamError> {
         let mut parts = Vec::with_capacity(len / KEEP_PIECE_MIN + len / COALESCE_STEP + 2);
         let mut copied = BytesMut::new();
         let mut left = len;
@@ -214,7 +234,12 @@ impl FrameReader {
 
     /// Reads `len` payload bytes at `pace`, handing each piece to `take` as
     /// it arrives (what the frame reader buffered first, then quinn's).
-    async fn read_payload(&mut self, len: usize, pace: Pace, mut take: impl FnMut(Bytes)) -> Result<(), StreamError> {
+    async fn read_payload(
+        &mut self,
+        len: usize,
+        mut pace: Pace<'_>,
+        mut take: impl FnMut(Bytes),
+    ) -> Result<(), StreamError> {
         let buffered = self.buf.len().min(len);
         if buffered > 0 {
             take(self.buf.split_to(buffered).freeze());
@@ -251,6 +276,33 @@ pub async fn write_frame(send: &mut SendStream, frame: &Frame, payload: Bytes) -
     let mut pieces = [Bytes::from(header), payload];
     let write = send.write_all_chunks(&mut pieces);
     tokio::time::timeout(deadline, write).await.map_err(|_| StreamError::TimedOut("sending"))??;
+    Ok(())
+}
+
+/// Bytes handed to quinn per write of a paced payload.
+const WRITE_STEP: usize = 64 * 1024;
+
+/// Writes `frame` and then `payload` at `pace`: a piece at a time, each of
+/// which quinn must take (it does once the peer's flow control lets it) on
+/// schedule, so a peer that does not read its replies is cut off instead
+/// of holding them. No copy: each piece is a slice of `payload`.
+pub async fn write_paced(
+    send: &mut SendStream,
+    frame: &Frame,
+    payload: Bytes,
+    mut pace: Pace<'_>,
+) -> Result<(), StreamError> {
+    let mut header = Vec::with_capacity(128);
+    frame.encode(&mut header).map_err(|e| StreamError::Other(e.to_string()))?;
+    let wait = pace.next_wait(0).ok_or(StreamError::TimedOut("sending"))?;
+    tokio::time::timeout(wait, send.write_all(&header)).await.map_err(|_| StreamError::TimedOut("sending"))??;
+    let mut moved = 0;
+    while moved < payload.len() {
+        let piece = payload.slice(moved..payload.len().min(moved + WRITE_STEP));
+        let wait = pace.next_wait(moved as u64).ok_or(StreamError::TimedOut("sending"))?;
+        moved += piece.len();
+        tokio::time::timeout(wait, send.write_chunk(piece)).await.map_err(|_| StreamError::TimedOut("sending"))??;
+    }
     Ok(())
 }
 

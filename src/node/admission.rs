@@ -3,7 +3,7 @@
 //! Anyone may start a QUIC handshake, so what an unproven connection can
 //! cost is bounded here, apart from the members' slots: at most
 //! [`MAX_PENDING`] handshakes at once, at most [`MAX_PENDING_PER_IP`] from one
-//! address group (an IPv4 address, or an IPv6 /64), and (in `net`) one
+//! address group (an IPv4 address, or an IPv6 /56), and (in `net`) one
 //! stream, a 64 KiB window and a `Hello` deadline each. Once a quarter of
 //! the pool is taken, a client whose address QUIC has not validated yet is
 //! sent a Retry first, so that a flood of spoofed Initial packets costs a
@@ -26,13 +26,14 @@ pub const MAX_PENDING_PER_IP: usize = 8;
 pub const RETRY_ABOVE: usize = MAX_PENDING / 4;
 
 /// The group an address counts in for per-address caps: an IPv4 address
-/// alone, an IPv6 address by its /64 (one host may own a whole /64).
+/// alone, an IPv6 address by its /56 (what a home or small site is
+/// usually given: one host may spread over many /64s).
 pub(crate) fn address_group(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {
             let mut octets = v6.octets();
-            octets[8..].fill(0);
+            octets[7..].fill(0);
             IpAddr::V6(octets.into())
         }
     }
@@ -217,10 +218,10 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_host_counts_as_its_64() {
+    fn an_ipv6_site_counts_as_its_56() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:ff:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:100::1".parse().unwrap();
         assert_eq!(address_group(a), address_group(b));
         assert_ne!(address_group(a), address_group(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();

@@ -37,12 +37,13 @@ use crate::wire::{
 const LOG_REPLY_BYTES: usize = wire::MAX_FRAME_LEN - wire::MAX_LOG_ENTRY_LEN - 1024;
 
 /// Serves a member connection's request streams until it closes, or until
-/// it has had no request for [`MEMBER_IDLE_TIMEOUT`].
+/// it has had no request for [`MEMBER_IDLE_TIMEOUT`] (streams that never
+/// send a whole frame do not count).
 pub(super) async fn serve_connection(state: Arc<NodeState>, peer: Peer, membership: Membership) {
     let membership = Arc::new(membership);
     let mut requests = tokio::task::JoinSet::new();
-    let mut idle_since = Instant::now();
     loop {
+        let idle_check = membership.idle_at().unwrap_or_else(|| Instant::now() + MEMBER_IDLE_TIMEOUT);
         tokio::select! {
             stream = peer.accept_stream() => {
                 let Ok((send, recv)) = stream else { break };
@@ -50,14 +51,12 @@ pub(super) async fn serve_connection(state: Arc<NodeState>, peer: Peer, membersh
                     Request { state: Arc::clone(&state), peer: peer.clone(), membership: Arc::clone(&membership) };
                 requests.spawn(request.serve(send, recv));
             }
-            Some(_) = requests.join_next(), if !requests.is_empty() => {
-                if requests.is_empty() {
-                    idle_since = Instant::now();
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            () = tokio::time::sleep_until(idle_check) => {
+                if membership.idle_at().is_some_and(|at| at <= Instant::now()) {
+                    peer.close(ErrorCode::IDLE, "idle: no request for a minute; connect again when needed");
+                    break;
                 }
-            }
-            () = tokio::time::sleep_until(idle_since + MEMBER_IDLE_TIMEOUT), if requests.is_empty() => {
-                peer.close(ErrorCode::IDLE, "idle: no request for a minute; connect again when needed");
-                break;
             }
         }
     }
@@ -193,19 +192,19 @@ impl Request {
         }
     }
 
-    /// The pace a reserved payload of `len` bytes must keep: all this
-    /// connection's reserved payloads together at `MIN_RATE`, each its part
-    /// of it, so a client sending many chunks at once over a slow link is
-    /// not cut, and one trickling a large payload is.
-    fn pace(&self, len: u64) -> Pace {
-        let reserved = self.membership.reserved().load(Ordering::Relaxed).max(len).max(1);
-        let rate = u128::from(stream::MIN_RATE) * u128::from(len) / u128::from(reserved);
-        Pace::at_rate(u64::try_from(rate).unwrap_or(stream::MIN_RATE))
+    /// The pace a reserved payload of `len` bytes must keep, either way:
+    /// all this connection's reserved payloads together at `MIN_RATE`, each
+    /// its part of it, so a client moving many chunks at once over a slow
+    /// link is not cut, and one trickling a large payload is.
+    fn pace(&self, len: u64) -> Pace<'_> {
+        Pace::shared(len, stream::MIN_RATE, self.membership.reserved())
     }
 
     /// When a reply payload of `len` bytes must have been acknowledged: as
     /// long as this connection's reserved payloads take at `MIN_RATE`, so a
-    /// client fetching many chunks at once over a slow link gets them.
+    /// client fetching many chunks at once over a slow link gets them. (The
+    /// writes before keep pace, so only a peer whose QUIC stack takes the
+    /// bytes and never acknowledges them can hold a reply this long.)
     fn reply_deadline(&self, len: u64) -> Instant {
         let reserved = self.membership.reserved().load(Ordering::Relaxed).max(len);
         Instant::now() + stream::payload_time(reserved)
@@ -275,9 +274,9 @@ impl Request {
                     .await?;
                 match found {
                     Some(bytes) if bytes.len() <= wire::MAX_CHUNK_PAYLOAD as usize => {
-                        let deadline = self.reply_deadline(bytes.len() as u64);
+                        let (pace, acked_by) = (self.pace(bytes.len() as u64), self.reply_deadline(bytes.len() as u64));
                         let frame = Frame::ChunkData(ChunkData { id, len: bytes.len() as u32 });
-                        reply_with_payload(send, frame, bytes.into(), held, deadline).await
+                        reply_with_payload(send, frame, bytes.into(), held, pace, acked_by).await
                     }
                     _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
                 }
@@ -325,10 +324,11 @@ impl Request {
                     .await?;
                 match found {
                     Some(envelope) if ManifestId::of(&envelope) == id => {
-                        let deadline = self.reply_deadline(envelope.len() as u64);
+                        let (pace, acked_by) =
+                            (self.pace(envelope.len() as u64), self.reply_deadline(envelope.len() as u64));
                         let len = u32::try_from(envelope.len()).unwrap_or(u32::MAX);
                         let frame = Frame::ManifestData(ManifestData { id, len });
-                        reply_with_payload(send, frame, envelope.into(), held, deadline).await
+                        reply_with_payload(send, frame, envelope.into(), held, pace, acked_by).await
                     }
                     _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
                 }
@@ -463,21 +463,23 @@ async fn reply(send: &mut SendStream, frame: Frame) -> Result<(), Refusal> {
     write_frame(send, &frame, Bytes::new()).await.map_err(|e| Refusal::new(ErrorCode::INTERNAL, e.to_string()))
 }
 
-/// Sends a reply and its payload, and keeps the payload's reservation until
-/// the peer has acknowledged every byte (quinn holds them until then), or
-/// until `deadline`, when the stream is reset.
+/// Sends a reply and its payload at `pace` (a client that does not read
+/// is cut off), and keeps the payload's reservation until the peer has
+/// acknowledged every byte (quinn holds them until then), or until
+/// `acked_by`, when the stream is reset.
 async fn reply_with_payload(
     send: &mut SendStream,
     frame: Frame,
     payload: Bytes,
     held: Reservation<'_>,
-    deadline: Instant,
+    pace: Pace<'_>,
+    acked_by: Instant,
 ) -> Result<(), Refusal> {
     let sent = async {
-        tokio::time::timeout_at(deadline, write_frame(send, &frame, payload))
+        tokio::time::timeout_at(acked_by, stream::write_paced(send, &frame, payload, pace))
             .await
             .map_err(|_| StreamError::TimedOut("sending"))??;
-        stream::finish_and_wait(send, deadline).await
+        stream::finish_and_wait(send, acked_by).await
     };
     if let Err(e) = sent.await {
         // The peer is gone or too slow: reset the stream so quinn lets go of

@@ -1,21 +1,25 @@
 //! The connections of members: who holds which, how busy each is, and what
 //! each may take of the node's memory.
 //!
+//! NodeIds cost a member nothing (anyone with the network key can make one),
+//! so every bound that protects one member from another is kept by address
+//! group too (an IPv4 address, an IPv6 /56: see `admission::address_group`).
+//!
 //! - At most [`MAX_MEMBER_CONNECTIONS`] at once, and [`MAX_CONNECTIONS_PER_NODE`]
 //!   per NodeId. A NodeId at its cap gives up its own longest-idle
-//!   connection (no request in flight) to its newest. A full node takes
-//!   room from the address group (an IPv4 address, an IPv6 /64) holding the
-//!   most connections, if that is not the newcomer's: its longest-idle one,
-//!   or its oldest if all are busy, since NodeIds cost a member nothing and
-//!   one host could otherwise hold every slot. Otherwise the longest-idle
-//!   connection gives way; if every one is busy, the newcomer is refused.
-//! - A connection with no request for [`MEMBER_IDLE_TIMEOUT`] is closed.
-//! - QUIC receive windows are shared: a new connection gets at most what
-//!   [`RECEIVE_MEMORY`] has left after the windows granted to the others
-//!   (at least [`MIN_RECEIVE_WINDOW`]), and everyone's window shrinks to a
-//!   fair share as members come, so memory does not grow with their count.
-//! - Payload bytes a node holds (the budget in `NodeState`) are shared too:
-//!   one NodeId, over all its connections, holds at most [`BUDGET_SHARE`].
+//!   connection (no request in flight) to its newest. A full node makes
+//!   room in this order: the longest-idle connection of the address group
+//!   holding the most (if that is not the newcomer's); else any idle one;
+//!   else, if one group holds more than [`GREEDY_GROUP`] connections, its
+//!   oldest, busy or not. If none of these, the newcomer is refused.
+//! - A connection with no request for [`MEMBER_IDLE_TIMEOUT`] is closed; a
+//!   request counts from the moment its whole frame has arrived.
+//! - QUIC receive windows are shared: each connection's window is a fair
+//!   share of [`RECEIVE_MEMORY`] (at most the tuned window, at least
+//!   [`MIN_RECEIVE_WINDOW`]), lowered for everyone as members come.
+//! - Payload bytes a node holds (the budget in `NodeState`) are shared by
+//!   address group: one group, over all its connections and NodeIds, holds
+//!   at most [`BUDGET_SHARE`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,16 +40,20 @@ use crate::wire::ErrorCode;
 pub const MAX_MEMBER_CONNECTIONS: usize = 256;
 /// Most connections one NodeId may hold.
 pub const MAX_CONNECTIONS_PER_NODE: usize = 8;
+/// An address group holding more connections than this gives one up, even
+/// a busy one, when the node is full and no connection is idle.
+pub const GREEDY_GROUP: usize = MAX_MEMBER_CONNECTIONS / 8;
 /// A member connection with no request for this long is closed.
 pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// What all member connections together may make the node buffer in QUIC.
+/// What all member connections together may make the node buffer in QUIC,
+/// give or take the credit already granted before a window was lowered.
 pub const RECEIVE_MEMORY: u64 = 256 << 20;
 /// The smallest receive window a member connection gets.
 pub const MIN_RECEIVE_WINDOW: u32 = 1 << 20;
-/// Most payload bytes the node holds for one NodeId at once: half the
-/// budget, so another member always finds the other half. (A quarter made
-/// a pull of 16 chunks at once wait on its own share: a reply stays counted
-/// until acknowledged, which takes a delayed ACK longer.)
+/// Most payload bytes the node holds for one address group at once: half
+/// the budget, so members elsewhere always find the other half. (A quarter
+/// made a pull of 16 chunks at once wait on its own share: a reply stays
+/// counted until acknowledged, which takes a delayed ACK longer.)
 pub const BUDGET_SHARE: usize = super::PAYLOAD_BUDGET / 2;
 
 struct Entry {
@@ -55,16 +63,13 @@ struct Entry {
     in_flight: usize,
     since: Instant,
     idle_since: Instant,
-    /// The receive window given when it joined: quinn cannot take back
-    /// credit already granted, so it counts against the memory until it goes.
-    granted: u64,
 }
 
 #[derive(Default)]
 struct Registry {
     conns: HashMap<usize, Entry>,
-    /// Each connected NodeId's budget share, and how many connections use it.
-    shares: HashMap<NodeId, (Arc<Semaphore>, usize)>,
+    /// Each connected address group's budget share, and how many connections use it.
+    shares: HashMap<IpAddr, (Arc<Semaphore>, usize)>,
 }
 
 /// Every member connection of a node.
@@ -74,9 +79,9 @@ pub(crate) struct Members {
 }
 
 impl Members {
-    /// Registers a member's connection, closing the longest-idle one if the
-    /// node, or that NodeId, has no room. Returns the receive window the
-    /// connection gets and its membership, or why it cannot stay.
+    /// Registers a member's connection, making room if the node, or that
+    /// NodeId, is full. Returns the receive window the connection gets and
+    /// its membership, or why it cannot stay.
     pub(crate) fn join(self: &Arc<Self>, peer: &Peer) -> Result<(u32, Membership), &'static str> {
         let node = peer.node_id();
         let group = address_group(peer.remote_addr().ip());
@@ -89,21 +94,18 @@ impl Members {
             registry.evict(victim);
         } else if registry.conns.len() >= MAX_MEMBER_CONNECTIONS {
             let victim = registry
-                .greediest_group_gives_way(group)
-                .or_else(|| registry.longest_idle(|_| true))
+                .room_for(group)
                 .ok_or("this node is serving as many members as it can, all busy; try again shortly")?;
             registry.evict(victim);
         }
         let id = peer.connection().stable_id();
         let conn = peer.connection().clone();
-        let window = registry.window_for_newcomer();
         let now = Instant::now();
-        let entry = Entry { node, group, conn, in_flight: 0, since: now, idle_since: now, granted: u64::from(window) };
-        registry.conns.insert(id, entry);
-        let share = registry.shares.entry(node).or_insert_with(|| (Arc::new(Semaphore::new(BUDGET_SHARE)), 0));
+        registry.conns.insert(id, Entry { node, group, conn, in_flight: 0, since: now, idle_since: now });
+        let share = registry.shares.entry(group).or_insert_with(|| (Arc::new(Semaphore::new(BUDGET_SHARE)), 0));
         share.1 += 1;
         let share = Arc::clone(&share.0);
-        registry.rebalance(Some(id));
+        let window = registry.rebalance(Some(id));
         Ok((window, Membership { members: Arc::clone(self), id, share, reserved: AtomicU64::new(0) }))
     }
 
@@ -130,32 +132,32 @@ impl Registry {
             .map(|(id, _)| *id)
     }
 
-    /// The connection the group holding the most should give up for a
-    /// newcomer of `newcomer` (its longest idle, else its oldest), if that
-    /// group holds more than the newcomer's.
-    fn greediest_group_gives_way(&self, newcomer: IpAddr) -> Option<usize> {
+    /// The connection that gives way to a newcomer from `newcomer` on a
+    /// full node (see the module doc for the order), if any does.
+    fn room_for(&self, newcomer: IpAddr) -> Option<usize> {
         let mut counts: HashMap<IpAddr, usize> = HashMap::new();
         for entry in self.conns.values() {
             *counts.entry(entry.group).or_default() += 1;
         }
         let mine = counts.get(&newcomer).copied().unwrap_or(0);
-        let (&group, &count) = counts.iter().max_by_key(|(_, count)| **count)?;
-        if group == newcomer || count <= mine + 1 {
+        let greediest = counts
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .filter(|(group, count)| **group != newcomer && **count > mine + 1)
+            .map(|(group, count)| (*group, *count));
+        if let Some((group, _)) = greediest
+            && let Some(idle) = self.longest_idle(|e| e.group == group)
+        {
+            return Some(idle);
+        }
+        if let Some(idle) = self.longest_idle(|_| true) {
+            return Some(idle);
+        }
+        let (group, count) = greediest?;
+        if count <= GREEDY_GROUP {
             return None;
         }
-        self.longest_idle(|e| e.group == group).or_else(|| {
-            self.conns.iter().filter(|(_, e)| e.group == group).min_by_key(|(_, e)| e.since).map(|(id, _)| *id)
-        })
-    }
-
-    /// The receive window for a connection joining now: what is left of
-    /// [`RECEIVE_MEMORY`] after the others' grants, at most a fair share.
-    fn window_for_newcomer(&self) -> u32 {
-        let granted: u64 = self.conns.values().map(|e| e.granted).sum();
-        let fair = RECEIVE_MEMORY / (self.conns.len() as u64 + 1);
-        let window = RECEIVE_MEMORY.saturating_sub(granted).min(fair);
-        let window = window.clamp(u64::from(MIN_RECEIVE_WINDOW), u64::from(MEMBER_RECEIVE_WINDOW));
-        u32::try_from(window).expect("clamped to a u32 bound")
+        self.conns.iter().filter(|(_, e)| e.group == group).min_by_key(|(_, e)| e.since).map(|(id, _)| *id)
     }
 
     fn evict(&mut self, id: usize) {
@@ -167,27 +169,31 @@ impl Registry {
     /// Forgets a connection (once: a second call finds nothing).
     fn remove(&mut self, id: usize) -> Option<Entry> {
         let entry = self.conns.remove(&id)?;
-        if let Some(share) = self.shares.get_mut(&entry.node) {
+        if let Some(share) = self.shares.get_mut(&entry.group) {
             share.1 -= 1;
             if share.1 == 0 {
-                self.shares.remove(&entry.node);
+                self.shares.remove(&entry.group);
             }
         }
         Some(entry)
     }
 
-    /// Lowers (or raises, up to its grant) every connection's window to its
-    /// fair share of [`RECEIVE_MEMORY`]; the one being admitted, `new`, is
-    /// opened by the caller.
-    fn rebalance(&self, new: Option<usize>) {
+    /// Sets every connection's window to a fair share of [`RECEIVE_MEMORY`]
+    /// and returns it; the one being admitted, `new`, is opened by the
+    /// caller. Lowering a window withholds new credit at once; what was
+    /// granted before stays usable until the peer has sent it, so the sum
+    /// can be above [`RECEIVE_MEMORY`] for a while (each connection's
+    /// credit is at most the largest window it has had).
+    fn rebalance(&self, new: Option<usize>) -> u32 {
         let count = self.conns.len().max(1) as u64;
-        let fair = (RECEIVE_MEMORY / count).max(u64::from(MIN_RECEIVE_WINDOW));
+        let fair = (RECEIVE_MEMORY / count).clamp(u64::from(MIN_RECEIVE_WINDOW), u64::from(MEMBER_RECEIVE_WINDOW));
+        let window = u32::try_from(fair).expect("clamped to a u32 bound");
         for (id, entry) in &self.conns {
             if Some(*id) != new {
-                let window = u32::try_from(fair.min(entry.granted)).unwrap_or(MEMBER_RECEIVE_WINDOW);
                 entry.conn.set_receive_window(VarInt::from_u32(window));
             }
         }
+        window
     }
 }
 
@@ -202,15 +208,23 @@ pub(crate) struct Membership {
 
 impl Membership {
     /// This member's share of the node's payload budget (shared by every
-    /// connection of its NodeId).
+    /// connection from its address group).
     pub(crate) fn share(&self) -> &Arc<Semaphore> {
         &self.share
     }
 
     /// Payload bytes this connection's requests hold reserved right now:
-    /// together they must arrive at the minimum rate, each its part of it.
+    /// together they must move at the minimum rate, each its part of it.
     pub(crate) fn reserved(&self) -> &AtomicU64 {
         &self.reserved
+    }
+
+    /// When this connection counts as idle, if no request is in flight now:
+    /// [`MEMBER_IDLE_TIMEOUT`] after its last request ended (or it joined).
+    pub(crate) fn idle_at(&self) -> Option<Instant> {
+        let registry = self.members.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = registry.conns.get(&self.id)?;
+        (entry.in_flight == 0).then_some(entry.idle_since + MEMBER_IDLE_TIMEOUT)
     }
 
     /// Marks a request (whose frame has arrived) as in flight, which keeps

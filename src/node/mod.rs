@@ -13,7 +13,7 @@
 //!   receive memory.
 //! - A member's requests: 128 streams per connection, deadlines on every
 //!   frame, payload and reply, and payload bytes held in memory taken from
-//!   a node-wide budget of which one NodeId gets half.
+//!   a node-wide budget of which one address group gets at most half.
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
@@ -181,6 +182,10 @@ impl Node {
             source,
         };
         let table = PeerTable::load(home.path()).map_err(table_io)?;
+        // Count the store's chunks now, before any request can write one.
+        if let Err(e) = home.store().chunk_usage() {
+            warn!("counting the store's chunks: {e:#}");
+        }
         let info = ServeInfo { pid: std::process::id(), node: net.node_id(), addrs: vec![advertised] };
         let serve_file = home.path().join(SERVE_FILE);
         let json = serde_json::to_vec_pretty(&info).expect("serve info always encodes");
@@ -316,12 +321,14 @@ async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAdd
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_round) => {
-                let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).peers();
+                let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).dial_list();
                 exchange_round(&state, known, false).await;
                 next_round = tokio::time::Instant::now() + PEER_EXCHANGE_INTERVAL;
             }
             () = state.heard_of.notified() => {
                 let mut heard = state.table.lock().unwrap_or_else(PoisonError::into_inner).unverified_peers();
+                // In no order anyone can choose: made-up NodeIds must not always go first.
+                heard.shuffle(&mut rand::rng());
                 if heard.len() > VERIFY_PER_ROUND {
                     heard.truncate(VERIFY_PER_ROUND);
                     // The rest wait for the next round.

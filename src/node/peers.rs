@@ -29,7 +29,7 @@ pub const MAX_KNOWN_PEERS: usize = 256;
 /// Most verified, and most unverified, addresses kept per peer.
 pub const MAX_ADDRS: usize = 4;
 /// Most peers a table holds whose first address is in one address group
-/// (an IPv4 address, an IPv6 /64): NodeIds cost a member nothing, and one
+/// (an IPv4 address, an IPv6 /56): NodeIds cost a member nothing, and one
 /// host must not fill the table with them.
 pub const MAX_PEERS_PER_ADDRESS: usize = 16;
 
@@ -165,6 +165,20 @@ impl PeerTable {
             .collect()
     }
 
+    /// Every known peer with the addresses to dial it at: its verified ones
+    /// if it has any, else those heard of. (A heard-of address next to a
+    /// verified one is only tried by the verification round, so nobody can
+    /// aim every dial of a real peer at addresses of their choosing.)
+    pub fn dial_list(&self) -> Vec<KnownPeer> {
+        self.peers
+            .iter()
+            .map(|(node, addrs)| {
+                let dial = if addrs.verified.is_empty() { &addrs.unverified } else { &addrs.verified };
+                KnownPeer { node: *node, addrs: dial.clone() }
+            })
+            .collect()
+    }
+
     /// The peers with a verified address, and only those addresses: what
     /// this node tells others.
     pub fn verified_peers(&self) -> Vec<KnownPeer> {
@@ -196,9 +210,16 @@ impl PeerTable {
     }
 
     /// Records that `node` answered at `addr` (or that the user says it
-    /// listens there): it goes first. Returns whether anything changed.
+    /// listens there): it goes first. Returns whether anything changed. A
+    /// peer that would be one too many verified at that address group is
+    /// not kept (nor its heard-of addresses), however it got into the table.
     pub fn learn_verified(&mut self, node: NodeId, addr: SocketAddr) -> bool {
-        if !self.peers.contains_key(&node) && (self.crowded(addr) || !self.make_room()) {
+        let verified_before = self.peers.get(&node).is_some_and(|a| !a.verified.is_empty());
+        if !verified_before && self.crowded_verified(addr) {
+            self.dirty |= self.peers.remove(&node).is_some();
+            return false;
+        }
+        if !self.peers.contains_key(&node) && !self.make_room() {
             return false;
         }
         let addrs = self.peers.entry(node).or_default();
@@ -262,12 +283,21 @@ impl PeerTable {
         known
     }
 
-    /// Whether the address group of `addr` already has its share of peers.
+    /// Whether the address group of `addr` already has its share of peers,
+    /// counting each by its first address, verified or heard of.
     fn crowded(&self, addr: SocketAddr) -> bool {
         let group = address_group(addr.ip());
         let first = |a: &Addrs| a.verified.first().or(a.unverified.first()).copied();
         self.peers.values().filter_map(first).filter(|a| address_group(a.ip()) == group).count()
             >= MAX_PEERS_PER_ADDRESS
+    }
+
+    /// Whether the address group of `addr` already has its share of
+    /// verified peers, counting each by every group it has verified addresses in.
+    fn crowded_verified(&self, addr: SocketAddr) -> bool {
+        let group = address_group(addr.ip());
+        let in_group = |a: &Addrs| a.verified.iter().any(|v| address_group(v.ip()) == group);
+        self.peers.values().filter(|a| in_group(a)).count() >= MAX_PEERS_PER_ADDRESS
     }
 
     /// Room for one more peer: there is some, or a peer nobody has verified
@@ -358,6 +388,41 @@ mod tests {
             .count();
         assert_eq!(learned, MAX_PEERS_PER_ADDRESS);
         assert!(table.learn_verified(NodeId([7; 32]), SocketAddr::from(([127, 0, 0, 2], 1))), "another host still can");
+    }
+
+    #[test]
+    fn a_made_up_first_address_does_not_slip_a_peer_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let host = |port: u16| SocketAddr::from(([127, 0, 0, 9], port));
+        let verified = (0..100u16)
+            .filter(|i| {
+                let mut id = [8; 32];
+                id[..2].copy_from_slice(&i.to_le_bytes());
+                let node = NodeId(id);
+                // Heard of at a made-up address first, then found at the host.
+                let fake = SocketAddr::from(([10, 1, (i >> 8) as u8, *i as u8], 1));
+                table.learn_unverified(node, &[fake, host(1000 + i)]);
+                table.learn_verified(node, host(1000 + i))
+            })
+            .count();
+        assert_eq!(verified, MAX_PEERS_PER_ADDRESS);
+        assert_eq!(table.verified_peers().len(), MAX_PEERS_PER_ADDRESS);
+    }
+
+    #[test]
+    fn dialing_a_verified_peer_never_tries_addresses_heard_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let (real, heard) = (NodeId([1; 32]), NodeId([2; 32]));
+        table.learn_verified(real, addr(1));
+        table.learn_unverified(real, &[addr(666)]);
+        table.learn_unverified(heard, &[addr(2)]);
+        let dial = table.dial_list();
+        assert_eq!(
+            dial,
+            vec![KnownPeer { node: real, addrs: vec![addr(1)] }, KnownPeer { node: heard, addrs: vec![addr(2)] }]
+        );
     }
 
     #[test]

@@ -15,6 +15,23 @@ pub fn write_durably(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()
 /// order. The target's directory must exist and be durable
 /// ([`create_dir_durably`]); this makes only the new entry in it durable.
 pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]>]) -> io::Result<()> {
+    write_parts(tmp_dir, path, parts, Replace::Yes).map(|_| ())
+}
+
+/// [`write_parts_durably`] for a file that must be new: if another writer
+/// put a file at `path` first, this one is dropped and `Ok(false)` says so
+/// (for content-addressed files, where whoever came first wrote the same bytes).
+pub fn write_parts_durably_new(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]>]) -> io::Result<bool> {
+    write_parts(tmp_dir, path, parts, Replace::No)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+fn write_parts(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]>], replace: Replace) -> io::Result<bool> {
     let name = path.file_name().ok_or_else(|| io::Error::other("durable write target has no file name"))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
@@ -25,13 +42,46 @@ pub fn write_parts_durably(tmp_dir: &Path, path: &Path, parts: &[impl AsRef<[u8]
         file.sync_data()?;
         drop(file);
         let parent = path.parent().ok_or_else(|| io::Error::other("durable write target has no parent"))?;
-        fs::rename(&tmp, path)?;
-        sync_dir(parent)
+        let placed = match replace {
+            Replace::Yes => fs::rename(&tmp, path).map(|()| true)?,
+            Replace::No => rename_no_replace(&tmp, path)?,
+        };
+        if placed {
+            sync_dir(parent)?;
+        }
+        Ok(placed)
     })();
-    if result.is_err() {
+    if !matches!(result, Ok(true)) {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Renames `from` to `to` unless `to` exists; `Ok(false)` if it did.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("a path with a NUL byte"));
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths, resolved against the working directory.
+    let done = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if done == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // A file system without the flag: a hard link is just as exclusive.
+        Some(libc::EINVAL | libc::ENOSYS) => match fs::hard_link(from, to) {
+            Ok(()) => fs::remove_file(from).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(error),
+    }
 }
 
 /// Writes every part, in order, with as few `writev` calls as it takes.
@@ -114,6 +164,18 @@ mod tests {
         write_durably(&tmp, &target, b"hello").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"hello");
         assert!(files_in(&tmp).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_file_is_written_once_whoever_comes_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let target = dir.path().join("chunk");
+        assert!(write_parts_durably_new(&tmp, &target, &[b"same bytes"]).unwrap());
+        assert!(!write_parts_durably_new(&tmp, &target, &[b"same bytes"]).unwrap(), "the second writer finds it there");
+        assert_eq!(fs::read(&target).unwrap(), b"same bytes");
+        assert!(files_in(&tmp).unwrap().is_empty(), "the second writer's temp file is gone");
     }
 
     #[test]

@@ -229,8 +229,12 @@ impl Store {
         }
         let parent = path.parent().expect("chunk paths have a parent");
         self.make_durable_dir(parent).map_err(io_err("creating a chunk directory", parent))?;
-        files::write_parts_durably(&self.tmp_dir(), &path, parts)
+        let written = files::write_parts_durably_new(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing chunk {}", id.short(16)), &path))?;
+        if !written {
+            // Another request stored the same chunk a moment ago.
+            return Ok(false);
+        }
         let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
         self.count(|usage| {
             usage.bytes += len;
@@ -370,7 +374,9 @@ impl Store {
     }
 
     /// Total bytes of chunk files, and their count. The first call walks
-    /// the store (one walk at a time, whoever asks), later ones read the count.
+    /// the store (one walk at a time, whoever asks), later ones read the
+    /// count. A node asks once before it serves, so that no write races the
+    /// walk.
     pub fn chunk_usage(&self) -> Result<(u64, u64), StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         if usage.is_none() {
