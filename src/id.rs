@@ -203,6 +203,16 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes hex of any even length (upper or lower case); `None` if it is not hex.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = vec![0u8; hex.len() / 2];
+    decode_hex(hex, &mut out)?;
+    Some(out)
+}
+
 /// Decodes exactly 32 bytes of hex, ignoring surrounding whitespace.
 pub fn key_from_hex(hex: &str) -> Option<[u8; ID_LEN]> {
     let mut out = [0u8; ID_LEN];

@@ -8,12 +8,14 @@
 //! - [`crypto`]: key derivation, convergent chunk sealing, manifest envelope, signatures.
 //! - [`manifest`]: the manifest of one version and the signed per-owner version log.
 //! - [`wire`]: protocol frames ↔ bytes, with hard limits (docs/PROTOCOL.md).
+//! - [`token`]: join tokens and share tickets, with a version and a checksum.
 //!
 //! I/O modules:
 //! - [`store`]: chunk files and the metadata database of one node, durable writes, GC.
-//! - [`home`]: the `$P2PFS_HOME` directory: keys, configuration, the lock, the store.
+//! - [`home`]: the `$P2PFS_HOME` directory: keys, configuration, the lock, the store,
+//!   the peer table.
 //! - [`net`]: the QUIC endpoint, pinned mutual TLS, the membership handshake, framed requests.
-//! - [`node`]: `p2pfs serve`: answers every request of the protocol from a store; the peer table.
+//! - [`node`]: `p2pfs serve`: answers every request of the protocol from a store.
 //! - [`transfer`]: the push and pull pipelines (chunk → seal → store or send to peers;
 //!   fetch or read → verify → open → write), and rendezvous placement.
 //! - [`cli`]: command-line arguments, output and progress.
@@ -53,5 +55,6 @@ pub mod manifest;
 pub mod net;
 pub mod node;
 pub mod store;
+pub mod token;
 pub mod transfer;
 pub mod wire;

@@ -574,11 +574,11 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
     for round in 0..200u16 {
         let fake_addrs: Vec<SocketAddr> =
             (0..8).map(|i| SocketAddr::from(([10, 9, (round % 250) as u8, i], 7070))).collect();
-        let mut peers = vec![p2pfs::node::peers::KnownPeer { node: b_id, addrs: fake_addrs }.to_wire()];
+        let mut peers = vec![p2pfs::home::peers::KnownPeer { node: b_id, addrs: fake_addrs }.to_wire()];
         peers.extend((0..63u16).map(|i| {
             let mut id = [0x33; 32];
             id[..4].copy_from_slice(&(u32::from(round) * 64 + u32::from(i)).to_le_bytes());
-            p2pfs::node::peers::KnownPeer { node: NodeId(id), addrs: vec![SocketAddr::from(([10, 8, 0, 1], 7070))] }
+            p2pfs::home::peers::KnownPeer { node: NodeId(id), addrs: vec![SocketAddr::from(([10, 8, 0, 1], 7070))] }
                 .to_wire()
         }));
         let told = rt.block_on(mallory.exchange_peers(peers)).unwrap();
@@ -596,12 +596,12 @@ fn a_peers_flood_leaves_real_addresses_in_place() {
     });
     let table: serde_json::Value = serde_json::from_str(&fs::read_to_string(&peers_file).unwrap()).unwrap();
     let peers = table["peers"].as_array().unwrap();
-    assert!(peers.len() <= p2pfs::node::peers::MAX_KNOWN_PEERS, "{} peers", peers.len());
+    assert!(peers.len() <= p2pfs::home::peers::MAX_KNOWN_PEERS, "{} peers", peers.len());
     let at_one_address = peers.iter().filter(|p| p.to_string().contains("10.8.0.1")).count();
-    assert!(at_one_address <= p2pfs::node::peers::MAX_PEERS_PER_ADDRESS, "{at_one_address} peers at one address");
+    assert!(at_one_address <= p2pfs::home::peers::MAX_PEERS_PER_ADDRESS, "{at_one_address} peers at one address");
     let b_entry = peers.iter().find(|p| p["node"] == b.id.as_str()).expect("B is still known");
     assert_eq!(b_entry["addrs"][0], b.addr.as_str(), "B's verified address is still first: {b_entry}");
-    assert!(b_entry["unverified"].as_array().is_none_or(|u| u.len() <= p2pfs::node::peers::MAX_ADDRS));
+    assert!(b_entry["unverified"].as_array().is_none_or(|u| u.len() <= p2pfs::home::peers::MAX_ADDRS));
 
     // And the network still works through A.
     let me = client(&a.invite());
@@ -747,7 +747,7 @@ fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
         peers: Vec<PeerInfo>,
     }
     let peers = vec![
-        p2pfs::node::peers::KnownPeer { node: server.id.parse().unwrap(), addrs: vec![server.addr.parse().unwrap()] }
+        p2pfs::home::peers::KnownPeer { node: server.id.parse().unwrap(), addrs: vec![server.addr.parse().unwrap()] }
             .to_wire(),
     ];
     let ticket = ShareTicket { manifest, file_key: file_key.0, peers };

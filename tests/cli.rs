@@ -155,6 +155,7 @@ fn usage_errors_exit_2_and_operation_errors_exit_1() {
     assert!(stderr.contains("does-not-exist") && stderr.contains("No such file"), "{stderr}");
     let stderr = node.fails(&["push", node.work.to_str().unwrap()], 1);
     assert!(stderr.contains("is a directory"), "{stderr}");
+    node.ok(&["init"]);
     let stderr = node.fails(&["pull", "nothing-here"], 1);
     assert!(stderr.contains("nothing-here") && stderr.contains("p2pfs ls"), "{stderr}");
     let stderr = node.fails(&["pull", &"ab".repeat(32)], 1);

@@ -70,6 +70,9 @@ fn a_one_mib_edit_of_a_one_gib_file_stores_a_few_chunks_and_an_unchanged_push_st
     assert!(growth <= 8 * MIB + 4096, "the store grew by {growth} bytes");
 
     let third = node.push_json(&file, &[]);
+    assert_eq!(third["unchanged"], true, "an identical push records nothing: {third}");
+    assert_eq!(third["manifest"], second["manifest"], "it names the version that has these bytes");
+    assert_eq!(third["version"], 2, "{third}");
     assert_eq!(third["new_bytes"], 0, "{third}");
     assert_eq!(third["chunks_stored"], 0, "{third}");
     assert_eq!(third["chunks_sealed"], 0, "an unchanged push re-seals nothing: {third}");

@@ -4,6 +4,8 @@
 //! `-o -`, `--json`); summaries, progress and errors go to stderr. Exit codes:
 //! 0 ok, 1 the operation failed, 2 usage error.
 
+mod interrupt;
+mod journal;
 mod network;
 mod output;
 mod session;
@@ -17,15 +19,16 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
-use crate::crypto::{CryptoError, FileKey};
-use crate::home::{self, Home, InitOutcome};
+use crate::crypto::CryptoError;
+use crate::home::{self, Access, InitOutcome};
 use crate::id::ManifestId;
-use crate::manifest::log::{History, Version};
+use crate::manifest::log::Version;
 use crate::manifest::{Manifest, ManifestError};
-use crate::node::peers::KnownPeer;
 use crate::store::StoreError;
 use crate::transfer::catalog::Catalog;
 use crate::transfer::fetch::Fetch;
+use crate::transfer::pull::{Target, Wanted};
+use crate::transfer::push::PushOptions;
 use crate::transfer::replicate::Replicate;
 use crate::transfer::{self, Parallelism, TransferError, pull, push, record};
 use session::Session;
@@ -38,8 +41,15 @@ use session::Session;
 #[command(name = "p2pfs", version, about, max_term_width = 100)]
 pub struct Args {
     /// Print nothing on stderr but errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Also log what happens underneath (connections, retries) on stderr;
+    /// `RUST_LOG` picks finer levels.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// When the home is in use by another command, wait for it instead of failing.
+    #[arg(long, global = true)]
+    wait: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,9 +73,12 @@ enum Command {
         /// Print a JSON report on stdout instead of the bare manifest id.
         #[arg(long)]
         json: bool,
-        /// Replicas per chunk when pushing to peers (capped by the peers reachable).
-        #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-        replicas: u16,
+        /// Replicas per chunk when pushing to peers (default 3; capped by the peers reachable).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        replicas: Option<u16>,
+        /// Record a new version even if the file is the name's latest version again.
+        #[arg(long)]
+        allow_same: bool,
     },
     /// Get a version back, verified.
     Pull {
@@ -112,9 +125,9 @@ enum Command {
     },
     /// Run a storage node: answer peers' requests from this home's store.
     Serve {
-        /// The UDP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:7070", value_name = "ADDR")]
-        listen: std::net::SocketAddr,
+        /// The UDP address to listen on (HOST:PORT; a name like localhost is looked up).
+        #[arg(long, default_value = "0.0.0.0:7070", value_name = "HOST:PORT")]
+        listen: String,
         /// A peer to join at start (repeatable).
         #[arg(long, value_name = "NODEID@ADDR")]
         bootstrap: Vec<String>,
@@ -123,7 +136,7 @@ enum Command {
     Invite {
         /// The address to give out (default: where this home's node listens).
         #[arg(long, value_name = "HOST:PORT")]
-        addr: Option<std::net::SocketAddr>,
+        addr: Option<String>,
     },
     /// List known peers: NodeId, address, state and round-trip time.
     Peers {
@@ -157,6 +170,7 @@ enum KeyCommand {
 
 /// Runs the command line and returns the process's exit code.
 pub fn run(args: Args) -> ExitCode {
+    init_logging(&args);
     match execute(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -169,143 +183,223 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn execute(args: &Args) -> Result<()> {
-    let home_path =
-        home::default_home_path().context("cannot tell where the p2pfs home is: set P2PFS_HOME to a directory")?;
-    let say = |message: String| {
-        if !args.quiet {
-            eprintln!("{message}");
-        }
+/// Log lines go to stderr only when asked for, with `-v` or `RUST_LOG`, and
+/// never with `-q`: what a user needs to know is in the command's own
+/// messages. Colour only when stderr is a terminal.
+fn init_logging(args: &Args) {
+    use std::io::IsTerminal;
+    let from_env = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
+    if args.quiet || !(args.verbose || from_env) {
+        return;
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) if from_env => filter,
+        _ => tracing_subscriber::EnvFilter::new("p2pfs=debug,warn"),
     };
-    if let Command::Init { join: Some(token) } = &args.command {
-        return network::join(&home_path, token, args.quiet);
-    }
-    if let Command::Init { join: None } = args.command {
-        let message = match home::init(&home_path)? {
-            InitOutcome::Created => format!("initialised p2pfs home at {}", home_path.display()),
-            InitOutcome::AlreadyInitialised => {
-                format!("{} is already a p2pfs home; nothing changed", home_path.display())
-            }
-        };
-        say(message);
-        return Ok(());
-    }
-    if !home::is_initialised(&home_path) {
-        home::init(&home_path)?;
-        say(format!("initialised p2pfs home at {}", home_path.display()));
-    }
-    // These only read keys and talk to peers: they work beside a running node.
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}
+
+fn execute(args: &Args) -> Result<()> {
+    let home =
+        home::default_home_path().context("cannot tell where the p2pfs home is: set P2PFS_HOME to a directory")?;
+    let cx = Cx { home, quiet: args.quiet, wait: args.wait };
     match &args.command {
-        Command::Invite { addr } => return network::invite(&home_path, *addr),
-        Command::Peers { json } => return network::peers(&home_path, *json),
-        Command::Key(KeyCommand::Export) => return network::key_export(&home_path, args.quiet),
-        _ => {}
-    }
-    if let Command::Serve { listen, bootstrap } = &args.command {
-        return network::serve(Home::open(&home_path)?, *listen, bootstrap, args.quiet);
-    }
-    let session = Session::open(&home_path)?;
-    let path = home_path.as_path();
-    match &args.command {
-        Command::Init { .. }
-        | Command::Invite { .. }
-        | Command::Peers { .. }
-        | Command::Key(KeyCommand::Export)
-        | Command::Serve { .. } => {
-            unreachable!("handled above")
+        Command::Init { join: Some(token) } => network::join(&cx, token),
+        Command::Init { join: None } => init(&cx),
+        Command::Push { file, name, json, replicas, allow_same } => {
+            push_file(&cx, file, name.as_deref(), *json, *replicas, *allow_same)
         }
-        Command::Share { version } => share(&session, path, version),
-        Command::Key(KeyCommand::Import { file, force }) => {
-            network::key_import(session.require_owned("key import")?, file, *force, args.quiet)
-        }
-        Command::Push { file, name, json, replicas } => {
-            push_file(&session, path, file, name.as_deref(), *json, usize::from(*replicas), args.quiet)
-        }
-        Command::Pull { version, output, force } => {
-            pull_file(&session, path, version, output.as_deref(), *force, args.quiet)
-        }
-        Command::Log { name, json } => show_log(&session, name.as_deref(), *json),
-        Command::Ls { json } => list(&session, *json),
-        Command::Rm { version } => remove(&session, path, version, args.quiet),
-        Command::Gc { json } => collect_garbage(session.require_owned("gc")?, *json, args.quiet),
-        Command::Status { json } => status(&session, path, *json),
+        Command::Pull { version, output, force } => pull_file(&cx, version, output.as_deref(), *force),
+        Command::Log { name, json } => show_log(&cx.session(Access::Read)?, name.as_deref(), *json),
+        Command::Ls { json } => list(&cx.session(Access::Read)?, *json),
+        Command::Rm { version } => remove(&cx, version),
+        Command::Gc { json } => collect_garbage(&cx, *json),
+        Command::Status { json } => status(&cx, *json),
+        Command::Serve { listen, bootstrap } => network::serve(&cx, listen, bootstrap),
+        Command::Invite { addr } => network::invite(&cx, addr.as_deref()),
+        Command::Peers { json } => network::peers(&cx, *json),
+        Command::Share { version } => share(&cx, version),
+        Command::Key(KeyCommand::Export) => network::key_export(&cx),
+        Command::Key(KeyCommand::Import { file, force }) => network::key_import(&cx, file, *force),
     }
 }
 
+/// What every command knows: where the home is and how to behave.
+pub(crate) struct Cx {
+    /// The home directory.
+    home: PathBuf,
+    /// `-q`: nothing on stderr but errors.
+    quiet: bool,
+    /// `--wait`: wait for a busy home instead of failing.
+    wait: bool,
+}
+
+impl Cx {
+    /// Prints a message on stderr, unless quiet.
+    fn say(&self, message: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// Prints a warning on stderr, unless quiet.
+    fn warn(&self, message: impl std::fmt::Display) {
+        self.say(format_args!("p2pfs: warning: {message}"));
+    }
+
+    /// The home, which must exist: only `init` and `push` make one, so a
+    /// mistyped P2PFS_HOME is an error, not an empty new home.
+    fn existing_home(&self) -> Result<&Path> {
+        if !home::is_initialised(&self.home) {
+            bail!(
+                "there is no p2pfs home at {}: `p2pfs init` makes one there, or set P2PFS_HOME to the home you meant",
+                self.home.display()
+            );
+        }
+        Ok(&self.home)
+    }
+
+    /// The home, made first if there is none.
+    fn created_home(&self) -> Result<&Path> {
+        if home::init(&self.home)? == InitOutcome::Created {
+            self.say(format_args!("initialised p2pfs home at {}", self.home.display()));
+        }
+        Ok(&self.home)
+    }
+
+    /// The existing home, opened for `access` (or reached through its node).
+    fn session(&self, access: Access) -> Result<Session> {
+        Session::open(self.existing_home()?, access, self.wait)
+    }
+}
+
+fn init(cx: &Cx) -> Result<()> {
+    match home::init(&cx.home)? {
+        InitOutcome::Created => cx.say(format_args!("initialised p2pfs home at {}", cx.home.display())),
+        InitOutcome::AlreadyInitialised => {
+            cx.say(format_args!("{} is already a p2pfs home; nothing changed", cx.home.display()))
+        }
+    }
+    Ok(())
+}
+
 fn push_file(
-    session: &Session,
-    home: &Path,
+    cx: &Cx,
     file: &Path,
     name: Option<&str>,
     json: bool,
-    replicas: usize,
-    quiet: bool,
+    replicas: Option<u16>,
+    allow_same: bool,
 ) -> Result<()> {
-    let (input, name, total): (Box<dyn Read + Send>, String, Option<u64>) = if file == Path::new("-") {
-        let name = name.context("pushing standard input needs a name: add --name NAME")?;
-        (Box::new(io::stdin()), name.to_owned(), None)
-    } else {
-        let input = File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let metadata = input.metadata().with_context(|| format!("cannot read {}", file.display()))?;
-        if metadata.is_dir() {
-            bail!(
-                "{} is a directory; p2pfs stores one file per version (to store a directory: \
-                 `tar c DIR | p2pfs push - --name DIR.tar`)",
-                file.display()
-            );
-        }
-        let name = match name {
-            Some(name) => name.to_owned(),
-            None => file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .with_context(|| format!("{} has no file name to store it under: add --name NAME", file.display()))?,
+    let (input, name, total, origin): (Box<dyn Read + Send>, String, Option<u64>, Option<PathBuf>) =
+        if file == Path::new("-") {
+            let name = name.context("pushing standard input needs a name: add --name NAME")?;
+            (Box::new(io::stdin()), name.to_owned(), None, None)
+        } else {
+            let input = File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let metadata = input.metadata().with_context(|| format!("cannot read {}", file.display()))?;
+            if metadata.is_dir() {
+                bail!(
+                    "{} is a directory; p2pfs stores one file per version (to store a directory: \
+                     `tar c DIR | p2pfs push - --name DIR.tar`)",
+                    file.display()
+                );
+            }
+            let name = match name {
+                Some(name) => name.to_owned(),
+                None => file.file_name().map(|n| n.to_string_lossy().into_owned()).with_context(|| {
+                    format!("{} has no file name to store it under: add --name NAME", file.display())
+                })?,
+            };
+            (Box::new(input), name, Some(metadata.len()), std::fs::canonicalize(file).ok())
         };
-        (Box::new(input), name, Some(metadata.len()))
-    };
     if name.is_empty() || name.len() > crate::manifest::MAX_NAME_LEN {
         bail!("'{name}' cannot be a name: give 1 to {} bytes", crate::manifest::MAX_NAME_LEN);
     }
+    let home = cx.created_home()?;
+    let session = Session::open(home, Access::Add, cx.wait)?;
     let owner = session.keys().owner_keys();
-    let bar = output::progress_bar(total, quiet, "push");
-    let progress = |n| bar.inc(n);
-    let chunker = session.config().chunker;
     let catalog = session.catalog();
+    let networked = session.networked(home)?;
+    if let (Some(wanted), false) = (replicas, networked) {
+        cx.warn(format_args!(
+            "--replicas {wanted} has no effect: this home has no peers, so each chunk is stored once, here. \
+             `p2pfs init --join TOKEN` joins a network"
+        ));
+    }
+    let origins = home::origins::Origins::load(home);
+    if let (Some(origin), Some(before)) = (&origin, origins.get(&name))
+        && origin != before
+    {
+        cx.warn(format_args!(
+            "'{name}' was last pushed from {}, and this is {}: it becomes a new version of the same name; \
+             add --name to keep them apart",
+            before.display(),
+            origin.display()
+        ));
+    }
+
+    let bar = output::progress_bar(total, cx.quiet, "push");
+    let progress = |n| bar.inc(n);
+    interrupt::on_interrupt(
+        "push interrupted: nothing was recorded. Run the same `p2pfs push` again: chunks already stored are \
+         not sent again"
+            .to_owned(),
+    );
+    let options = |parallelism| PushOptions { chunker: session.config().chunker, parallelism, allow_same };
     let mut peer_summary = None;
-    let report = if session.networked(home)? {
+    let mut resumed_from = 0;
+    let report = if networked {
         let link = session.link()?;
         let swarm = network::connect_swarm(&link.client, home, &session.own_node())?;
-        let previous = previous_chunks(catalog, &owner, &name);
+        let replicas = usize::from(replicas.unwrap_or(DEFAULT_REPLICAS));
+        let journal = journal::Journal::open(home, &owner.owner_id(), &name);
+        let mut previous = previous_chunks(catalog, &owner, &name);
+        previous.extend(&journal.earlier);
         let destination = Replicate::new(&swarm, &owner, replicas, &previous);
         // A home whose only peer is its own node has nowhere else to put replicas.
         let alone = session.served().is_some() && swarm.len() == 1;
-        if destination.replicas < replicas && !quiet && !alone {
-            eprintln!(
-                "p2pfs: warning: only {} of the {replicas} peers wanted are reachable: each chunk gets {} copies",
+        if destination.replicas < replicas && !alone {
+            cx.warn(format_args!(
+                "only {} of the {replicas} peers wanted are reachable: each chunk gets {}",
                 swarm.len(),
-                destination.replicas
-            );
+                output::count(destination.replicas as u64, "copy", "copies")
+            ));
         }
+        let journaled = journal::Journaled { inner: &destination, journal: &journal };
         let report =
-            push::push(catalog, &destination, &owner, &name, input, chunker, Parallelism::for_network(), &progress)
+            push::push(catalog, &journaled, &owner, &name, input, &options(Parallelism::for_network()), &progress)
                 .with_context(|| format!("pushing {} to peers", file.display()))?;
+        resumed_from = journal.earlier.len();
+        journal.finish();
         peer_summary = Some((destination.replicas, swarm.report(), swarm.unreachable.clone()));
         report
     } else {
-        let store = session.store().expect("a home without peers or a node is opened by this process");
-        push::push(store, store, &owner, &name, input, chunker, Parallelism::for_this_machine(), &progress)
+        let store = session.store().context("a home without peers is opened by this process")?;
+        push::push(store, store, &owner, &name, input, &options(Parallelism::for_this_machine()), &progress)
             .with_context(|| format!("pushing {}", file.display()))?
     };
+    interrupt::clear();
     bar.finish_and_clear();
+    if let Some(origin) = &origin {
+        // Only a hint for the next push: losing it loses nothing.
+        let _ = origins.with(&name, origin).save(home);
+    }
+    let v = &report.version;
     if json {
-        let v = &report.version;
         print_json(&serde_json::json!({
             "manifest": v.manifest,
             "name": v.name,
             "version": v.number,
+            "unchanged": report.unchanged,
             "size": v.size,
             "chunks": v.chunks,
-            "new_bytes": v.new_bytes,
+            // What this push added: nothing, when unchanged.
+            "new_bytes": if report.unchanged { 0 } else { v.new_bytes },
             "chunks_stored": report.chunks_stored,
             "chunks_sealed": report.chunks_sealed,
             "seconds": report.elapsed.as_secs_f64(),
@@ -313,29 +407,48 @@ fn push_file(
     } else {
         println!("{}", report.manifest());
     }
-    if !quiet {
-        let v = &report.version;
+    if cx.quiet {
+        return Ok(());
+    }
+    if report.unchanged {
+        eprintln!(
+            "{} is unchanged: {} has the same bytes, so nothing was recorded (--allow-same records a new version \
+             anyway)",
+            v.label(),
+            if origin.is_some() { file.display().to_string() } else { "standard input".into() }
+        );
+    } else {
         let reused_chunks = v.chunks - report.chunks_stored;
         eprintln!(
-            "pushed {}: {} in {} chunks; {} new ({} chunks), {} reused ({} chunks); {:.2} s, {}",
+            "pushed {}: {} in {}; {} new ({}), {} reused ({}); {:.2} s, {}",
             v.label(),
             output::size(v.size),
-            v.chunks,
+            output::count(v.chunks, "chunk", "chunks"),
             output::size(v.new_bytes),
-            report.chunks_stored,
+            output::count(report.chunks_stored, "chunk", "chunks"),
             output::size(v.size - v.new_bytes),
-            reused_chunks,
+            output::count(reused_chunks, "chunk", "chunks"),
             report.elapsed.as_secs_f64(),
             output::rate(v.size, report.elapsed),
         );
-        if let Some((replicas, members, unreachable)) = &peer_summary {
-            let copies = if *replicas == 1 { "1 durable copy" } else { &format!("{replicas} durable replicas") };
-            eprintln!("every chunk has {copies}:");
-            network::print_member_report(members, unreachable, false);
+        if resumed_from > 0 {
+            eprintln!(
+                "resumed an interrupted push: peers were asked about the {} it had stored, and had {}",
+                output::count(resumed_from as u64, "chunk", "chunks"),
+                output::count(reused_chunks, "chunk", "chunks")
+            );
         }
+    }
+    if let Some((replicas, members, unreachable)) = &peer_summary {
+        let copies = if *replicas == 1 { "1 durable copy".to_owned() } else { format!("{replicas} durable replicas") };
+        eprintln!("every chunk has {copies}:");
+        network::print_member_report(members, unreachable, false);
     }
     Ok(())
 }
+
+/// Replicas per chunk when `--replicas` is not given.
+const DEFAULT_REPLICAS: u16 = 3;
 
 /// The chunks of the latest live version of `name`, which a new version
 /// probably shares: peers are asked about them in one batched `Has`.
@@ -348,110 +461,92 @@ fn previous_chunks(catalog: &dyn Catalog, owner: &crate::crypto::OwnerKeys, name
     }
 }
 
-fn pull_file(
-    session: &Session,
-    home: &Path,
-    spec: &str,
-    output: Option<&Path>,
-    force: bool,
-    quiet: bool,
-) -> Result<()> {
+fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<()> {
+    let spec = network::secret_argument(spec, "share ticket")?;
+    let wanted = Wanted::parse(&spec)?;
+    let session = cx.session(Access::Read)?;
+    let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let catalog = session.catalog();
-    let spec = &network::secret_argument(spec, "share ticket")?;
-    let ticket = if network::is_share_ticket(spec) { Some(network::parse_share_ticket(spec)?) } else { None };
-    let (manifest_id, label) = match &ticket {
-        Some(ticket) => (ticket.manifest, format!("shared manifest {}", ticket.manifest.short(16))),
-        None => resolve_for_pull(&transfer::history(catalog, &owner)?, spec)?,
-    };
-    // Peers are needed for a share ticket, or when this home is part of a network.
-    let link = if session.networked(home)? || ticket.is_some() { Some(session.link()?) } else { None };
+    let target = Target::resolve(catalog, &owner, &wanted)?;
+    let label = &target.label;
+    // Peers are needed for a shared version, or when this home is part of a network.
+    let link = if session.networked(home)? || target.needs_peers() { Some(session.link()?) } else { None };
     let swarm = match &link {
         Some(link) => {
             let mut extra = session.own_node();
-            extra.extend(
-                ticket
-                    .iter()
-                    .flat_map(|t| &t.peers)
-                    .map(|p| KnownPeer { node: p.node, addrs: p.addrs.iter().map(|&a| a.into()).collect() }),
-            );
+            extra.extend(target.peers().iter().cloned());
             Some(network::connect_swarm(&link.client, home, &extra)?)
         }
         None => None,
     };
-    let envelope = match catalog.manifest(&manifest_id).with_context(|| format!("pulling {label}"))? {
-        Some(envelope) => envelope,
-        None => match &swarm {
-            Some(swarm) => swarm.fetch_manifest(&manifest_id).with_context(|| format!("pulling {label}"))?,
-            None => {
-                return Err(anyhow::Error::new(TransferError::from(StoreError::ManifestMissing(manifest_id)))
-                    .context(format!("pulling {label}")));
-            }
-        },
-    };
-    let manifest = match &ticket {
-        Some(ticket) => Manifest::open_with_file_key(&FileKey(ticket.file_key), manifest_id, &envelope),
-        None => Manifest::open(&owner, manifest_id, &envelope).map(|(_, manifest)| manifest),
-    }
-    .map_err(TransferError::from)
-    .with_context(|| format!("pulling {label}"))?;
-
+    let manifest = target.open(catalog, swarm.as_ref(), &owner).with_context(|| format!("pulling {label}"))?;
     let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, session.store()));
     let source: &dyn pull::Source = match (&fetch, session.store()) {
         (Some(fetch), _) => fetch,
         (None, Some(store)) => store,
-        (None, None) => unreachable!("a served home always pulls through its node"),
+        (None, None) => bail!("a served home pulls through its node, which did not answer"),
     };
     let parallelism = if swarm.is_some() { Parallelism::for_network() } else { Parallelism::for_this_machine() };
     let started = Instant::now();
-    let bar = output::progress_bar(Some(manifest.size), quiet || output == Some(Path::new("-")), "pull");
-    let mut resumed = None;
-    let destination = match output {
+    let bar = output::progress_bar(Some(manifest.size), cx.quiet, "pull");
+    let progress = |n| bar.inc(n);
+    let (destination, resumed) = match output {
         Some(path) if path == Path::new("-") => {
-            let mut stdout = io::stdout().lock();
-            pull::write_to(source, &manifest, &mut stdout, parallelism, &|n| bar.inc(n))
+            interrupt::on_interrupt(format!("pull interrupted; run `p2pfs pull` again to get {label}"));
+            pull::write_to(source, &manifest, &mut io::stdout().lock(), parallelism, &progress)
                 .with_context(|| format!("pulling {label}"))?;
-            "standard output".to_owned()
+            ("standard output".to_owned(), None)
         }
         _ => {
-            let path = output_path(&manifest, manifest_id, output)?;
+            let path = output_path(&manifest, target.id, output)?;
             if path.exists() && !force {
                 bail!("{} exists; add --force to overwrite it, or -o another path", path.display());
             }
-            let outcome =
-                pull::write_to_path(source, &manifest, &manifest_id, &path, parallelism, swarm.is_some(), &|n| {
-                    bar.inc(n)
-                })
-                .with_context(|| format!("pulling {label}"))?;
-            resumed = Some(outcome);
-            path.display().to_string()
+            let partial = pull::partial_path(&path, &target.id);
+            interrupt::on_interrupt(format!(
+                "pull interrupted: what was pulled is kept in {}. Run the same `p2pfs pull` again to resume, \
+                 or delete that file",
+                partial.display()
+            ));
+            let outcome = pull::write_to_path(source, &manifest, &target.id, &path, parallelism, true, &progress)
+                .with_context(|| {
+                    format!(
+                        "pulling {label}; what was pulled is kept in {}: run the same command again to resume",
+                        partial.display()
+                    )
+                })?;
+            (path.display().to_string(), Some(outcome))
         }
     };
+    interrupt::clear();
     bar.finish_and_clear();
-    if !quiet {
-        let elapsed = started.elapsed();
+    if cx.quiet {
+        return Ok(());
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "pulled {label} to {destination}: {} in {}; {:.2} s, {}",
+        output::size(manifest.size),
+        output::count(manifest.chunks.len() as u64, "verified chunk", "verified chunks"),
+        elapsed.as_secs_f64(),
+        output::rate(manifest.size, elapsed),
+    );
+    if let Some(outcome) = resumed.filter(|o| o.resumed_chunks > 0) {
         eprintln!(
-            "pulled {label} to {destination}: {} in {} verified chunks; {:.2} s, {}",
-            output::size(manifest.size),
-            manifest.chunks.len(),
-            elapsed.as_secs_f64(),
-            output::rate(manifest.size, elapsed),
+            "resumed an interrupted pull: {} ({}) were already there and verified",
+            output::count(outcome.resumed_chunks as u64, "chunk", "chunks"),
+            output::size(outcome.resumed_bytes)
         );
-        if let Some(outcome) = resumed.filter(|o| o.resumed_chunks > 0) {
-            eprintln!(
-                "resumed an interrupted pull: {} chunks ({}) were already there and verified",
-                outcome.resumed_chunks,
-                output::size(outcome.resumed_bytes)
-            );
-        }
-        if let Some(swarm) = &swarm {
-            network::print_member_report(&swarm.report(), &swarm.unreachable, true);
-        }
+    }
+    if let Some(swarm) = &swarm {
+        network::print_member_report(&swarm.report(), &swarm.unreachable, true);
     }
     Ok(())
 }
 
-fn share(session: &Session, home: &Path, spec: &str) -> Result<()> {
+fn share(cx: &Cx, spec: &str) -> Result<()> {
+    let session = cx.session(Access::Read)?;
     let owner = session.keys().owner_keys();
     let history = transfer::history(session.catalog(), &owner)?;
     let version = history.select_one(spec)?;
@@ -460,21 +555,12 @@ fn share(session: &Session, home: &Path, spec: &str) -> Result<()> {
         .manifest(&version.manifest)?
         .ok_or(TransferError::from(StoreError::ManifestMissing(version.manifest)))?;
     let (file_key, _) = Manifest::open(&owner, version.manifest, &envelope).map_err(TransferError::from)?;
-    println!("{}", network::share_ticket(home, &session.own_node(), version.manifest, &file_key)?);
-    eprintln!("this ticket reads {} (and nothing else); anyone in the network who has it can pull it", version.label());
+    println!("{}", network::share_ticket(cx.existing_home()?, &session.own_node(), version.manifest, &file_key)?);
+    cx.say(format_args!(
+        "this ticket reads {} (and nothing else); anyone in the network who has it can pull it",
+        version.label()
+    ));
     Ok(())
-}
-
-/// The manifest a pull spec names, and how to call it in messages. A whole
-/// manifest id the log does not know is still tried against the store.
-fn resolve_for_pull(history: &History, spec: &str) -> Result<(ManifestId, String)> {
-    match history.select_one(spec) {
-        Ok(version) => Ok((version.manifest, version.label())),
-        Err(err) => match spec.parse::<ManifestId>() {
-            Ok(id) => Ok((id, format!("manifest {}", id.short(16)))),
-            Err(_) => Err(err.into()),
-        },
-    }
 }
 
 /// `-o` as given, inside it if it is a directory, or the manifest's name here.
@@ -528,9 +614,9 @@ fn list(session: &Session, json: bool) -> Result<()> {
     let latest: Vec<(usize, &Version)> = history
         .live_names()
         .into_iter()
-        .map(|name| {
+        .filter_map(|name| {
             let live: Vec<&Version> = history.versions_of(name).filter(|v| v.is_live()).collect();
-            (live.len(), *live.last().expect("live_names only lists names with live versions"))
+            live.last().map(|latest| (live.len(), *latest))
         })
         .collect();
     if json {
@@ -560,7 +646,9 @@ fn list(session: &Session, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn remove(session: &Session, home: &Path, spec: &str, quiet: bool) -> Result<()> {
+fn remove(cx: &Cx, spec: &str) -> Result<()> {
+    let session = cx.session(Access::Add)?;
+    let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let history = transfer::history(session.catalog(), &owner)?;
     let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
@@ -576,43 +664,43 @@ fn remove(session: &Session, home: &Path, spec: &str, quiet: bool) -> Result<()>
     };
     let retracted = record::retract_versions(session.catalog(), swarm.as_ref(), &owner, &versions)?;
     if !retracted.unconfirmed.is_empty() {
-        eprintln!("p2pfs: warning: some peers did not confirm the unpin: {}", retracted.unconfirmed.join("; "));
+        cx.warn(format_args!("some peers did not confirm the unpin: {}", retracted.unconfirmed.join("; ")));
     }
-    if !quiet {
-        let gc = match session.served() {
-            Some(_) => "stop the node and run `p2pfs gc` to free the chunks no live version needs",
-            None => "`p2pfs gc` frees the chunks no live version needs",
-        };
-        eprintln!("removed {}; {gc}", labels.join(", "));
-    }
+    let gc = match session.served() {
+        Some(_) => "stop the node and run `p2pfs gc` to free the chunks no live version needs",
+        None => "`p2pfs gc` frees the chunks no live version needs",
+    };
+    cx.say(format_args!("removed {}; {gc}", labels.join(", ")));
     Ok(())
 }
 
-fn collect_garbage(home: &Home, json: bool, quiet: bool) -> Result<()> {
-    let report = home.store().gc()?;
+fn collect_garbage(cx: &Cx, json: bool) -> Result<()> {
+    let session = cx.session(Access::Exclusive)?;
+    let report = session.require_owned("gc")?.store().gc()?;
     if json {
         return print_json(&report);
     }
-    if !quiet {
-        eprintln!(
-            "gc: deleted {} chunks and {} manifests, freed {}",
-            report.chunks_deleted,
-            report.manifests_deleted,
-            output::size(report.bytes_freed)
-        );
-    }
+    cx.say(format_args!(
+        "gc: deleted {} and {}, freed {}",
+        output::count(report.chunks_deleted, "chunk", "chunks"),
+        output::count(report.manifests_deleted, "manifest", "manifests"),
+        output::size(report.bytes_freed)
+    ));
     Ok(())
 }
 
-fn status(session: &Session, home: &Path, json: bool) -> Result<()> {
+fn status(cx: &Cx, json: bool) -> Result<()> {
+    let session = cx.session(Access::Read)?;
+    let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let history = transfer::history(session.catalog(), &owner)?;
-    let (chunk_bytes, chunk_count) = match session.served() {
-        Some(served) => {
+    let (chunk_bytes, chunk_count) = match (session.served(), session.store()) {
+        (Some(served), _) => {
             let status = served.daemon().status()?;
             (status.chunk_bytes, status.chunks)
         }
-        None => session.store().expect("an owned home has its store").chunk_usage()?,
+        (None, Some(store)) => store.chunk_usage()?,
+        (None, None) => bail!("this home's store is neither open here nor served"),
     };
     let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
     let status = serde_json::json!({
@@ -636,12 +724,12 @@ fn status(session: &Session, home: &Path, json: bool) -> Result<()> {
     }
     println!("owner id   {}", owner.owner_id());
     println!(
-        "versions   {} live, of {} names, {} in all",
+        "versions   {} live, of {}, {} in all",
         live.len(),
-        status["names"],
+        output::count(history.live_names().len() as u64, "name", "names"),
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
-    println!("store      {} chunks, {} on disk", chunk_count, output::size(chunk_bytes));
+    println!("store      {}, {} on disk", output::count(chunk_count, "chunk", "chunks"), output::size(chunk_bytes));
     Ok(())
 }
 

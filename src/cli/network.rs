@@ -5,56 +5,19 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use anyhow::{Context, Result, bail};
 
-use super::output;
+use super::session::Link;
+use super::{Cx, output};
 use crate::crypto::FileKey;
-use crate::home::{self, Home, Keys};
+use crate::home::peers::{KnownPeer, PeerTable};
+use crate::home::{self, Access, Home, Keys};
 use crate::id::{self, ManifestId, NodeId};
-use crate::net::{Client, Net, Tuning};
-use crate::node::peers::{KnownPeer, PeerTable};
+use crate::net::{Client, Net, Tuning, canonical_addr};
 use crate::node::{Node, ServeInfo};
+use crate::token::{self, JoinToken, ShareTicket};
 use crate::transfer::swarm::{MemberReport, Swarm};
 use crate::wire::PeerInfo;
-
-const JOIN_PREFIX: &str = "p2pfs-join1-";
-const SHARE_PREFIX: &str = "p2pfs-share1-";
-
-/// What `p2pfs invite` prints: the network key and where to find this node.
-#[derive(Serialize, Deserialize)]
-struct JoinToken {
-    network_key: [u8; 32],
-    peer: PeerInfo,
-}
-
-/// What `p2pfs share` prints: one version's manifest, its file key, and peers that hold it.
-#[derive(Serialize, Deserialize)]
-pub(super) struct ShareTicket {
-    pub(super) manifest: ManifestId,
-    pub(super) file_key: [u8; 32],
-    pub(super) peers: Vec<PeerInfo>,
-}
-
-fn encode_token<T: Serialize>(prefix: &str, value: &T) -> String {
-    format!("{prefix}{}", id::to_hex(&postcard::to_stdvec(value).expect("tokens always encode")))
-}
-
-fn decode_token<T: for<'de> Deserialize<'de>>(prefix: &str, what: &str, text: &str) -> Result<T> {
-    let bad = || anyhow!("that is not a {what} (it should start with {prefix}); copy it again, whole");
-    let hex = text.trim().strip_prefix(prefix).ok_or_else(bad)?;
-    if hex.len() % 2 != 0 {
-        return Err(bad());
-    }
-    let bytes: Option<Vec<u8>> =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-    postcard::from_bytes(&bytes.ok_or_else(bad)?).map_err(|_| bad())
-}
-
-/// Whether a pull argument is a share ticket.
-pub(super) fn is_share_ticket(spec: &str) -> bool {
-    spec.starts_with(SHARE_PREFIX)
-}
 
 /// A token or ticket given as an argument, or read from standard input when
 /// the argument is `-`: then it never shows in the process list.
@@ -72,10 +35,6 @@ pub(super) fn secret_argument(arg: &str, what: &str) -> Result<String> {
         bail!("standard input held no {what}; pipe it in, e.g. `echo TOKEN | p2pfs …  -`");
     }
     Ok(text)
-}
-
-pub(super) fn parse_share_ticket(spec: &str) -> Result<ShareTicket> {
-    decode_token(SHARE_PREFIX, "share ticket", spec)
 }
 
 /// A tokio runtime for one command: two workers, like the machine's cores.
@@ -120,13 +79,17 @@ pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPee
         table.learn_verified(node, addr);
     }
     table.learn_all_unverified(&swarm.learned, me);
-    table.save().context("saving the peer table")?;
+    // What was learned is a hint for next time; a home on a read-only disk
+    // still pulls.
+    if let Err(e) = table.save() {
+        tracing::debug!("not saving the peer table: {e}");
+    }
     if swarm.is_empty() {
         let reasons: Vec<String> = swarm.unreachable.iter().map(|(_, why)| why.clone()).collect();
         let refused = reasons.iter().any(|why| why.contains("not a member"));
         bail!(
             "no peer reachable ({} known): {}{}",
-            known.len(),
+            output::count(known.len() as u64, "peer", "peers"),
             if reasons.is_empty() { "none known".to_owned() } else { reasons.join("; ") },
             if refused {
                 ". This home's network key is not theirs: get a join token from a member (`p2pfs invite` \
@@ -146,20 +109,22 @@ pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPee
 pub(super) fn print_member_report(reports: &[MemberReport], unreachable: &[(NodeId, String)], pulling: bool) {
     for r in reports {
         let what = if pulling {
-            format!("{} chunks fetched", r.chunks_fetched)
+            format!("{} fetched", output::count(r.chunks_fetched, "chunk", "chunks"))
         } else {
-            format!("{} chunks ({}) stored", r.chunks_sent, output::size(r.bytes_sent))
+            format!("{} ({}) stored", output::count(r.chunks_sent, "chunk", "chunks"), output::size(r.bytes_sent))
         };
         let failure = r.failure.as_deref().map_or(String::new(), |f| format!("; dropped: {f}"));
-        eprintln!("  peer {} at {}: {what}{failure}", r.node.short(16), r.addr);
+        eprintln!("  peer {} at {}: {what}{failure}", r.node.short(16), canonical_addr(r.addr));
     }
     for (node, why) in unreachable {
         eprintln!("  peer {}: unreachable: {why}", node.short(16));
     }
 }
 
-pub(super) fn serve(home: Home, listen: SocketAddr, bootstrap: &[String], quiet: bool) -> Result<()> {
+pub(super) fn serve(cx: &Cx, listen: &str, bootstrap: &[String]) -> Result<()> {
+    let listen = resolve_addr(listen, "--listen")?;
     let bootstrap = bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
+    let home = Home::open_for(cx.existing_home()?, Access::Exclusive, cx.wait)?;
     // Store work waits its turn on a bounded pool rather than each request
     // getting a thread of its own.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -169,17 +134,85 @@ pub(super) fn serve(home: Home, listen: SocketAddr, bootstrap: &[String], quiet:
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    check_bootstrap(&rt, home.keys(), &bootstrap)?;
     rt.block_on(async {
-        let node = Node::bind(home, listen, bootstrap).with_context(|| format!("starting a node on {listen}"))?;
-        if !quiet {
-            eprintln!("serving node {} at {} (stop with Ctrl-C)", node.node_id(), node.addr());
-        }
+        let node = Node::bind(home, listen, bootstrap).map_err(|e| {
+            let in_use = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<crate::net::NetError>())
+                .is_some_and(|n| matches!(n, crate::net::NetError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse))
+                || e.to_string().contains("in use");
+            let err = anyhow::Error::new(e);
+            if in_use {
+                err.context(format!(
+                    "port {} is taken, perhaps by another `p2pfs serve`: stop that, or listen elsewhere with \
+                     --listen HOST:PORT",
+                    listen.port()
+                ))
+            } else {
+                err.context(format!("starting a node on {listen}"))
+            }
+        })?;
+        cx.say(format_args!(
+            "serving node {} at {} (stop with Ctrl-C)",
+            node.node_id(),
+            canonical_addr(node.addr())
+        ));
         node.serve(shutdown_signal()).await;
-        if !quiet {
-            eprintln!("node stopped; everything acknowledged is on disk");
-        }
+        cx.say("node stopped; everything acknowledged is on disk");
         Ok(())
     })
+}
+
+/// Fails before serving if a bootstrap peer says this home is not of its
+/// network: a storage node must `init --join` first, or everyone refuses it.
+/// A peer that does not answer is only a warning: it may come up later.
+fn check_bootstrap(rt: &tokio::runtime::Runtime, keys: &Keys, bootstrap: &[(NodeId, SocketAddr)]) -> Result<()> {
+    if bootstrap.is_empty() {
+        return Ok(());
+    }
+    let net = {
+        let _guard = rt.enter();
+        client(keys)?
+    };
+    let client = Client::new(rt.handle().clone(), net);
+    let probes = bootstrap.iter().map(|&(node, addr)| {
+        let net = client.net().clone();
+        async move { (node, addr, net.connect(node, addr).await.map(|_| ())) }
+    });
+    let results = client.run_all(probes);
+    client.close();
+    for (node, addr, result) in results {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_other_network() => bail!(
+                "node {} at {addr} refused this home: it is not of that node's network. A storage node joins \
+                 first: `p2pfs invite` on that node, then `p2pfs init --join TOKEN` here (a new P2PFS_HOME), \
+                 then `p2pfs serve`",
+                node.short(16)
+            ),
+            Err(e) => eprintln!("p2pfs: warning: bootstrap peer {} at {addr} does not answer yet: {e}", node.short(16)),
+        }
+    }
+    Ok(())
+}
+
+/// `HOST:PORT`, looking the host up (an IPv4 address first, as `localhost`
+/// resolves to both).
+fn resolve_addr(text: &str, what: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .with_context(|| format!("{what} {text}: not an address; give HOST:PORT, e.g. 0.0.0.0:7070 or localhost:7070"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{what} {text}: the name has no address"))
 }
 
 async fn shutdown_signal() {
@@ -202,32 +235,33 @@ fn parse_node_addr(text: &str) -> Result<(NodeId, SocketAddr)> {
     Ok((node, addr))
 }
 
-pub(super) fn invite(home_path: &Path, addr: Option<SocketAddr>) -> Result<()> {
+pub(super) fn invite(cx: &Cx, addr: Option<&str>) -> Result<()> {
+    let home_path = cx.existing_home()?;
     let keys = Keys::load(home_path)?;
     let addrs = match addr {
-        Some(addr) => vec![addr],
+        Some(addr) => vec![resolve_addr(addr, "--addr")?],
         None => ServeInfo::read(home_path)
             .filter(|info| info.node == keys.node_id())
             .map(|info| info.addrs)
             .context("this home is not serving: start `p2pfs serve --listen ADDR` first, or give `--addr HOST:PORT`")?,
     };
     let peer = KnownPeer { node: keys.node_id(), addrs }.to_wire();
-    println!("{}", encode_token(JOIN_PREFIX, &JoinToken { network_key: keys.network, peer }));
+    println!("{}", token::encode(&JoinToken { network_key: keys.network, peer }));
     Ok(())
 }
 
-pub(super) fn join(home_path: &Path, token: &str, quiet: bool) -> Result<()> {
+pub(super) fn join(cx: &Cx, token: &str) -> Result<()> {
     let token = secret_argument(token, "join token")?;
-    let token: JoinToken = decode_token(JOIN_PREFIX, "join token", &token)?;
-    home::init(home_path)?;
+    let token: JoinToken = token::decode(&token)?;
+    let home_path = cx.created_home()?;
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
     let keys = Keys::load(home_path)?;
     if keys.network != token.network_key {
         if !table.is_empty() {
             bail!(
-                "{} already belongs to another network ({} peers known); join from a new home (set P2PFS_HOME)",
+                "{} already belongs to another network ({} known); join from a new home (set P2PFS_HOME)",
                 home_path.display(),
-                table.peers().len()
+                output::count(table.peers().len() as u64, "peer", "peers")
             );
         }
         home::replace_key(home_path, "network.key", &token.network_key)?;
@@ -237,31 +271,38 @@ pub(super) fn join(home_path: &Path, token: &str, quiet: bool) -> Result<()> {
         table.learn_verified(token.peer.node, *addr);
     }
     table.save().context("saving the peer table")?;
-    if !quiet {
-        eprintln!(
-            "{} joined the network of node {}; `p2pfs peers` checks the connection",
-            home_path.display(),
-            token.peer.node.short(16)
-        );
-    }
+    cx.say(format_args!(
+        "{} joined the network of node {}; `p2pfs peers` checks the connection",
+        home_path.display(),
+        token.peer.node.short(16)
+    ));
     Ok(())
 }
 
-pub(super) fn peers(home_path: &Path, json: bool) -> Result<()> {
+pub(super) fn peers(cx: &Cx, json: bool) -> Result<()> {
+    let home_path = cx.existing_home()?;
     let keys = Keys::load(home_path)?;
     let table = PeerTable::load(home_path).context("reading the peer table")?;
-    let link = super::session::Link::new(&keys)?;
+    let link = Link::new(&keys)?;
     let probes = table.dial_list().into_iter().map(|peer| {
         let net = link.client.net().clone();
         async move {
             let (addr, state) = match net.connect_any(peer.node, &peer.addrs).await {
-                Ok((conn, addr)) => (Some(addr), conn.ping().await.map_err(|e| e.to_string())),
-                Err(e) => (peer.addrs.first().copied(), Err(e.to_string())),
+                Ok((conn, addr)) => (Some(canonical_addr(addr)), conn.ping().await.map_err(|e| e.to_string())),
+                Err(e) => (peer.addrs.first().copied().map(canonical_addr), Err(e.to_string())),
             };
             (peer, addr, state)
         }
     });
     let results = link.client.run_all(probes);
+    let all_unreachable = !results.is_empty() && results.iter().all(|(_, _, state)| state.is_err());
+    let unreachable = || {
+        anyhow::anyhow!(
+            "none of the {} known answered: check that they run (`p2pfs serve`) and that this machine can \
+             reach them",
+            output::count(results.len() as u64, "peer", "peers")
+        )
+    };
     if json {
         let rows: Vec<_> = results
             .iter()
@@ -275,12 +316,11 @@ pub(super) fn peers(home_path: &Path, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        return super::print_json(&rows);
+        super::print_json(&rows)?;
+        return if all_unreachable { Err(unreachable()) } else { Ok(()) };
     }
     if results.is_empty() {
-        eprintln!(
-            "no peers known: this home works alone. `p2pfs invite` on a node, then `p2pfs init --join TOKEN` here"
-        );
+        cx.say("no peers known: this home works alone. `p2pfs invite` on a node, then `p2pfs init --join TOKEN` here");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = results
@@ -295,19 +335,23 @@ pub(super) fn peers(home_path: &Path, json: bool) -> Result<()> {
         })
         .collect();
     print!("{}", output::table(&["NODE", "ADDRESS", "STATE", "RTT"], &rows));
-    Ok(())
-}
-
-pub(super) fn key_export(home_path: &Path, quiet: bool) -> Result<()> {
-    let keys = Keys::load(home_path)?;
-    println!("{}", id::to_hex(&keys.owner));
-    if !quiet {
-        eprintln!("this is the owner key: whoever has it can read every file of this owner; keep it secret");
+    if all_unreachable {
+        return Err(unreachable());
     }
     Ok(())
 }
 
-pub(super) fn key_import(home: &Home, file: &Path, force: bool, quiet: bool) -> Result<()> {
+pub(super) fn key_export(cx: &Cx) -> Result<()> {
+    let keys = Keys::load(cx.existing_home()?)?;
+    println!("{}", id::to_hex(&keys.owner));
+    cx.say("this is the owner key: whoever has it can read every file of this owner; keep it secret");
+    Ok(())
+}
+
+pub(super) fn key_import(cx: &Cx, file: &Path, force: bool) -> Result<()> {
+    let session = cx.session(Access::Exclusive)?;
+    let home = session.require_owned("key import")?;
+    let quiet = cx.quiet;
     let mut text = String::new();
     if file == Path::new("-") {
         io::stdin().take(256).read_to_string(&mut text).context("reading the key from standard input")?;
@@ -354,5 +398,5 @@ pub(super) fn share_ticket(
         );
     }
     let peers: Vec<PeerInfo> = own_node.iter().chain(&table.verified_peers()).take(4).map(KnownPeer::to_wire).collect();
-    Ok(encode_token(SHARE_PREFIX, &ShareTicket { manifest, file_key: file_key.0, peers }))
+    Ok(token::encode(&ShareTicket { manifest, file_key: file_key.0, peers }))
 }

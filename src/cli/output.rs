@@ -22,10 +22,16 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// Throughput in decimal megabytes per second, as benchmarks quote it.
+/// Throughput in the binary units of [`size`] (as the progress bar shows it).
 pub fn rate(bytes: u64, elapsed: Duration) -> String {
-    let seconds = elapsed.as_secs_f64().max(1e-9);
-    format!("{:.0} MB/s", bytes as f64 / seconds / 1e6)
+    let seconds = elapsed.as_secs_f64().max(1e-6);
+    format!("{}/s", size((bytes as f64 / seconds) as u64))
+}
+
+/// `1 chunk`, `2 chunks`.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `2026-11-27 02:25:35 UTC` from milliseconds since the Unix epoch.
@@ -101,6 +107,14 @@ mod tests {
         assert_eq!(size(1024), "1.00 KiB");
         assert_eq!(size(8 << 20), "8.00 MiB");
         assert_eq!(size(300 << 30), "300 GiB");
+    }
+
+    #[test]
+    fn rates_and_counts_read_as_english() {
+        assert_eq!(rate(3 << 20, Duration::from_secs(2)), "1.50 MiB/s");
+        assert_eq!(rate(100, Duration::from_secs(1)), "100 B/s");
+        assert_eq!(count(1u64, "chunk", "chunks"), "1 chunk");
+        assert_eq!(count(0u64, "chunk", "chunks"), "0 chunks");
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::network;
-use crate::home::{Config, Home, HomeError, Keys};
+use crate::home::peers::{KnownPeer, PeerTable};
+use crate::home::{Access, Config, Home, HomeError, Keys};
 use crate::net::Client;
 use crate::node::ServeInfo;
-use crate::node::peers::{KnownPeer, PeerTable};
 use crate::store::Store;
 use crate::transfer::catalog::Catalog;
 use crate::transfer::daemon::Daemon;
@@ -82,15 +82,23 @@ impl Deref for LinkRef<'_> {
 }
 
 impl Session {
-    /// Opens the home at `path`, or connects to the node serving it.
-    pub(super) fn open(path: &Path) -> Result<Self> {
-        let locked = match Home::open(path) {
+    /// Opens the home at `path` for `access`, or connects to the node
+    /// serving it. A home that another command holds in a way `access`
+    /// cannot share (`gc`) is waited for with `wait`, and refused without.
+    pub(super) fn open(path: &Path, access: Access, wait: bool) -> Result<Self> {
+        let locked = match Home::open_for(path, access, false) {
             Ok(home) => return Ok(Session::Owned(Box::new(home))),
             Err(e @ HomeError::Locked { .. }) => e,
             Err(e) => return Err(e.into()),
         };
-        let Some(info) = ServeInfo::read(path) else { return Err(locked.into()) };
-        Served::connect(path, info).map(|served| Session::Served(Box::new(served)))
+        if let Some(info) = ServeInfo::read(path) {
+            return Served::connect(path, info).map(|served| Session::Served(Box::new(served)));
+        }
+        if !wait {
+            return Err(locked.into());
+        }
+        eprintln!("p2pfs: waiting for another p2pfs command to finish with {} (--wait)", path.display());
+        Ok(Session::Owned(Box::new(Home::open_for(path, access, true)?)))
     }
 
     /// The home's keys.

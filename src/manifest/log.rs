@@ -236,6 +236,12 @@ pub enum ResolveError {
     /// Nothing matches.
     #[error("no file or version '{0}' in the log; `p2pfs ls` lists what there is")]
     NotFound(String),
+    /// No name matches, and as an id prefix it is too short to use.
+    #[error(
+        "no file named '{0}' in the log, and an id prefix needs {min} or more hex digits; `p2pfs log` shows the ids",
+        min = crate::id::MIN_PREFIX_LEN
+    )]
+    ShortPrefix(String),
     /// The name exists but not that version.
     #[error("'{name}' has no version {number}; its versions are {existing}")]
     NoSuchVersion {
@@ -386,6 +392,9 @@ impl History {
         }
         if self.versions_of(spec).next().is_some() {
             return Err(ResolveError::Removed(format!("every version of '{spec}'")));
+        }
+        if spec.len() >= 4 && spec.len() < crate::id::MIN_PREFIX_LEN && spec.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ResolveError::ShortPrefix(spec.to_owned()));
         }
         Err(ResolveError::NotFound(spec.to_owned()))
     }

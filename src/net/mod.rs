@@ -20,7 +20,7 @@ mod peer;
 pub mod stream;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,6 +155,16 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// Whether the two ends hold different network keys: the peer refused
+    /// our membership proof, or we refused its.
+    pub fn is_other_network(&self) -> bool {
+        match self {
+            NetError::Refused { code, .. } => *code == u64::from(ErrorCode::NOT_MEMBER.0),
+            NetError::NotMember(_) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the peer itself is unusable (dead, unreachable, refusing us),
     /// as opposed to one request failing.
     pub fn peer_is_gone(&self) -> bool {
@@ -618,6 +628,26 @@ fn udp_socket(addr: SocketAddr, buffer: Option<usize>) -> std::io::Result<std::n
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The group an address counts in for per-address caps: an IPv4 address
+/// alone, an IPv6 address by its /56 (what a home or small site is
+/// usually given: one host may spread over many /64s).
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[7..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+    }
+}
+
+/// `addr` as people write it: an IPv4 address mapped into IPv6
+/// (`[::ffff:127.0.0.1]:7070`, what a dual-stack socket reports) as plain IPv4.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]

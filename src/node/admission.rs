@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+pub(crate) use crate::net::address_group;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -24,20 +26,6 @@ pub const MAX_PENDING: usize = 64;
 pub const MAX_PENDING_PER_IP: usize = 8;
 /// Pending connections above which unvalidated clients are sent a Retry.
 pub const RETRY_ABOVE: usize = MAX_PENDING / 4;
-
-/// The group an address counts in for per-address caps: an IPv4 address
-/// alone, an IPv6 address by its /56 (what a home or small site is
-/// usually given: one host may spread over many /64s).
-pub(crate) fn address_group(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[7..].fill(0);
-            IpAddr::V6(octets.into())
-        }
-    }
-}
 
 /// What to do with a new connection attempt.
 #[derive(Debug)]

@@ -23,7 +23,6 @@
 mod admission;
 mod handler;
 mod members;
-pub mod peers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,12 +37,12 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::home::Home;
+use crate::home::peers::{self, KnownPeer, PeerTable};
 use crate::id::NodeId;
 use crate::net::{Net, NetError, Tuning};
 use crate::wire::{ErrorCode, PeerInfo};
 use admission::{Admission, Decision};
 use members::Members;
-use peers::{KnownPeer, PeerTable};
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};

@@ -14,10 +14,13 @@
 //! one write transaction.
 
 use std::collections::HashSet;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,11 +92,61 @@ pub struct GcReport {
     pub sealed_entries_forgotten: u64,
 }
 
-/// The open metadata database.
+/// The metadata database, held open or opened for each transaction.
 pub struct Meta {
-    db: Database,
+    handle: Handle,
     path: PathBuf,
 }
+
+/// How a [`Meta`] reaches its database file.
+enum Handle {
+    /// This process alone uses the store (a node, `gc`): the database stays open.
+    Held(Database),
+    /// Other commands may use the store at once (`ls` during a push): each
+    /// transaction opens the file and closes it after, so no one holds it
+    /// for longer than a transaction. Writes fail when not `writable`.
+    PerTransaction {
+        /// Whether write transactions are allowed.
+        writable: bool,
+        /// How long to wait for another process's transaction to end.
+        patience: Duration,
+    },
+}
+
+/// A transaction, and the database it came from when it was opened for it
+/// alone: the database closes after the transaction ends, never before.
+pub(super) struct Txn<T> {
+    txn: T,
+    _db: Option<Opened>,
+}
+
+/// A database opened for one transaction.
+enum Opened {
+    ReadOnly(ReadOnlyDatabase),
+    Writable(Database),
+}
+
+impl<T> Deref for Txn<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.txn
+    }
+}
+
+impl Txn<WriteTransaction> {
+    fn commit(self) -> Result<(), redb::CommitError> {
+        self.txn.commit()
+    }
+
+    fn abort(self) -> Result<(), redb::StorageError> {
+        self.txn.abort()
+    }
+}
+
+/// How long a command sharing the store waits for another one's transaction
+/// by default; `--wait` waits as long as it takes.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What [`Meta::append_log`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +167,29 @@ impl Meta {
     /// older store (keyed by manifest alone) to owner-keyed pins.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(db_err(path))?;
-        let meta = Self { db, path: path.to_owned() };
-        let txn = meta.db.begin_write().map_err(meta.err())?;
+        let meta = Self { handle: Handle::Held(db), path: path.to_owned() };
+        meta.create_tables()?;
+        Ok(meta)
+    }
+
+    /// Opens the database to be shared with other processes: each
+    /// transaction opens the file (waiting up to `patience` for another
+    /// process's transaction to end) and closes it after. A `writable` one
+    /// creates the tables and migrates an older store first; a read-only one
+    /// never writes, so it works on a read-only disk.
+    pub(super) fn open_shared(path: &Path, writable: bool, patience: Duration) -> Result<Self, StoreError> {
+        let meta = Self { handle: Handle::PerTransaction { writable, patience }, path: path.to_owned() };
+        if writable {
+            meta.create_tables()?;
+        } else {
+            drop(meta.read()?);
+        }
+        Ok(meta)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let meta = self;
+        let txn = meta.write()?;
         txn.open_table(LOG).map_err(meta.err())?;
         txn.open_table(OWNER_PINS).map_err(meta.err())?;
         txn.open_table(UNPINNED).map_err(meta.err())?;
@@ -123,8 +197,63 @@ impl Meta {
         txn.open_table(SEALED).map_err(meta.err())?;
         txn.open_table(HEADS).map_err(meta.err())?;
         meta.migrate_legacy_pins(&txn)?;
-        txn.commit().map_err(meta.err())?;
-        Ok(meta)
+        txn.commit().map_err(meta.err())
+    }
+
+    /// A read transaction.
+    fn read(&self) -> Result<Txn<ReadTransaction>, StoreError> {
+        match &self.handle {
+            Handle::Held(db) => Ok(Txn { txn: db.begin_read().map_err(self.err())?, _db: None }),
+            Handle::PerTransaction { patience, .. } => {
+                let db = self.retry_while_busy(*patience, || match ReadOnlyDatabase::open(&self.path) {
+                    // A database not closed cleanly must be repaired first,
+                    // which takes a writable open.
+                    Err(DatabaseError::RepairAborted) => Database::create(&self.path).map(Opened::Writable),
+                    other => other.map(Opened::ReadOnly),
+                })?;
+                let txn = match &db {
+                    Opened::ReadOnly(db) => db.begin_read(),
+                    Opened::Writable(db) => db.begin_read(),
+                }
+                .map_err(self.err())?;
+                Ok(Txn { txn, _db: Some(db) })
+            }
+        }
+    }
+
+    /// A write transaction.
+    fn write(&self) -> Result<Txn<WriteTransaction>, StoreError> {
+        match &self.handle {
+            Handle::Held(db) => Ok(Txn { txn: db.begin_write().map_err(self.err())?, _db: None }),
+            Handle::PerTransaction { writable: false, .. } => Err(StoreError::ReadOnly(self.path.clone())),
+            Handle::PerTransaction { writable: true, patience } => {
+                let db = self.retry_while_busy(*patience, || Database::create(&self.path))?;
+                let txn = db.begin_write().map_err(self.err())?;
+                Ok(Txn { txn, _db: Some(Opened::Writable(db)) })
+            }
+        }
+    }
+
+    /// Runs `open` until the database is not open in another process, or
+    /// `patience` runs out. Transactions are short, so the wait is too.
+    fn retry_while_busy<D>(
+        &self,
+        patience: Duration,
+        mut open: impl FnMut() -> Result<D, DatabaseError>,
+    ) -> Result<D, StoreError> {
+        // `None`: wait as long as it takes.
+        let deadline = Instant::now().checked_add(patience);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match open() {
+                Err(DatabaseError::DatabaseAlreadyOpen) if deadline.is_none_or(|d| Instant::now() < d) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(self.path.clone())),
+                other => return other.map_err(self.err()),
+            }
+        }
     }
 
     /// Moves every row of the old `pins` table to `owner_pins`; refcounts
@@ -154,7 +283,7 @@ impl Meta {
 
     /// Every log entry of `owner`, in sequence order (unverified: replay checks them).
     pub fn log(&self, owner: &OwnerId) -> Result<Vec<LogEntry>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(LOG).map_err(self.err())?;
         let mut out = Vec::new();
         for row in table.range((owner.as_bytes(), 0)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
@@ -174,7 +303,7 @@ impl Meta {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(LOG).map_err(self.err())?;
         let (mut out, mut bytes) = (Vec::new(), 0);
         for row in table.range((owner.as_bytes(), from)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
@@ -196,18 +325,10 @@ impl Meta {
     pub fn append_log(&self, entry: &LogEntry) -> Result<Appended, StoreError> {
         let owner = entry.owner.as_bytes();
         let encoded = entry.encode();
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         let appended = {
             let mut table = txn.open_table(LOG).map_err(self.err())?;
-            let last = match table.range((owner, 0)..=(owner, u64::MAX)).map_err(self.err())?.next_back() {
-                Some(row) => {
-                    let (key, value) = row.map_err(self.err())?;
-                    let seq = key.value().1;
-                    Some((seq, self.decode_entry(seq, value.value())?.hash()))
-                }
-                None => None,
-            };
-            let (next, prev) = last.map_or((0, [0; 32]), |(seq, hash)| (seq + 1, hash));
+            let (next, prev) = self.log_tail(&table, &entry.owner)?;
             if entry.seq < next {
                 let same = table.get((owner, entry.seq)).map_err(self.err())?.is_some_and(|v| v.value() == encoded);
                 if same { Appended::AlreadyHeld } else { Appended::Conflict { held: next } }
@@ -227,23 +348,41 @@ impl Meta {
         Ok(appended)
     }
 
+    /// The sequence number the next entry of `owner`'s log must have, and
+    /// the hash it must name.
+    fn log_tail(
+        &self,
+        table: &impl ReadableTable<(&'static [u8; 32], u64), &'static [u8]>,
+        owner: &OwnerId,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
+        let owner = owner.as_bytes();
+        match table.range((owner, 0)..=(owner, u64::MAX)).map_err(self.err())?.next_back() {
+            Some(row) => {
+                let (key, value) = row.map_err(self.err())?;
+                let seq = key.value().1;
+                Ok((seq + 1, self.decode_entry(seq, value.value())?.hash()))
+            }
+            None => Ok((0, [0; 32])),
+        }
+    }
+
     /// How many pins are held, over every owner.
     pub fn pin_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
         table.len().map_err(self.err())
     }
 
     /// The id of the chunk sealed under a key with this tag, if one was.
     pub fn lookup_sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(SEALED).map_err(self.err())?;
         Ok(table.get(tag).map_err(self.err())?.map(|id| ChunkId(*id.value())))
     }
 
     /// The newest log entry held for `owner` from `PutHead`, encoded.
     pub fn head(&self, owner: &OwnerId) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(HEADS).map_err(self.err())?;
         Ok(table.get(owner.as_bytes()).map_err(self.err())?.map(|v| v.value().to_vec()))
     }
@@ -251,7 +390,7 @@ impl Meta {
     /// Keeps `entry` (already signature-checked) as its owner's head if its
     /// sequence number is higher than the held one's; returns whether it did.
     pub fn put_head(&self, entry: &LogEntry) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         let newer = self.put_head_in(&txn, entry)?;
         txn.commit().map_err(self.err())?;
         Ok(newer)
@@ -272,7 +411,7 @@ impl Meta {
 
     /// `owner`'s pin of `manifest`, if it holds one: the chunks it keeps.
     pub fn pin_of(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<Option<Vec<ChunkId>>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
         let row = table.get((owner.as_bytes(), manifest.as_bytes())).map_err(self.err())?;
         row.map(|ids| self.decode_ids(ids.value())).transpose()
@@ -281,7 +420,7 @@ impl Meta {
     /// Pins (checking for an earlier unpin and counting the chunks) in one
     /// durable transaction, and says what it did.
     pub fn pin(&self, pin: &PinRecord) -> Result<Pinned, StoreError> {
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         let pinned = self.pin_in(&txn, pin)?;
         txn.commit().map_err(self.err())?;
         Ok(pinned)
@@ -291,7 +430,7 @@ impl Meta {
     /// a tombstone so that it is never pinned again, in one durable
     /// transaction. Returns whether a pin was held (with none, nothing changes).
     pub fn unpin(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         let held = self.unpin_in(&txn, owner, manifest)?;
         txn.commit().map_err(self.err())?;
         Ok(held)
@@ -349,10 +488,16 @@ impl Meta {
         unpins: &[(OwnerId, ManifestId)],
         sealed: &[([u8; 32], ChunkId)],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         {
             let mut log_table = txn.open_table(LOG).map_err(self.err())?;
             for entry in log {
+                let (next, prev) = self.log_tail(&log_table, &entry.owner)?;
+                if entry.seq != next || entry.prev != prev {
+                    drop(log_table);
+                    txn.abort().map_err(self.err())?;
+                    return Err(StoreError::LogConflict { owner: entry.owner, held: next });
+                }
                 log_table.insert((entry.owner.as_bytes(), entry.seq), entry.encode().as_slice()).map_err(self.err())?;
             }
         }
@@ -376,7 +521,7 @@ impl Meta {
 
     /// Every chunk at least one pin needs.
     pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(REFS).map_err(self.err())?;
         let mut out = HashSet::new();
         for row in table.iter().map_err(self.err())? {
@@ -387,7 +532,7 @@ impl Meta {
 
     /// Every manifest at least one owner pins.
     pub fn pinned_manifests(&self) -> Result<HashSet<ManifestId>, StoreError> {
-        let txn = self.db.begin_read().map_err(self.err())?;
+        let txn = self.read()?;
         let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
         let mut out = HashSet::new();
         for row in table.iter().map_err(self.err())? {
@@ -398,7 +543,7 @@ impl Meta {
 
     /// Drops sealed-chunk entries whose chunk is not in `keep`; returns how many.
     pub(super) fn forget_sealed_except(&self, keep: &HashSet<ChunkId>) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(self.err())?;
+        let txn = self.write()?;
         let forgotten = {
             let mut table = txn.open_table(SEALED).map_err(self.err())?;
             let before = table.len().map_err(self.err())?;

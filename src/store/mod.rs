@@ -25,9 +25,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 pub use files::write_durably;
-pub use meta::{Appended, GcReport, PinRecord, Pinned};
+pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, PinRecord, Pinned};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
@@ -85,6 +86,25 @@ pub enum StoreError {
     /// A pin of a manifest its owner unpinned before.
     #[error("manifest {0} was unpinned by its owner; it is not pinned again")]
     PinRevoked(ManifestId),
+    /// A log entry does not follow the owner's log as it is now held.
+    #[error(
+        "the owner's log changed while this command ran (another push or rm of owner {}: it holds {held} \
+         entries now)", owner.short(16)
+    )]
+    LogConflict {
+        /// The owner.
+        owner: crate::id::OwnerId,
+        /// How many entries its log holds.
+        held: u64,
+    },
+    /// A change was asked of a store opened only to read.
+    #[error("{0} is open read-only (a read-only disk, or a command that only reads); nothing was changed")]
+    ReadOnly(PathBuf),
+    /// Another process kept the database open past the wait.
+    #[error(
+        "{0} stayed busy: another p2pfs command kept it open; try again, or add --wait to wait as long as it takes"
+    )]
+    Busy(PathBuf),
     /// Stored metadata does not decode.
     #[error("metadata database {path} holds a malformed record: {reason}")]
     Corrupt {
@@ -164,21 +184,52 @@ struct Usage {
     files: u64,
 }
 
+/// How a process uses a store beside others ([`crate::home`] holds the lock
+/// that keeps them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// This process alone (a node, `gc`): the database stays open, and temp
+    /// files an interrupted process left are cleared.
+    Exclusive,
+    /// Others may read and add at the same time (`push`, `rm`): it adds
+    /// files and commits, one short transaction at a time, but never deletes.
+    Shared {
+        /// How long to wait for another process's transaction.
+        patience: Duration,
+    },
+    /// Only reads (`ls`, `pull`): writes nothing, so it works on a read-only disk.
+    ReadOnly {
+        /// How long to wait for another process's transaction.
+        patience: Duration,
+    },
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `root` and clears temp files
-    /// that an interrupted process left.
+    /// Opens (creating if needed) the store at `root` for this process alone
+    /// and clears temp files that an interrupted process left.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for dir in ["chunks", "manifests", "quarantine", "tmp"] {
-            let dir = root.join(dir);
-            files::create_dir_durably(&dir).map_err(io_err("creating store directory", &dir))?;
+        Self::open_with(root, Sharing::Exclusive)
+    }
+
+    /// Opens the store at `root` as `sharing` says.
+    pub fn open_with(root: &Path, sharing: Sharing) -> Result<Self, StoreError> {
+        if !matches!(sharing, Sharing::ReadOnly { .. }) {
+            for dir in ["chunks", "manifests", "quarantine", "tmp"] {
+                let dir = root.join(dir);
+                files::create_dir_durably(&dir).map_err(io_err("creating store directory", &dir))?;
+            }
         }
-        let store = Self {
-            root: root.to_owned(),
-            db: meta::Meta::open(&root.join("meta.redb"))?,
-            durable_dirs: Mutex::new(HashSet::new()),
-            usage: Mutex::new(None),
+        let db_path = root.join("meta.redb");
+        let db = match sharing {
+            Sharing::Exclusive => meta::Meta::open(&db_path)?,
+            Sharing::Shared { patience } => meta::Meta::open_shared(&db_path, true, patience)?,
+            Sharing::ReadOnly { patience } => meta::Meta::open_shared(&db_path, false, patience)?,
         };
-        store.clear_tmp()?;
+        let store =
+            Self { root: root.to_owned(), db, durable_dirs: Mutex::new(HashSet::new()), usage: Mutex::new(None) };
+        if sharing == Sharing::Exclusive {
+            store.clear_tmp()?;
+        }
         Ok(store)
     }
 

@@ -129,6 +129,12 @@ pub enum TransferError {
         /// What went wrong.
         source: crate::net::NetError,
     },
+    /// A name, version or id does not resolve in the owner's log.
+    #[error(transparent)]
+    Resolve(#[from] crate::manifest::log::ResolveError),
+    /// A share ticket cannot be read.
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
     /// The chunker configuration is invalid.
     #[error(transparent)]
     Chunker(#[from] InvalidChunkerConfig),

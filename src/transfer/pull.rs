@@ -14,13 +14,108 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 
-use crate::crypto::{TAG_LEN, open_chunk, seal_chunk};
+use crate::crypto::{FileKey, OwnerKeys, TAG_LEN, open_chunk, seal_chunk};
+use crate::home::peers::KnownPeer;
 use crate::id::ManifestId;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::store::{Store, StoreError};
+use crate::token::{self, Kind, ShareTicket, TokenError};
 
 use super::catalog::Catalog;
+use super::swarm::Swarm;
 use super::{Parallelism, TransferError};
+
+/// What a pull was asked for: a version of the owner's (NAME, NAME@V, an
+/// id or id prefix), or one someone shared.
+#[derive(Debug, Clone)]
+pub enum Wanted {
+    /// A version in the owner's log, or a whole manifest id.
+    Version(String),
+    /// A version a share ticket gives.
+    Shared(ShareTicket),
+}
+
+impl Wanted {
+    /// Reads a pull argument: a share ticket (whitespace anywhere ignored),
+    /// else a version spec.
+    pub fn parse(spec: &str) -> Result<Self, TokenError> {
+        match token::kind_of(spec) {
+            Some(Kind::Share) => token::decode(spec).map(Wanted::Shared),
+            // Decoding a join token as a ticket fails, saying what it is for.
+            Some(Kind::Join) => token::decode::<ShareTicket>(spec).map(Wanted::Shared),
+            None => Ok(Wanted::Version(spec.to_owned())),
+        }
+    }
+}
+
+/// The manifest a pull reads, and how to open it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The manifest.
+    pub id: ManifestId,
+    /// How messages call it: `name@3`, or `shared manifest 1a2b…`.
+    pub label: String,
+    /// The file key, for a shared version; the owner's keys open the others.
+    file_key: Option<FileKey>,
+    /// Peers a ticket named.
+    peers: Vec<KnownPeer>,
+}
+
+impl Target {
+    /// Which manifest `wanted` means. A version spec goes through the
+    /// owner's log; a whole manifest id the log does not know is still
+    /// tried (it may be in a store, or on peers).
+    pub fn resolve(catalog: &dyn Catalog, owner: &OwnerKeys, wanted: &Wanted) -> Result<Self, TransferError> {
+        match wanted {
+            Wanted::Shared(ticket) => Ok(Target {
+                id: ticket.manifest,
+                label: format!("shared manifest {}", ticket.manifest.short(16)),
+                file_key: Some(FileKey(ticket.file_key)),
+                peers: ticket.peers.iter().map(KnownPeer::from_wire).collect(),
+            }),
+            Wanted::Version(spec) => {
+                let history = super::history(catalog, owner)?;
+                let (id, label) = match history.select_one(spec) {
+                    Ok(version) => (version.manifest, version.label()),
+                    Err(err) => match spec.parse::<ManifestId>() {
+                        Ok(id) => (id, format!("manifest {}", id.short(16))),
+                        Err(_) => return Err(err.into()),
+                    },
+                };
+                Ok(Target { id, label, file_key: None, peers: Vec::new() })
+            }
+        }
+    }
+
+    /// Whether only peers can give it: a shared version is not in this home.
+    pub fn needs_peers(&self) -> bool {
+        self.file_key.is_some()
+    }
+
+    /// Peers to ask besides the home's own (those a ticket named).
+    pub fn peers(&self) -> &[KnownPeer] {
+        &self.peers
+    }
+
+    /// Gets the manifest from the home's records, else from `swarm`, and
+    /// opens it: with the ticket's file key, or the owner's keys.
+    pub fn open(
+        &self,
+        catalog: &dyn Catalog,
+        swarm: Option<&Swarm>,
+        owner: &OwnerKeys,
+    ) -> Result<Manifest, TransferError> {
+        let envelope = match (catalog.manifest(&self.id)?, swarm) {
+            (Some(envelope), _) => envelope,
+            (None, Some(swarm)) => swarm.fetch_manifest(&self.id)?,
+            (None, None) => return Err(StoreError::ManifestMissing(self.id).into()),
+        };
+        Ok(match &self.file_key {
+            Some(key) => Manifest::open_with_file_key(key, self.id, &envelope)?,
+            None => Manifest::open(owner, self.id, &envelope)?.1,
+        })
+    }
+}
 
 /// Reads a manifest from the home's records and opens it with the owner's keys.
 pub fn open_manifest(

@@ -20,16 +20,31 @@ use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys, TAG_LEN, s
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use super::catalog::Catalog;
 use super::{Parallelism, TransferError, record, unix_time_ms};
 
+/// How to push.
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// Chunk size bounds.
+    pub chunker: ChunkerConfig,
+    /// Threads and buffers.
+    pub parallelism: Parallelism,
+    /// Record a new version even when the input is the name's latest
+    /// version again, byte for byte.
+    pub allow_same: bool,
+}
+
 /// What a push did.
 #[derive(Debug, Clone)]
 pub struct PushReport {
-    /// The new version as the log records it.
+    /// The new version as the log records it, or, when `unchanged`, the
+    /// latest version that already held these bytes.
     pub version: Version,
+    /// The input was the name's latest version again: nothing was recorded.
+    pub unchanged: bool,
     /// Chunks sealed in this push (the rest were known from earlier pushes).
     pub chunks_sealed: u64,
     /// Chunks written to the store (new to it).
@@ -87,22 +102,37 @@ impl Destination for Store {
 /// Pushes everything `input` yields as a new version of `name`: chunks go
 /// to `destination`, the manifest and log entry to `catalog` (and, through
 /// [`Destination::publish`], to the destination).
-#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
+///
+/// When the input is byte for byte the name's latest version, nothing is
+/// recorded and the report names that version (`unchanged`), unless
+/// `options.allow_same` asks for a new version anyway. Another command of
+/// the same owner may append to the log meanwhile: the entry is then made
+/// again on top of the log as it is now.
 pub fn push(
     catalog: &dyn Catalog,
     destination: &dyn Destination,
     owner: &OwnerKeys,
     name: &str,
     input: impl Read + Send,
-    chunker: ChunkerConfig,
-    parallelism: Parallelism,
+    options: &PushOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PushReport, TransferError> {
     let started = Instant::now();
-    let mut history = History::replay(owner, catalog.log(owner)?)?;
-    let cuts = CutPoints::new(chunker, GearTable::from_seed(owner.chunker_seed()))?;
-    let outcome = store_chunks(catalog, destination, owner, input, cuts, parallelism, progress)?;
+    let history = History::replay(owner, catalog.log(owner)?)?;
+    let cuts = CutPoints::new(options.chunker, GearTable::from_seed(owner.chunker_seed()))?;
+    let outcome = store_chunks(catalog, destination, owner, input, cuts, options.parallelism, progress)?;
 
+    if !options.allow_same
+        && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks)
+    {
+        return Ok(PushReport {
+            version: latest,
+            unchanged: true,
+            chunks_sealed: outcome.sealed.len() as u64,
+            chunks_stored: outcome.stored,
+            elapsed: started.elapsed(),
+        });
+    }
     let manifest = Manifest::new(name.to_owned(), outcome.chunks);
     let fresh = EnvelopeRandomness {
         file_key: FileKey(rand::random()),
@@ -121,14 +151,26 @@ pub fn push(
             new_bytes: outcome.new_bytes,
         },
     };
-    let entry = history.append(owner, record, rand::random())?;
     let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
-    let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
-    record::record_version(catalog, destination, owner, &version, &outcome.sealed)?;
+    let mut history = history;
+    let mut attempts = 0;
+    loop {
+        let entry = history.append(owner, record.clone(), rand::random())?;
+        let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
+        match record::record_version(catalog, destination, owner, &version, &outcome.sealed) {
+            Ok(()) => break,
+            Err(TransferError::Store(StoreError::LogConflict { .. })) if attempts < MAX_LOG_RETRIES => {
+                attempts += 1;
+                history = History::replay(owner, catalog.log(owner)?)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 
     let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
     Ok(PushReport {
         version,
+        unchanged: false,
         chunks_sealed: outcome.sealed.len() as u64,
         chunks_stored: outcome.stored,
         elapsed: started.elapsed(),
@@ -140,6 +182,28 @@ impl PushReport {
     pub fn manifest(&self) -> ManifestId {
         self.version.manifest
     }
+}
+
+/// How often a push makes its log entry again after another command of the
+/// owner appended first.
+const MAX_LOG_RETRIES: usize = 8;
+
+/// The name's latest live version, if it has exactly `chunks`.
+fn same_as_latest(
+    catalog: &dyn Catalog,
+    owner: &OwnerKeys,
+    history: &History,
+    name: &str,
+    chunks: &[ChunkRef],
+) -> Option<Version> {
+    let latest = history.versions_of(name).filter(|v| v.is_live()).last()?;
+    if latest.chunks != chunks.len() as u64 {
+        return None;
+    }
+    let envelope = catalog.manifest(&latest.manifest).ok()??;
+    let (_, manifest) = Manifest::open(owner, latest.manifest, &envelope).ok()?;
+    let same = manifest.chunks.iter().zip(chunks).all(|(a, b)| a.id == b.id && a.len == b.len);
+    same.then(|| latest.clone())
 }
 
 struct Stored {

@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use super::TransferError;
 use super::placement;
+use crate::home::peers::KnownPeer;
 use crate::id::{ManifestId, NodeId};
 use crate::net::{Client, NetError, Peer};
-use crate::node::peers::KnownPeer;
 use crate::wire::{ErrorCode, PeerInfo};
 
 /// How long a peer may take to answer the peer exchange that admits it to a swarm.

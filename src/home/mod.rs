@@ -11,17 +11,21 @@
 //!
 //! A key file that group or others can read is refused, never silently used.
 
+pub mod origins;
+pub mod peers;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkerConfig;
 use crate::crypto::{KEY_LEN, OwnerKeys};
 use crate::id::{self, NodeId};
-use crate::store::{Store, StoreError};
+use crate::store::{Sharing, Store, StoreError};
 
 const KEY_NAMES: [&str; 3] = ["node.key", "owner.key", "network.key"];
 
@@ -50,7 +54,7 @@ pub enum HomeError {
     #[error("{0} is not a p2pfs key file (expected 64 hex characters); restore it from a backup")]
     KeyMalformed(PathBuf),
     /// Another process holds the home's lock.
-    #[error("{path} is in use by another p2pfs process{holder}; wait for it to finish or stop it")]
+    #[error("{path} is in use by another p2pfs process{holder}; wait for it to finish, or add --wait to wait for it")]
     Locked {
         /// The home directory.
         path: PathBuf,
@@ -219,22 +223,49 @@ fn write_new_private(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
     Ok(())
 }
 
+/// What a command does with a home, which decides whom it shares it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only (`ls`, `log`, `pull`, `status`): beside any command but
+    /// `gc` and `serve`, and on a read-only disk.
+    Read,
+    /// Reads and adds (`push`, `rm`): beside readers and other adders, never
+    /// beside `gc` (which deletes what no version references yet).
+    Add,
+    /// This process alone (`serve`, `gc`, `key import`).
+    Exclusive,
+}
+
 /// An open home, locked for this process.
 pub struct Home {
     path: PathBuf,
     keys: Keys,
     config: Config,
     store: Store,
-    _lock: File,
+    _lock: Option<HomeLock>,
 }
 
 impl Home {
-    /// Locks, reads and opens the home at `path`, which must be initialised.
+    /// Locks, reads and opens the home at `path`, which must be
+    /// initialised, for this process alone.
     pub fn open(path: &Path) -> Result<Self, HomeError> {
-        let lock = lock(path)?;
+        Self::open_for(path, Access::Exclusive, false)
+    }
+
+    /// Locks, reads and opens the home at `path` for `access`. With `wait`,
+    /// waits for a process that holds it in a way `access` cannot share;
+    /// without, fails with [`HomeError::Locked`].
+    pub fn open_for(path: &Path, access: Access, wait: bool) -> Result<Self, HomeError> {
+        let lock = HomeLock::take(path, access, wait)?;
         let keys = Keys::load(path)?;
         let config = Config::load(path)?;
-        let store = Store::open(&path.join("store"))?;
+        let patience = if wait { Duration::MAX } else { crate::store::DEFAULT_PATIENCE };
+        let sharing = match access {
+            Access::Read => Sharing::ReadOnly { patience },
+            Access::Add => Sharing::Shared { patience },
+            Access::Exclusive => Sharing::Exclusive,
+        };
+        let store = Store::open_with(&path.join("store"), sharing)?;
         Ok(Self { path: path.to_owned(), keys, config, store, _lock: lock })
     }
 
@@ -259,32 +290,65 @@ impl Home {
     }
 }
 
-fn lock(home: &Path) -> Result<File, HomeError> {
-    let path = home.join("lock");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err("opening lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let holder = match pid.trim() {
-                "" => String::new(),
-                pid => format!(" (pid {pid})"),
-            };
-            return Err(HomeError::Locked { path: home.to_owned(), holder });
+/// The home's `lock` file, flocked: shared by readers and adders,
+/// exclusive for a process that must be alone. An exclusive holder writes
+/// its pid in it (for the message others get) and clears it when done.
+struct HomeLock {
+    file: File,
+    exclusive: bool,
+}
+
+impl HomeLock {
+    /// Takes the lock for `access`. A reader on a disk where the lock file
+    /// cannot be opened (a read-only backup disk) reads without one: no
+    /// process can write there either.
+    fn take(home: &Path, access: Access, wait: bool) -> Result<Option<Self>, HomeError> {
+        let path = home.join("lock");
+        let opened = match access {
+            Access::Read => OpenOptions::new().read(true).open(&path),
+            Access::Add | Access::Exclusive => {
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)
+            }
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(_) if access == Access::Read => return Ok(None),
+            Err(e) => return Err(io_err("opening lock file", &path)(e)),
+        };
+        let exclusive = access == Access::Exclusive;
+        let taken = match (exclusive, wait) {
+            (true, false) => file.try_lock(),
+            (false, false) => file.try_lock_shared(),
+            (true, true) => file.lock().map_err(fs::TryLockError::Error),
+            (false, true) => file.lock_shared().map_err(fs::TryLockError::Error),
+        };
+        match taken {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                return Err(HomeError::Locked { path: home.to_owned(), holder });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
         }
-        Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
+        if exclusive {
+            file.set_len(0).map_err(io_err("writing lock file", &path))?;
+            write!(file, "{}", std::process::id()).map_err(io_err("writing lock file", &path))?;
+        }
+        Ok(Some(Self { file, exclusive }))
     }
-    file.set_len(0).map_err(io_err("writing lock file", &path))?;
-    write!(file, "{}", std::process::id()).map_err(io_err("writing lock file", &path))?;
-    Ok(file)
+}
+
+impl Drop for HomeLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            let _ = self.file.set_len(0);
+        }
+    }
 }
 
 fn read_key(path: &Path) -> Result<[u8; KEY_LEN], HomeError> {

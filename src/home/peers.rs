@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::admission::address_group;
 use crate::id::NodeId;
+use crate::net::address_group;
 use crate::wire::{self, Bounded, PeerInfo};
 
 /// Most peers a table holds.
