@@ -137,11 +137,10 @@ pub(super) fn serve(cx: &Cx, listen: &str, bootstrap: &[String]) -> Result<()> {
     check_bootstrap(&rt, home.keys(), &bootstrap)?;
     rt.block_on(async {
         let node = Node::bind(home, listen, bootstrap).map_err(|e| {
-            let in_use = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<crate::net::NetError>())
-                .is_some_and(|n| matches!(n, crate::net::NetError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse))
-                || e.to_string().contains("in use");
             let err = anyhow::Error::new(e);
+            let in_use = err
+                .chain()
+                .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::AddrInUse));
             if in_use {
                 err.context(format!(
                     "port {} is taken, perhaps by another `p2pfs serve`: stop that, or listen elsewhere with \
@@ -152,11 +151,7 @@ pub(super) fn serve(cx: &Cx, listen: &str, bootstrap: &[String]) -> Result<()> {
                 err.context(format!("starting a node on {listen}"))
             }
         })?;
-        cx.say(format_args!(
-            "serving node {} at {} (stop with Ctrl-C)",
-            node.node_id(),
-            canonical_addr(node.addr())
-        ));
+        cx.say(format_args!("serving node {} at {} (stop with Ctrl-C)", node.node_id(), canonical_addr(node.addr())));
         node.serve(shutdown_signal()).await;
         cx.say("node stopped; everything acknowledged is on disk");
         Ok(())
@@ -298,9 +293,9 @@ pub(super) fn peers(cx: &Cx, json: bool) -> Result<()> {
     let all_unreachable = !results.is_empty() && results.iter().all(|(_, _, state)| state.is_err());
     let unreachable = || {
         anyhow::anyhow!(
-            "none of the {} known answered: check that they run (`p2pfs serve`) and that this machine can \
+            "no known peer answered ({} known): check that they run (`p2pfs serve`) and that this machine can \
              reach them",
-            output::count(results.len() as u64, "peer", "peers")
+            results.len()
         )
     };
     if json {

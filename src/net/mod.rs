@@ -56,7 +56,7 @@ pub const MEMBER_RECEIVE_WINDOW: u32 = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,

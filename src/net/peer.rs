@@ -35,7 +35,7 @@ pub struct Peer {
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Peer({}@{})", self.node.short(16), self.conn.remote_address())
+        write!(f, "Peer({}@{})", self.node.short(16), super::canonical_addr(self.conn.remote_address()))
     }
 }
 
