@@ -740,18 +740,11 @@ fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
     let rt = runtime();
     let (_net, peer) = member_client(&server, &rt);
     rt.block_on(peer.put_manifest(manifest, envelope.into())).unwrap();
-    #[derive(serde::Serialize)]
-    struct ShareTicket {
-        manifest: p2pfs::id::ManifestId,
-        file_key: [u8; 32],
-        peers: Vec<PeerInfo>,
-    }
     let peers = vec![
         p2pfs::home::peers::KnownPeer { node: server.id.parse().unwrap(), addrs: vec![server.addr.parse().unwrap()] }
             .to_wire(),
     ];
-    let ticket = ShareTicket { manifest, file_key: file_key.0, peers };
-    let ticket = format!("p2pfs-share1-{}", p2pfs::id::to_hex(&postcard::to_stdvec(&ticket).unwrap()));
+    let ticket = p2pfs::token::encode(&p2pfs::token::ShareTicket { manifest, file_key: file_key.0, peers });
 
     let stderr = victim.fails(&["pull", &ticket, "-o", "bait.bin"], 1);
     assert!(stderr.contains("manifest") && stderr.contains("bytes"), "a clear error: {stderr}");

@@ -95,3 +95,156 @@ fn protocol_doc_lists_every_frame_type_with_its_byte() {
         assert!(PROTOCOL.contains(&row), "PROTOCOL.md should have the row {row}");
     }
 }
+
+const README: &str = include_str!("../README.md");
+
+/// The `sh` code blocks of the README section that starts at `heading`.
+fn readme_blocks(heading: &str) -> Vec<Vec<String>> {
+    let section = README.split(heading).nth(1).expect("the README has that section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| {
+            block.split("```").next().unwrap().lines().map(str::to_owned).filter(|l| !l.trim().is_empty()).collect()
+        })
+        .collect()
+}
+
+/// A line without its trailing `# comment`.
+fn command_of(line: &str) -> String {
+    match line.find("  #") {
+        Some(at) => line[..at].trim().to_owned(),
+        None => line.trim().to_owned(),
+    }
+}
+
+/// A UDP port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Shell {
+    work: tempfile::TempDir,
+    path: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Shell {
+    fn new() -> Self {
+        let bin = std::path::Path::new(env!("CARGO_BIN_EXE_p2pfs")).parent().unwrap().to_owned();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        Self { work: tempfile::tempdir().unwrap(), path, children: Vec::new() }
+    }
+
+    fn command(&self, home: &str, line: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", line])
+            .current_dir(self.work.path())
+            .env("PATH", &self.path)
+            .env("P2PFS_HOME", self.work.path().join(home))
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// Runs `line` as the README shows it, in the home `home`; it must succeed.
+    fn run(&self, home: &str, line: &str) -> String {
+        let out = self.command(home, line).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{line}` failed as the README shows it:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts `p2pfs serve …` (a line ending in `&`) and waits until it serves.
+    fn serve(&mut self, home: &str, line: &str) {
+        let line = line.trim_end_matches('&').trim();
+        let child = self
+            .command(home, line)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let info = self.work.path().join(home).join("serve.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !info.exists() {
+            assert!(std::time::Instant::now() < deadline, "`{line}` did not start serving");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.children.push(child);
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn readme_quickstart_runs_as_shown() {
+    let shell = Shell::new();
+    let file: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(shell.work.path().join("bigfile.iso"), &file).unwrap();
+    std::fs::create_dir(shell.work.path().join("photos")).unwrap();
+    std::fs::write(shell.work.path().join("photos/a.jpg"), b"not really a photo").unwrap();
+    let blocks = readme_blocks("## Quickstart");
+    assert!(blocks.len() >= 2, "the quickstart has its blocks");
+    let mut id = String::new();
+    for line in blocks[0].iter().chain(&blocks[1]) {
+        let command = command_of(line).replace("cargo run --release --", "p2pfs");
+        if !command.starts_with("p2pfs") && !command.starts_with("tar") {
+            continue;
+        }
+        let command = command.replace("3f1c9a0b", &id.get(..8).unwrap_or_default());
+        let out = shell.run("home", &command);
+        if id.is_empty() && command.starts_with("p2pfs push bigfile.iso") {
+            id = out.trim().to_owned();
+        }
+    }
+    assert_eq!(id.len(), 64, "the first push printed the id");
+    assert_eq!(std::fs::read(shell.work.path().join("copy.iso")).unwrap(), file);
+    assert_eq!(std::fs::read(shell.work.path().join("same.iso")).unwrap(), file);
+}
+
+#[test]
+fn readme_storage_node_steps_run_as_shown() {
+    let mut shell = Shell::new();
+    let file: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(40_503) >> 7) as u8).collect();
+    std::fs::write(shell.work.path().join("bigfile.iso"), &file).unwrap();
+    let first = free_port();
+    let block = readme_blocks("### With peers").remove(0);
+    let mut home = String::new();
+    let mut homes = 0;
+    for line in &block {
+        if line.starts_with('#') {
+            homes += 1;
+            home = format!("home{homes}");
+            continue;
+        }
+        let command = command_of(line).replace("192.0.2.10:7070", &format!("127.0.0.1:{first}"));
+        let command = if command.contains("serve") {
+            let port = if homes == 1 { first } else { free_port() };
+            command.replace("0.0.0.0:7070", &format!("127.0.0.1:{port}"))
+        } else {
+            command
+        };
+        if command.ends_with('&') {
+            shell.serve(&home, &command);
+        } else {
+            shell.run(&home, &command);
+        }
+    }
+    assert_eq!(homes, 3, "three machines: the first node, another node, the laptop");
+    assert_eq!(std::fs::read(shell.work.path().join("copy.iso")).unwrap(), file);
+    assert_eq!(std::fs::read(shell.work.path().join("shared.iso")).unwrap(), file);
+    let peers = shell.run(&home, "p2pfs peers --json");
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 2, "the laptop knows both storage nodes: {peers}");
+}

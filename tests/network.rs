@@ -134,7 +134,9 @@ fn a_key_that_does_not_match_the_dialled_node_is_refused() {
     let stderr = me.fails(&["push", file.to_str().unwrap()], 1);
     assert!(stderr.contains("no peer reachable"), "{stderr}");
     assert!(impostor.node.chunk_files().is_empty(), "nothing was sent to the impostor");
-    let peers = me.ok(&["peers"]);
+    let out = me.run(&["peers"]);
+    assert_eq!(out.status.code(), Some(1), "no peer answered as the node it claims to be");
+    let peers = String::from_utf8_lossy(&out.stdout);
     assert!(peers.contains("unreachable"), "{peers}");
 }
 

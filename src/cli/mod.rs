@@ -417,6 +417,12 @@ fn push_file(
             v.label(),
             if origin.is_some() { file.display().to_string() } else { "standard input".into() }
         );
+        if report.chunks_stored > 0 {
+            eprintln!(
+                "{} of it that the store had lost or found damaged were stored again",
+                output::count(report.chunks_stored, "chunk", "chunks")
+            );
+        }
     } else {
         let reused_chunks = v.chunks - report.chunks_stored;
         eprintln!(
@@ -509,13 +515,18 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
                  or delete that file",
                 partial.display()
             ));
-            let outcome = pull::write_to_path(source, &manifest, &target.id, &path, parallelism, true, &progress)
-                .with_context(|| {
-                    format!(
-                        "pulling {label}; what was pulled is kept in {}: run the same command again to resume",
-                        partial.display()
-                    )
-                })?;
+            // From peers, what arrived is kept for a rerun (a peer may come
+            // back); from the local store, a failure is the store's damage.
+            let keep_partial = swarm.is_some();
+            let outcome =
+                pull::write_to_path(source, &manifest, &target.id, &path, parallelism, keep_partial, &progress)
+                    .with_context(|| match keep_partial && partial.exists() {
+                        true => format!(
+                            "pulling {label}; what was pulled is kept in {}: run the same command again to resume",
+                            partial.display()
+                        ),
+                        false => format!("pulling {label}"),
+                    })?;
             (path.display().to_string(), Some(outcome))
         }
     };

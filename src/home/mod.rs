@@ -1,11 +1,16 @@
-//! The home directory (`$P2PFS_HOME`): keys, configuration, the lock and the store.
+//! The home directory (`$P2PFS_HOME`): keys, configuration, the lock, the
+//! peer table, and the store (docs/FORMAT.md, "On-disk layout of a home").
 //!
 //! ```text
-//! config.toml          chunk sizes (and, later, network settings)
+//! config.toml          chunk sizes
 //! keys/node.key        this machine's Ed25519 secret (64 hex), mode 0600
 //! keys/owner.key       the owner's root key (64 hex), mode 0600
 //! keys/network.key     the network secret (64 hex), mode 0600
-//! lock                 held (flock) by the one process using this home
+//! lock                 flock: shared by readers and adders, exclusive for serve, gc, key import
+//! peers.json           the peer table ([`peers`])
+//! origins.json         where each name was last pushed from ([`origins`])
+//! serve.json           written by a running node (`crate::node::ServeInfo`)
+//! pushes/              the CLI's push journal (`cli/journal.rs`)
 //! store/               see `crate::store`
 //! ```
 //!

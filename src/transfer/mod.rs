@@ -75,7 +75,7 @@ pub enum TransferError {
     /// A chunk did not reach enough peers.
     #[error("chunk {chunk} reached {acked} of the {wanted} peers it needs: {reasons}")]
     Replication {
-        /// The chunk (or manifest) id.
+        /// The chunk.
         chunk: ChunkId,
         /// Durable acks received.
         acked: usize,
