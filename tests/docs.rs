@@ -202,7 +202,7 @@ fn readme_quickstart_runs_as_shown() {
         if !command.starts_with("p2pfs") && !command.starts_with("tar") {
             continue;
         }
-        let command = command.replace("3f1c9a0b", &id.get(..8).unwrap_or_default());
+        let command = command.replace("3f1c9a0b", id.get(..8).unwrap_or_default());
         let out = shell.run("home", &command);
         if id.is_empty() && command.starts_with("p2pfs push bigfile.iso") {
             id = out.trim().to_owned();
