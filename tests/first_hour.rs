@@ -385,3 +385,21 @@ fn a_network_push_rerun_after_ctrl_c_resumes_and_says_so() {
     let back = me.run(&["pull", "resume.bin", "-o", "-"]);
     assert!(back.status.success() && back.stdout == data);
 }
+
+#[test]
+fn two_pushes_at_once_to_a_served_home_both_become_versions() {
+    let server = Server::start();
+    let home = &server.node;
+    home.set_chunker(SMALL_CHUNKS);
+    let (a, mut a_in) = push_in_progress(home, "a.bin", &random_bytes(1 << 20, 16));
+    let (b, mut b_in) = push_in_progress(home, "b.bin", &random_bytes(1 << 20, 17));
+    a_in.write_all(b"end of a").unwrap();
+    b_in.write_all(b"end of b").unwrap();
+    drop((a_in, b_in));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    let ls = home.ok(&["ls"]);
+    assert!(ls.contains("a.bin") && ls.contains("b.bin"), "no version lost: {ls}");
+}

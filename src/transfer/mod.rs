@@ -140,6 +140,23 @@ pub enum TransferError {
     Chunker(#[from] InvalidChunkerConfig),
 }
 
+impl TransferError {
+    /// Whether the home's log moved on while this command ran (another
+    /// push or rm of the same owner appended first): making the entry again
+    /// on top of the log as it is now is the fix.
+    pub fn is_log_conflict(&self) -> bool {
+        match self {
+            TransferError::Store(StoreError::LogConflict { .. }) => true,
+            TransferError::Node { source } => source.remote_code() == Some(crate::wire::ErrorCode::LOG_CONFLICT.0),
+            _ => false,
+        }
+    }
+}
+
+/// How often a command makes its log entries again after another command
+/// of the same owner appended first.
+pub(crate) const MAX_LOG_RETRIES: usize = 8;
+
 /// How many threads and chunk buffers a pipeline uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parallelism {

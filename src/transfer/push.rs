@@ -20,10 +20,10 @@ use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys, TAG_LEN, s
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 use super::catalog::Catalog;
-use super::{Parallelism, TransferError, record, unix_time_ms};
+use super::{MAX_LOG_RETRIES, Parallelism, TransferError, record, unix_time_ms};
 
 /// How to push.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +159,7 @@ pub fn push(
         let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
         match record::record_version(catalog, destination, owner, &version, &outcome.sealed) {
             Ok(()) => break,
-            Err(TransferError::Store(StoreError::LogConflict { .. })) if attempts < MAX_LOG_RETRIES => {
+            Err(e) if e.is_log_conflict() && attempts < MAX_LOG_RETRIES => {
                 attempts += 1;
                 history = History::replay(owner, catalog.log(owner)?)?;
             }
@@ -183,10 +183,6 @@ impl PushReport {
         self.version.manifest
     }
 }
-
-/// How often a push makes its log entry again after another command of the
-/// owner appended first.
-const MAX_LOG_RETRIES: usize = 8;
 
 /// The name's latest live version, if it has exactly `chunks`.
 fn same_as_latest(

@@ -79,14 +79,22 @@ pub fn retract_versions(
     owner: &OwnerKeys,
     versions: &[Version],
 ) -> Result<Retracted, TransferError> {
-    let mut history = History::replay(owner, catalog.log(owner)?)?;
-    let mut entries = Vec::with_capacity(versions.len());
-    for version in versions {
-        let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
-        entries.push(history.append(owner, record, rand::random())?);
-    }
     let unpins: Vec<_> = versions.iter().map(|v| (owner.owner_id(), v.manifest)).collect();
-    catalog.record(Change { entries: &entries, version: None, unpins: &unpins, sealed: &[] })?;
+    let mut attempts = 0;
+    loop {
+        let mut history = History::replay(owner, catalog.log(owner)?)?;
+        let mut entries = Vec::with_capacity(versions.len());
+        for version in versions {
+            let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
+            entries.push(history.append(owner, record, rand::random())?);
+        }
+        match catalog.record(Change { entries: &entries, version: None, unpins: &unpins, sealed: &[] }) {
+            Ok(()) => break,
+            // Another command of this owner appended first: remove on top of it.
+            Err(e) if e.is_log_conflict() && attempts < super::MAX_LOG_RETRIES => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
     let mut retracted = Retracted::default();
     let Some(swarm) = swarm else { return Ok(retracted) };
     for version in versions {
