@@ -403,3 +403,20 @@ fn two_pushes_at_once_to_a_served_home_both_become_versions() {
     let ls = home.ok(&["ls"]);
     assert!(ls.contains("a.bin") && ls.contains("b.bin"), "no version lost: {ls}");
 }
+
+#[test]
+fn pull_to_standard_output_shows_progress_on_a_terminal() {
+    let node = Node::with_chunks(SMALL_CHUNKS);
+    node.push(&node.write("t.bin", &random_bytes(1 << 20, 18)), &[]);
+    // `script` gives the command a terminal; stdout still goes to a pipe.
+    let line = format!("{} pull t.bin -o - > /dev/null", env!("CARGO_BIN_EXE_p2pfs"));
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("P2PFS_HOME", &node.home)
+        .current_dir(&node.work)
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(terminal.contains("pull ["), "a progress bar on the terminal: {terminal:?}");
+}
