@@ -30,7 +30,10 @@ use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use codec::CodecError;
-pub use codec::{Bounded, BoundedBytes, BoundedString, Signature};
+pub use codec::{Bounded, BoundedBytes, BoundedString};
+/// The signature `Pin`, `Unpin`, `GetHead` and `GetLog` carry: the crate's one
+/// signature type, encoded as [`codec::signature`] says.
+pub use ed25519_dalek::Signature;
 
 use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 
@@ -431,6 +434,8 @@ pub struct Pin {
     /// Chunk ids that follow (32 bytes each), at most [`MAX_PIN_CHUNKS`].
     pub chunks: u32,
     /// The owner's signature (docs/PROTOCOL.md, "Signatures").
+    #[serde(with = "codec::signature")]
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub signature: Signature,
 }
 
@@ -443,6 +448,8 @@ pub struct Unpin {
     /// What is unpinned.
     pub manifest: ManifestId,
     /// The owner's signature.
+    #[serde(with = "codec::signature")]
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub signature: Signature,
 }
 
@@ -461,6 +468,8 @@ pub struct GetHead {
     /// Whose log.
     pub owner: OwnerId,
     /// The owner's signature over this connection ([`owner_read_message`]).
+    #[serde(with = "codec::signature")]
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub proof: Signature,
 }
 
@@ -515,6 +524,8 @@ pub struct GetLog {
     /// The first sequence number wanted.
     pub from: u64,
     /// The owner's signature over this connection ([`owner_read_message`]).
+    #[serde(with = "codec::signature")]
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub proof: Signature,
 }
 
@@ -736,16 +747,25 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::PutManifest(PutManifest { id: ManifestId(id), len: 4096 }),
         Frame::GetManifest(GetManifest { id: ManifestId(id) }),
         Frame::ManifestData(ManifestData { id: ManifestId(id), len: 4096 }),
-        Frame::Pin(Pin { owner: OwnerId(id), manifest: ManifestId(id), chunks: 3, signature: Signature([9; 64]) }),
-        Frame::Unpin(Unpin { owner: OwnerId(id), manifest: ManifestId(id), signature: Signature([9; 64]) }),
+        Frame::Pin(Pin {
+            owner: OwnerId(id),
+            manifest: ManifestId(id),
+            chunks: 3,
+            signature: Signature::from_bytes(&[9; 64]),
+        }),
+        Frame::Unpin(Unpin {
+            owner: OwnerId(id),
+            manifest: ManifestId(id),
+            signature: Signature::from_bytes(&[9; 64]),
+        }),
         Frame::PutHead(PutHead { entry: BoundedBytes::new(vec![1, 2, 3]).expect("3 bytes fit") }),
-        Frame::GetHead(GetHead { owner: OwnerId(id), proof: Signature([8; 64]) }),
+        Frame::GetHead(GetHead { owner: OwnerId(id), proof: Signature::from_bytes(&[8; 64]) }),
         Frame::Head(Head { entry: None }),
         Frame::Ping(Ping { nonce: u64::MAX }),
         Frame::Pong(Pong { nonce: 0 }),
         Frame::Error(Error { code: ErrorCode::STORAGE_FULL, message }),
         Frame::AppendLog(AppendLog { entry: BoundedBytes::new(vec![4, 5, 6]).expect("3 bytes fit") }),
-        Frame::GetLog(GetLog { owner: OwnerId(id), from: 3, proof: Signature([8; 64]) }),
+        Frame::GetLog(GetLog { owner: OwnerId(id), from: 3, proof: Signature::from_bytes(&[8; 64]) }),
         Frame::Log(Log {
             entries: Bounded::new(vec![BoundedBytes::new(vec![1, 2]).expect("2 bytes fit")]).expect("1 entry fits"),
             more: true,
@@ -836,7 +856,7 @@ mod tests {
             owner: OwnerId([0; 32]),
             manifest: ManifestId([0; 32]),
             chunks: MAX_PIN_CHUNKS,
-            signature: Signature([0; 64]),
+            signature: Signature::from_bytes(&[0; 64]),
         });
         assert_eq!(pin.payload_len(), u64::from(MAX_PIN_CHUNKS) * 32);
     }
