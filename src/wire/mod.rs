@@ -688,6 +688,10 @@ pub fn decode(bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
 /// and every frame decoded re-encodes to itself. The `decode_frame` fuzz
 /// target and the corpus replay test both run this, so an input that once
 /// crashed the fuzzer fails `cargo test` too once it is committed.
+///
+/// Not public API: it exists only in this crate's unit tests and under
+/// `--cfg fuzzing`, which cargo-fuzz sets for every crate it builds.
+#[cfg(any(test, fuzzing))]
 pub fn check_decoder(input: &[u8]) {
     let whole = decode_all(input, input.len().max(1));
     let bytewise = decode_all(input, 1);
@@ -703,6 +707,7 @@ pub fn check_decoder(input: &[u8]) {
 
 /// Feeds `input` to [`decode_frame`] `step` bytes at a time; returns every
 /// frame and the first error.
+#[cfg(any(test, fuzzing))]
 fn decode_all(input: &[u8], step: usize) -> Vec<Result<Frame, DecodeError>> {
     let mut buf = BytesMut::new();
     let mut results = Vec::new();
@@ -722,7 +727,10 @@ fn decode_all(input: &[u8], step: usize) -> Vec<Result<Frame, DecodeError>> {
     results
 }
 
-/// One valid frame of every type, for tests, seeds and benchmarks.
+/// One valid frame of every type, in [`FrameType::ALL`] order: for the unit
+/// tests, the fuzz seeds and the fuzz targets (not public API: see
+/// [`check_decoder`]).
+#[cfg(any(test, fuzzing))]
 pub fn sample_frames() -> Vec<Frame> {
     let id = [0xab; 32];
     let addr: SocketAddr = "127.0.0.1:7070".parse().expect("a valid literal address");
@@ -774,6 +782,9 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1, connections: 3 }),
     ]
 }
+
+#[cfg(test)]
+mod fuzz_corpus;
 
 #[cfg(test)]
 mod tests {
