@@ -80,12 +80,16 @@ fn three_nodes_keep_two_replicas_and_survive_a_killed_node() {
 
 #[test]
 fn a_node_killed_during_a_push_never_yields_a_false_success() {
+    // Three replicas on three nodes: once one is killed, no chunk pushed
+    // after that can have its three durable copies, so the push must fail;
+    // a success here would be a false one. (With fewer replicas than nodes,
+    // the outcome would hang on which chunks the killed node had acked.)
     let mut servers = three_nodes();
     let me = client(&servers[0].invite());
     let data = random_bytes(8 << 20, 2);
     let mut push = me
         .command()
-        .args(["push", "-", "--name", "live.bin", "--replicas", "2"])
+        .args(["push", "-", "--name", "live.bin", "--replicas", "3"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -98,22 +102,23 @@ fn a_node_killed_during_a_push_never_yields_a_false_success() {
         servers.iter().map(|s| s.node.chunk_files().len()).sum::<usize>() >= 8
     });
     servers[2].kill();
-    stdin.write_all(&data[3 << 20..]).unwrap();
+    // The rest of the input: chunks that cannot get three copies. The push
+    // may stop reading once one fails.
+    match stdin.write_all(&data[3 << 20..]) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     drop(stdin);
     let out = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        // Success means two durable copies of every chunk, the dead node's disk included.
-        let counts = replica_counts(&servers.iter().collect::<Vec<_>>());
-        assert!(counts.values().all(|&n| n >= 2), "{counts:?}\n{stderr}");
-        let pulled = me.run(&["pull", "live.bin", "-o", "-"]);
-        assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
-        assert!(pulled.stdout == data, "the pulled bytes are the pushed bytes");
-    } else {
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("reached") || stderr.contains("peer"), "a clear error: {stderr}");
-        me.fails(&["pull", "live.bin", "-o", "-"], 1);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no manifest id is printed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("of the 3 peers it needs"), "says which chunk lacks copies: {stderr}");
+    // Nothing was recorded: no node keeps the version, and its name does not resolve.
+    for server in &servers[..2] {
+        assert!(server.node.manifest_files().is_empty(), "a manifest was published");
     }
+    me.fails(&["pull", "live.bin", "-o", "-"], 1);
 }
 
 #[test]
@@ -144,15 +149,14 @@ fn a_node_without_the_network_key_is_refused_before_any_request() {
     let outsider = client_pointed_at(&a.id, &a.addr, None);
     let file = outsider.write("x.bin", &random_bytes(100_000, 4));
     let stderr = outsider.fails(&["push", file.to_str().unwrap()], 1);
-    // The node closes with NotMember; the client sometimes sees only the
-    // stateless reset that follows (see the issue note).
-    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
-    if stderr.contains("not a member") {
-        assert!(stderr.contains("p2pfs init --join"), "says how to become a member: {stderr}");
-    }
+    // The node closes with NotMember, and the client waits for that close
+    // (with its reason) even when the stream reset comes first: the user is
+    // told why, every time. A bare "reset by peer" here is a bug in `net`.
+    assert!(stderr.contains("not a member"), "{stderr}");
+    assert!(stderr.contains("p2pfs init --join"), "says how to become a member: {stderr}");
     assert!(a.node.chunk_files().is_empty() && a.node.manifest_files().is_empty());
     let stderr = outsider.fails(&["pull", &"ab".repeat(32)], 1);
-    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
+    assert!(stderr.contains("not a member"), "{stderr}");
 }
 
 #[test]
