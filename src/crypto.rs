@@ -19,7 +19,8 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+pub use ed25519_dalek::Signature;
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::id::{ChunkId, OwnerId};
@@ -139,8 +140,8 @@ impl OwnerKeys {
     }
 
     /// Signs `message` under `domain` (see [`verify`]).
-    pub fn sign(&self, domain: &str, message: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.signing.sign(&domain_separated(domain, message)).to_bytes()
+    pub fn sign(&self, domain: &str, message: &[u8]) -> Signature {
+        self.signing.sign(&domain_separated(domain, message))
     }
 
     /// Seals a manifest body into an envelope with fresh randomness.
@@ -259,15 +260,9 @@ pub fn xopen(key: &[u8; KEY_LEN], nonce: &[u8], aad: &[u8], sealed: &[u8]) -> Re
 }
 
 /// Verifies a signature made by [`OwnerKeys::sign`] with the same domain.
-pub fn verify(
-    owner: &OwnerId,
-    domain: &str,
-    message: &[u8],
-    signature: &[u8; SIGNATURE_LEN],
-) -> Result<(), CryptoError> {
+pub fn verify(owner: &OwnerId, domain: &str, message: &[u8], signature: &Signature) -> Result<(), CryptoError> {
     let key = VerifyingKey::from_bytes(owner.as_bytes()).map_err(|_| CryptoError::BadPublicKey)?;
-    key.verify_strict(&domain_separated(domain, message), &Signature::from_bytes(signature))
-        .map_err(|_| CryptoError::BadSignature)
+    key.verify_strict(&domain_separated(domain, message), signature).map_err(|_| CryptoError::BadSignature)
 }
 
 /// `len(domain) as u8 ‖ domain ‖ message`: a signature for one purpose never

@@ -80,12 +80,16 @@ fn three_nodes_keep_two_replicas_and_survive_a_killed_node() {
 
 #[test]
 fn a_node_killed_during_a_push_never_yields_a_false_success() {
+    // Three replicas on three nodes: once one is killed, no chunk pushed
+    // after that can have its three durable copies, so the push must fail;
+    // a success here would be a false one. (With fewer replicas than nodes,
+    // the outcome would hang on which chunks the killed node had acked.)
     let mut servers = three_nodes();
     let me = client(&servers[0].invite());
     let data = random_bytes(8 << 20, 2);
     let mut push = me
         .command()
-        .args(["push", "-", "--name", "live.bin", "--replicas", "2"])
+        .args(["push", "-", "--name", "live.bin", "--replicas", "3"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -98,22 +102,23 @@ fn a_node_killed_during_a_push_never_yields_a_false_success() {
         servers.iter().map(|s| s.node.chunk_files().len()).sum::<usize>() >= 8
     });
     servers[2].kill();
-    stdin.write_all(&data[3 << 20..]).unwrap();
+    // The rest of the input: chunks that cannot get three copies. The push
+    // may stop reading once one fails.
+    match stdin.write_all(&data[3 << 20..]) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     drop(stdin);
     let out = push.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        // Success means two durable copies of every chunk, the dead node's disk included.
-        let counts = replica_counts(&servers.iter().collect::<Vec<_>>());
-        assert!(counts.values().all(|&n| n >= 2), "{counts:?}\n{stderr}");
-        let pulled = me.run(&["pull", "live.bin", "-o", "-"]);
-        assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
-        assert!(pulled.stdout == data, "the pulled bytes are the pushed bytes");
-    } else {
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("reached") || stderr.contains("peer"), "a clear error: {stderr}");
-        me.fails(&["pull", "live.bin", "-o", "-"], 1);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no manifest id is printed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("of the 3 peers it needs"), "says which chunk lacks copies: {stderr}");
+    // Nothing was recorded: no node keeps the version, and its name does not resolve.
+    for server in &servers[..2] {
+        assert!(server.node.manifest_files().is_empty(), "a manifest was published");
     }
+    me.fails(&["pull", "live.bin", "-o", "-"], 1);
 }
 
 #[test]
@@ -146,15 +151,14 @@ fn a_node_without_the_network_key_is_refused_before_any_request() {
     let outsider = client_pointed_at(&a.id, &a.addr, None);
     let file = outsider.write("x.bin", &random_bytes(100_000, 4));
     let stderr = outsider.fails(&["push", file.to_str().unwrap()], 1);
-    // The node closes with NotMember; the client sometimes sees only the
-    // stateless reset that follows (see the issue note).
-    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
-    if stderr.contains("not a member") {
-        assert!(stderr.contains("p2pfs init --join"), "says how to become a member: {stderr}");
-    }
+    // The node closes with NotMember, and the client waits for that close
+    // (with its reason) even when the stream reset comes first: the user is
+    // told why, every time. A bare "reset by peer" here is a bug in `net`.
+    assert!(stderr.contains("not a member"), "{stderr}");
+    assert!(stderr.contains("p2pfs init --join"), "says how to become a member: {stderr}");
     assert!(a.node.chunk_files().is_empty() && a.node.manifest_files().is_empty());
     let stderr = outsider.fails(&["pull", &"ab".repeat(32)], 1);
-    assert!(stderr.contains("not a member") || stderr.contains("reset by peer"), "{stderr}");
+    assert!(stderr.contains("not a member"), "{stderr}");
 }
 
 #[test]
@@ -191,10 +195,31 @@ fn the_owner_key_moves_and_a_share_ticket_reads_one_version_only() {
     let _ = id1;
 }
 
+/// A chunk file's path under a store, from its id: `chunks/ab/cd/<hex>`.
+fn chunk_path(home: &std::path::Path, id: &p2pfs::id::ChunkId) -> std::path::PathBuf {
+    let hex = id.to_string();
+    home.join("store/chunks").join(&hex[0..2]).join(&hex[2..4]).join(hex)
+}
+
 #[test]
 fn a_rerun_pull_resumes_after_a_peer_comes_back() {
+    // The client pushes while A is the only node, so A holds every chunk...
     let a = Server::start();
     let token = a.invite();
+    let me = client_pointed_at(&a.id, &a.addr, Some(&a));
+    let data = random_bytes(4 << 20, 7);
+    let id = me.push(&me.write("big.bin", &data), &["--replicas", "1"]);
+    let owner = p2pfs::home::Keys::load(&me.home).unwrap().owner_keys();
+    let envelope = fs::read(a.node.home.join("store/manifests").join(&id)).unwrap();
+    let (_, manifest) = p2pfs::manifest::Manifest::open(&owner, id.parse().unwrap(), &envelope).unwrap();
+    let chunks = &manifest.chunks;
+    assert!(chunks.iter().all(|c| chunk_path(&a.node.home, &c.id).is_file()), "A holds every chunk");
+    // A pull keeps at most 20 chunks in flight and writes them in order, so
+    // by the time it asks for the last chunk, all but 20 are in its partial
+    // file: with this many, the failed pull below leaves a non-empty one.
+    assert!(chunks.len() >= 40, "many more chunks than a pull has in flight: {}", chunks.len());
+
+    // ...until its last chunk moves to B, a new member that holds nothing else.
     let b = Server::start_in(
         {
             let node = Node::new();
@@ -204,7 +229,12 @@ fn a_rerun_pull_resumes_after_a_peer_comes_back() {
         "127.0.0.1:0",
         &[],
     );
-    let me = client(&token);
+    let last = &chunks[chunks.len() - 1].id;
+    let (on_a, on_b) = (chunk_path(&a.node.home, last), chunk_path(&b.node.home, last));
+    fs::create_dir_all(on_b.parent().unwrap()).unwrap();
+    fs::copy(&on_a, &on_b).unwrap();
+    fs::remove_file(&on_a).unwrap();
+    assert_eq!(b.node.chunk_files(), [on_b], "B holds the last chunk and nothing else");
     fs::write(
         me.home.join("peers.json"),
         format!(
@@ -213,28 +243,42 @@ fn a_rerun_pull_resumes_after_a_peer_comes_back() {
         ),
     )
     .unwrap();
-    let data = random_bytes(4 << 20, 7);
-    me.push(&me.write("big.bin", &data), &["--replicas", "1"]);
-    assert!(!a.node.chunk_files().is_empty() && !b.node.chunk_files().is_empty(), "chunks spread over both");
 
+    // B, the only holder of the last chunk, is down: the pull stops there.
     let b = {
         let mut b = b;
         b.kill();
         b
     };
-    let stderr = me.fails(&["pull", "big.bin", "-o", "out.bin"], 1);
-    assert!(stderr.contains("no peer could give chunk"), "{stderr}");
+    let stderr = me.fails(&["pull", &id, "-o", "out.bin"], 1);
+    assert!(stderr.contains("no peer could give chunk") && stderr.contains(&last.to_string()), "{stderr}");
     assert!(!me.work.join("out.bin").exists(), "no output under its name until complete");
     let partial = me.work_files().into_iter().find(|p| p.to_string_lossy().ends_with(".p2pfs-partial"));
-    let partial_len = partial.as_ref().map_or(0, |p| fs::metadata(p).unwrap().len());
+    let partial = partial.expect("a failed network pull keeps its partial file");
+    let partial_len = fs::metadata(&partial).unwrap().len();
+    // It holds whole chunks from the start, and not the last one.
+    let mut end = 0u64;
+    let ends: Vec<u64> = chunks
+        .iter()
+        .map(|c| {
+            end += u64::from(c.len);
+            end
+        })
+        .collect();
+    let held = ends.iter().position(|&end| end == partial_len).map(|i| i + 1);
+    let held = held.unwrap_or_else(|| panic!("the partial file ({partial_len} bytes) ends between chunks"));
+    assert!(held > 0 && held < chunks.len(), "{held} of {} chunks", chunks.len());
+    assert!(fs::read(&partial).unwrap() == data[..partial_len as usize], "the partial file is the file's start");
 
+    // B comes back: the rerun takes the held chunks from the partial file
+    // (checking them) and fetches only the rest.
     let _b = b.restart();
-    let out = me.command().args(["pull", "big.bin", "-o", "out.bin"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(fs::read(me.work.join("out.bin")).unwrap(), data);
-    if partial_len > 0 {
-        assert!(String::from_utf8_lossy(&out.stderr).contains("resumed an interrupted pull"));
-    }
+    let out = me.command().args(["pull", &id, "-o", "out.bin"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(fs::read(me.work.join("out.bin")).unwrap() == data, "the resumed pull gives the file back whole");
+    let resumed = format!("resumed an interrupted pull: {held} chunks");
+    assert!(stderr.contains(&resumed), "expected {resumed:?}: {stderr}");
     assert!(me.work_files().iter().all(|p| !p.to_string_lossy().ends_with(".p2pfs-partial")));
 }
 
@@ -337,10 +381,11 @@ fn push_and_pull_work_over_an_interface_address() {
     // Loopback peers get 16 KiB packets without segmentation offload; every
     // other address gets quinn's MTU discovery and GSO. Exercise the latter
     // through this host's own interface address.
-    let Some(ip) = non_loopback_address() else {
-        eprintln!("skipped: this host has no non-loopback address to listen on");
-        return;
-    };
+    // CI's machines have one; a test that passed without it would prove nothing.
+    let ip = non_loopback_address().expect(
+        "this test needs a non-loopback address on the default route (CI has one); \
+         on a host without one, skip it: cargo test -- --skip push_and_pull_work_over_an_interface_address",
+    );
     let a = Server::start();
     let b = Server::start_in(
         {

@@ -57,13 +57,13 @@ fn pin_of(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId], signer: &
         owner: owner.owner_id(),
         manifest,
         chunks: chunks.len() as u32,
-        signature: Signature(signer.sign(wire::PIN_DOMAIN, &message)),
+        signature: signer.sign(wire::PIN_DOMAIN, &message),
     }
 }
 
 fn unpin_of(owner: &OwnerKeys, manifest: ManifestId, signer: &OwnerKeys) -> Unpin {
     let message = wire::unpin_message(&owner.owner_id(), &manifest);
-    Unpin { owner: owner.owner_id(), manifest, signature: Signature(signer.sign(wire::UNPIN_DOMAIN, &message)) }
+    Unpin { owner: owner.owner_id(), manifest, signature: signer.sign(wire::UNPIN_DOMAIN, &message) }
 }
 
 /// Stops `server`, runs `p2pfs gc` on its home, and starts it again on the same address.
@@ -219,14 +219,14 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
     let forged = mallory.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&exporter, &owner.owner_id()));
     let elsewhere = owner.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&[0; 32], &owner.owner_id()));
     for proof in [forged, elsewhere] {
-        match read(Signature(proof)) {
+        match read(proof) {
             Frame::Error(e) => assert_eq!(e.code, ErrorCode::BAD_SIGNATURE, "{}", &*e.message),
             other => panic!("a log read without the owner's proof was answered: {other:?}"),
         }
     }
     let (_net2, other_conn) = member_client(&server, &rt);
     let replayed = owner.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&exporter, &owner.owner_id()));
-    let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof: Signature(replayed) });
+    let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof: replayed });
     let reply = rt.block_on(async {
         let (mut send, recv) = other_conn.open().await.unwrap();
         p2pfs::net::stream::write_frame(&mut send, &request, bytes::Bytes::new()).await.unwrap();

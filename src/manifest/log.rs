@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{self, CryptoError, OwnerKeys, SIGNATURE_LEN, XNONCE_LEN};
+use crate::crypto::{self, CryptoError, OwnerKeys, SIGNATURE_LEN, Signature, XNONCE_LEN};
 use crate::id::{IdPrefix, ManifestId, OwnerId};
 
 /// Version of the log entry layout.
@@ -130,7 +130,7 @@ impl LogEntry {
         };
         let record = postcard::to_stdvec(record).expect("log records always encode");
         entry.sealed = crypto::xseal(owner.log_key(), &nonce, &entry.associated_data(), &record);
-        entry.signature = owner.sign(SIGN_DOMAIN, &entry.signed_bytes()).to_vec();
+        entry.signature = owner.sign(SIGN_DOMAIN, &entry.signed_bytes()).to_bytes().to_vec();
         entry
     }
 
@@ -141,7 +141,7 @@ impl LogEntry {
             .as_slice()
             .try_into()
             .map_err(|_| LogError::Crypto { seq: self.seq, source: CryptoError::BadSignature })?;
-        crypto::verify(&self.owner, SIGN_DOMAIN, &self.signed_bytes(), signature)
+        crypto::verify(&self.owner, SIGN_DOMAIN, &self.signed_bytes(), &Signature::from_bytes(signature))
             .map_err(|source| LogError::Crypto { seq: self.seq, source })
     }
 

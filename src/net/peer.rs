@@ -305,7 +305,7 @@ impl Peer {
     fn owner_proof(&self, owner: &OwnerKeys) -> Result<Signature, NetError> {
         let exporter = self.exporter(wire::OWNER_READ_LABEL)?;
         let message = wire::owner_read_message(&exporter, &owner.owner_id());
-        Ok(Signature(owner.sign(wire::OWNER_READ_DOMAIN, &message)))
+        Ok(owner.sign(wire::OWNER_READ_DOMAIN, &message))
     }
 
     fn bounded_entry(&self, entry: Vec<u8>) -> Result<BoundedBytes<{ wire::MAX_LOG_ENTRY_LEN }>, NetError> {
@@ -319,7 +319,7 @@ impl Peer {
 pub fn owner_proof_holds(peer: &Peer, owner: &OwnerId, proof: &Signature) -> bool {
     let Ok(exporter) = peer.exporter(wire::OWNER_READ_LABEL) else { return false };
     let message = wire::owner_read_message(&exporter, owner);
-    crate::crypto::verify(owner, wire::OWNER_READ_DOMAIN, &message, &proof.0).is_ok()
+    crate::crypto::verify(owner, wire::OWNER_READ_DOMAIN, &message, proof).is_ok()
 }
 
 /// The pace a reply's payload must keep: a quarter of `MIN_RATE`

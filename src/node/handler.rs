@@ -346,7 +346,7 @@ impl Request {
                     .collect();
                 drop(payload);
                 let message = wire::pin_message(&pin.owner, &pin.manifest, &chunks);
-                crypto::verify(&pin.owner, wire::PIN_DOMAIN, &message, &pin.signature.0).map_err(|_| {
+                crypto::verify(&pin.owner, wire::PIN_DOMAIN, &message, &pin.signature).map_err(|_| {
                     Refusal::new(
                         ErrorCode::BAD_SIGNATURE,
                         format!("pin of {} is not signed by its owner", pin.manifest),
@@ -363,7 +363,7 @@ impl Request {
             }
             Frame::Unpin(unpin) => {
                 let message = wire::unpin_message(&unpin.owner, &unpin.manifest);
-                crypto::verify(&unpin.owner, wire::UNPIN_DOMAIN, &message, &unpin.signature.0).map_err(|_| {
+                crypto::verify(&unpin.owner, wire::UNPIN_DOMAIN, &message, &unpin.signature).map_err(|_| {
                     Refusal::new(
                         ErrorCode::BAD_SIGNATURE,
                         format!("unpin of {} is not signed by its owner", unpin.manifest),

@@ -541,6 +541,33 @@ impl Meta {
         Ok(out)
     }
 
+    /// Every chunk's refcount, as the `refs` table holds it (for the model check).
+    #[cfg(test)]
+    pub(super) fn refcounts(&self) -> Result<std::collections::HashMap<ChunkId, u64>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(REFS).map_err(self.err())?;
+        let mut out = std::collections::HashMap::new();
+        for row in table.iter().map_err(self.err())? {
+            let (id, count) = row.map_err(self.err())?;
+            out.insert(ChunkId(*id.value()), count.value());
+        }
+        Ok(out)
+    }
+
+    /// Every (owner, manifest) tombstone of an unpin (for the model check).
+    #[cfg(test)]
+    pub(super) fn tombstones(&self) -> Result<HashSet<(OwnerId, ManifestId)>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(UNPINNED).map_err(self.err())?;
+        let mut out = HashSet::new();
+        for row in table.iter().map_err(self.err())? {
+            let (key, _) = row.map_err(self.err())?;
+            let (owner, manifest) = key.value();
+            out.insert((OwnerId(*owner), ManifestId(*manifest)));
+        }
+        Ok(out)
+    }
+
     /// Drops sealed-chunk entries whose chunk is not in `keep`; returns how many.
     pub(super) fn forget_sealed_except(&self, keep: &HashSet<ChunkId>) -> Result<u64, StoreError> {
         let txn = self.write()?;

@@ -17,6 +17,8 @@
 
 mod files;
 mod meta;
+#[cfg(test)]
+mod refcount_model;
 
 use std::collections::HashSet;
 use std::fs::{self, File};

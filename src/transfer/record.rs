@@ -23,7 +23,7 @@ use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::store::PinRecord;
-use crate::wire::{self, Pin, Signature, Unpin};
+use crate::wire::{self, Pin, Unpin};
 
 /// `owner`'s signed pin of `manifest`, which needs `chunks`.
 pub fn signed_pin(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId]) -> Pin {
@@ -33,14 +33,14 @@ pub fn signed_pin(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId]) -
         owner: owner_id,
         manifest,
         chunks: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
-        signature: Signature(owner.sign(wire::PIN_DOMAIN, &message)),
+        signature: owner.sign(wire::PIN_DOMAIN, &message),
     }
 }
 
 /// `owner`'s signed unpin of `manifest`.
 pub fn signed_unpin(owner: &OwnerKeys, manifest: ManifestId) -> Unpin {
     let owner_id = owner.owner_id();
-    let signature = Signature(owner.sign(wire::UNPIN_DOMAIN, &wire::unpin_message(&owner_id, &manifest)));
+    let signature = owner.sign(wire::UNPIN_DOMAIN, &wire::unpin_message(&owner_id, &manifest));
     Unpin { owner: owner_id, manifest, signature }
 }
 

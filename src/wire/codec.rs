@@ -224,24 +224,24 @@ impl<'de, const N: usize> Deserialize<'de> for BoundedString<N> {
     }
 }
 
-/// An Ed25519 signature: a byte string of exactly 64 bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Signature(pub [u8; 64]);
+/// How frames carry an Ed25519 signature ([`ed25519_dalek::Signature`],
+/// the one signature type of the crate): a byte string of exactly 64 bytes
+/// (a varint length, then the bytes). Any 64 bytes decode; whether they
+/// verify is the receiver's check. Use with `#[serde(with = "codec::signature")]`.
+pub mod signature {
+    use std::fmt;
 
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({:02x}{:02x}..)", self.0[0], self.0[1])
+    use ed25519_dalek::Signature;
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::ser::Serializer;
+
+    /// Writes the signature's 64 bytes as a byte string.
+    pub fn serialize<S: Serializer>(signature: &Signature, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&signature.to_bytes())
     }
-}
 
-impl Serialize for Signature {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    /// Reads a byte string of exactly 64 bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Signature, D::Error> {
         struct SignatureVisitor;
 
         impl Visitor<'_> for SignatureVisitor {
@@ -253,11 +253,17 @@ impl<'de> Deserialize<'de> for Signature {
 
             fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
                 let bytes = bytes.try_into().map_err(|_| E::invalid_length(bytes.len(), &self))?;
-                Ok(Signature(bytes))
+                Ok(Signature::from_bytes(bytes))
             }
         }
 
         deserializer.deserialize_bytes(SignatureVisitor)
+    }
+
+    /// Any 64 bytes, for fuzzed frames.
+    #[cfg(feature = "arbitrary")]
+    pub fn arbitrary(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<Signature> {
+        Ok(Signature::from_bytes(&u.arbitrary()?))
     }
 }
 
@@ -287,12 +293,6 @@ mod arbitrary_impls {
     impl<'a, const N: usize> Arbitrary<'a> for BoundedString<N> {
         fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
             Ok(Self::truncating(u.arbitrary()?))
-        }
-    }
-
-    impl<'a> Arbitrary<'a> for Signature {
-        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-            Ok(Self(u.arbitrary()?))
         }
     }
 }
@@ -332,6 +332,22 @@ mod tests {
     fn trailing_bytes_and_short_input_are_distinct() {
         assert_eq!(decode::<u8>(&[1, 2]), Err(CodecError::TrailingBytes(1)));
         assert_eq!(decode::<[u8; 4]>(&[1, 2]), Err(CodecError::Truncated));
-        assert_eq!(decode::<Signature>(&[3, 1, 2, 3]), Err(CodecError::Malformed));
+    }
+
+    /// A signature field, as the frames that carry one declare it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Signed(#[serde(with = "signature")] ed25519_dalek::Signature);
+
+    #[test]
+    fn a_signature_is_a_64_byte_string_and_no_other_length_decodes() {
+        let bytes: [u8; 64] = std::array::from_fn(|i| i as u8);
+        let encoded = postcard::to_stdvec(&Signed(ed25519_dalek::Signature::from_bytes(&bytes))).unwrap();
+        assert_eq!(encoded[0], 64, "the varint length");
+        assert_eq!(encoded[1..], bytes);
+        assert_eq!(decode::<Signed>(&encoded).unwrap().0.to_bytes(), bytes);
+        assert_eq!(decode::<Signed>(&[3, 1, 2, 3]), Err(CodecError::Malformed));
+        let mut long = vec![65];
+        long.extend_from_slice(&[0; 65]);
+        assert_eq!(decode::<Signed>(&long), Err(CodecError::Malformed));
     }
 }
