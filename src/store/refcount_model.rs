@@ -64,8 +64,9 @@ enum Op {
     PutManifest(u8),
     /// `Store::gc`.
     Gc,
-    /// The store is closed and opened again: everything must persist.
-    Reopen,
+    /// The store is closed and opened again, for this process alone or
+    /// shared (a database opened per transaction): everything must persist.
+    Reopen { shared: bool },
 }
 
 fn key() -> impl Strategy<Value = Key> {
@@ -87,7 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..CHUNKS).prop_map(Op::PutChunk),
         1 => (0..MANIFESTS).prop_map(Op::PutManifest),
         2 => Just(Op::Gc),
-        1 => Just(Op::Reopen),
+        1 => any::<bool>().prop_map(|shared| Op::Reopen { shared }),
     ]
 }
 
@@ -253,7 +254,7 @@ fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError>
             let report = store.gc().unwrap();
             prop_assert_eq!(report, model.gc());
         }
-        Op::Reopen => unreachable!("the caller reopens the store"),
+        Op::Reopen { .. } => unreachable!("the caller reopens the store"),
     }
     Ok(())
 }
@@ -268,10 +269,15 @@ proptest! {
         let mut store = Store::open(&root).unwrap();
         let mut model = Model::default();
         for op in &ops {
-            if let Op::Reopen = op {
+            if let Op::Reopen { shared } = op {
                 // The old handle goes first: one open database per file.
                 drop(store);
-                store = Store::open(&root).unwrap();
+                let sharing = if *shared {
+                    super::Sharing::Shared { patience: std::time::Duration::from_secs(5) }
+                } else {
+                    super::Sharing::Exclusive
+                };
+                store = Store::open_with(&root, sharing).unwrap();
             } else {
                 apply(&store, &mut model, op)?;
             }
