@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pfs::id::{ChunkId, NodeId};
 use p2pfs::net::Tuning;
-use p2pfs::net::stream::{FrameReader, write_frame};
+use p2pfs::net::stream::{FrameReader, Pace, SENDER_RATE, write_frame};
 use p2pfs::net::tls::{self, Identity};
 use p2pfs::wire::{self, ErrorCode, Frame, PeerInfo, PutChunk};
 use quinn::crypto::rustls::QuicClientConfig;
@@ -154,7 +154,7 @@ fn six_stalled_maximum_size_uploads_are_cut_and_other_members_carry_on() {
         for i in 0..6u8 {
             let (mut send, recv) = attacker.open().await.unwrap();
             let frame = Frame::PutChunk(PutChunk { id: ChunkId([i; 32]), len: wire::MAX_CHUNK_PAYLOAD });
-            write_frame(&mut send, &frame, Bytes::from_static(&[0])).await.unwrap();
+            write_frame(&mut send, &frame, Bytes::from_static(&[0]), Pace::at_rate(SENDER_RATE)).await.unwrap();
             readers.push(FrameReader::new(recv));
             std::mem::forget(send); // keep the stream open, and silent
         }
@@ -203,7 +203,7 @@ fn uploads_in_one_byte_packets_hold_no_more_than_their_bytes() {
             let _net = net;
             let (mut send, _recv) = peer.open().await.unwrap();
             let frame = Frame::PutChunk(PutChunk { id: ChunkId([i; 32]), len: wire::MAX_CHUNK_PAYLOAD });
-            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            write_frame(&mut send, &frame, Bytes::new(), Pace::at_rate(SENDER_RATE)).await.unwrap();
             while !stop.load(Ordering::Relaxed) {
                 if send.write_all(&[0]).await.is_err() {
                     // The node cut it: too slow for its pace.
@@ -298,7 +298,7 @@ fn a_host_with_many_node_ids_cannot_hold_every_member_slot() {
             while !stop.load(Ordering::Relaxed) {
                 let Ok((mut send, recv)) = peer.open().await else { break };
                 let frame = Frame::PutChunk(PutChunk { id: ChunkId([7; 32]), len: 64 << 10 });
-                if write_frame(&mut send, &frame, Bytes::new()).await.is_err() {
+                if write_frame(&mut send, &frame, Bytes::new(), Pace::at_rate(SENDER_RATE)).await.is_err() {
                     break;
                 }
                 let _ = FrameReader::new(recv).next_frame_within(Duration::from_secs(30)).await;
@@ -345,7 +345,13 @@ fn unread_replies_from_one_host_leave_other_members_their_half() {
         let peer = rt.block_on(net.connect(node, addr)).unwrap();
         for id in &ids {
             let (mut send, recv) = rt.block_on(peer.open()).unwrap();
-            rt.block_on(write_frame(&mut send, &Frame::GetChunk(wire::GetChunk { id: *id }), Bytes::new())).unwrap();
+            rt.block_on(write_frame(
+                &mut send,
+                &Frame::GetChunk(wire::GetChunk { id: *id }),
+                Bytes::new(),
+                Pace::at_rate(SENDER_RATE),
+            ))
+            .unwrap();
             let _ = send.finish();
             unread.push(recv);
         }
@@ -379,7 +385,7 @@ fn many_uploads_on_one_connection_share_its_pace() {
     for chunk in &chunks {
         let (mut send, recv) = rt.block_on(peer.open()).unwrap();
         let frame = Frame::PutChunk(PutChunk { id: ChunkId::of(chunk), len: len as u32 });
-        rt.block_on(write_frame(&mut send, &frame, Bytes::new())).unwrap();
+        rt.block_on(write_frame(&mut send, &frame, Bytes::new(), Pace::at_rate(SENDER_RATE))).unwrap();
         sends.push(send);
         let mut reader = FrameReader::new(recv);
         replies.push(rt.spawn(async move { reader.next_frame_within(Duration::from_secs(120)).await }));
@@ -439,7 +445,7 @@ fn a_full_node_takes_room_from_idle_connections_before_busy_ones() {
             let data = random_bytes(4 << 20, 77);
             let (mut send, _recv) = peer.open().await.unwrap();
             let frame = Frame::PutChunk(PutChunk { id: ChunkId::of(&data), len: data.len() as u32 });
-            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            write_frame(&mut send, &frame, Bytes::new(), Pace::at_rate(SENDER_RATE)).await.unwrap();
             for piece in data.chunks(16 << 10) {
                 if stop.load(Ordering::Relaxed) || send.write_all(piece).await.is_err() {
                     break;
@@ -486,7 +492,7 @@ fn unread_replies_of_the_largest_manifest_stay_inside_the_budget() {
         for _ in 0..12 {
             let (mut send, recv) = attacker.open().await.unwrap();
             let frame = Frame::GetManifest(wire::GetManifest { id: manifest });
-            write_frame(&mut send, &frame, Bytes::new()).await.unwrap();
+            write_frame(&mut send, &frame, Bytes::new(), Pace::at_rate(SENDER_RATE)).await.unwrap();
             let _ = send.finish();
             streams.push(recv);
         }

@@ -209,7 +209,14 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
         let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof });
         rt.block_on(async {
             let (mut send, recv) = peer.open().await.unwrap();
-            p2pfs::net::stream::write_frame(&mut send, &request, bytes::Bytes::new()).await.unwrap();
+            p2pfs::net::stream::write_frame(
+                &mut send,
+                &request,
+                bytes::Bytes::new(),
+                p2pfs::net::stream::Pace::at_rate(p2pfs::net::stream::SENDER_RATE),
+            )
+            .await
+            .unwrap();
             let _ = send.finish();
             FrameReader::new(recv).next_frame().await.unwrap()
         })
@@ -229,7 +236,14 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
     let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof: replayed });
     let reply = rt.block_on(async {
         let (mut send, recv) = other_conn.open().await.unwrap();
-        p2pfs::net::stream::write_frame(&mut send, &request, bytes::Bytes::new()).await.unwrap();
+        p2pfs::net::stream::write_frame(
+            &mut send,
+            &request,
+            bytes::Bytes::new(),
+            p2pfs::net::stream::Pace::at_rate(p2pfs::net::stream::SENDER_RATE),
+        )
+        .await
+        .unwrap();
         let _ = send.finish();
         FrameReader::new(recv).next_frame().await.unwrap()
     });

@@ -411,7 +411,14 @@ impl Net {
         let hello = async {
             let (mut send, recv) = peer.open().await?;
             let mine = self.hello(&peer)?;
-            stream::write_frame(&mut send, &Frame::Hello(mine), Bytes::new()).await.map_err(|e| peer.stream_err(e))?;
+            stream::write_frame(
+                &mut send,
+                &Frame::Hello(mine),
+                Bytes::new(),
+                stream::Pace::at_rate(stream::SENDER_RATE),
+            )
+            .await
+            .map_err(|e| peer.stream_err(e))?;
             let _ = send.finish();
             let reply = stream::FrameReader::new(recv).next_frame().await.map_err(|e| peer.stream_err(e))?;
             match reply {
@@ -587,7 +594,8 @@ impl Candidate {
         conn.set_send_window(send_window);
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
         let mine = Frame::Hello(self.net.hello(&self.peer)?);
-        let written = stream::write_frame(&mut self.send, &mine, Bytes::new());
+        let written =
+            stream::write_frame(&mut self.send, &mine, Bytes::new(), stream::Pace::at_rate(stream::SENDER_RATE));
         tokio::time::timeout(HELLO_TIMEOUT, written)
             .await
             .map_err(|_| NetError::Timeout { node: self.peer.short(), what: "the Hello reply" })?

@@ -131,7 +131,9 @@ impl Peer {
             .await
             .map_err(|_| NetError::Timeout { node: self.short(), what: "opening a stream" })??;
         let (mut send, recv) = opened;
-        write_frame(&mut send, frame, payload).await.map_err(|e| self.stream_err(e))?;
+        write_frame(&mut send, frame, payload, Pace::at_rate(stream::SENDER_RATE))
+            .await
+            .map_err(|e| self.stream_err(e))?;
         // The stream may already be reset by a peer that refused early; the reply says why.
         let _ = send.finish();
         let mut reader = FrameReader::new(recv);

@@ -265,28 +265,16 @@ impl FrameReader {
     }
 }
 
-/// Writes `frame` and then `payload`, handing quinn the payload's buffer
-/// instead of copying it, within the time the payload may take at
-/// [`SENDER_RATE`] (a caller that must be quicker sets its own deadline).
-pub async fn write_frame(send: &mut SendStream, frame: &Frame, payload: Bytes) -> Result<(), StreamError> {
-    let mut header = Vec::with_capacity(128);
-    // Frames built here are within the limits; a failure is a bug worth reporting, not a panic.
-    frame.encode(&mut header).map_err(|e| StreamError::Other(e.to_string()))?;
-    let deadline = payload_time_at(payload.len() as u64, SENDER_RATE);
-    let mut pieces = [Bytes::from(header), payload];
-    let write = send.write_all_chunks(&mut pieces);
-    tokio::time::timeout(deadline, write).await.map_err(|_| StreamError::TimedOut("sending"))??;
-    Ok(())
-}
-
 /// Bytes handed to quinn per write of a paced payload.
 const WRITE_STEP: usize = 64 * 1024;
 
-/// Writes `frame` and then `payload` at `pace`: a piece at a time, each of
-/// which quinn must take (it does once the peer's flow control lets it) on
-/// schedule, so a peer that does not read its replies is cut off instead
-/// of holding them. No copy: each piece is a slice of `payload`.
-pub async fn write_paced(
+/// Writes `frame` and then `payload` at `pace`: the one way a frame is
+/// written. The payload goes a piece at a time, each of which quinn must
+/// take (it does once the peer's flow control lets it) on schedule, so a
+/// peer that does not read is cut off instead of holding the sender up. No
+/// copy: each piece is a slice of `payload`. A sender with no rate of its
+/// own uses `Pace::at_rate(SENDER_RATE)`.
+pub async fn write_frame(
     send: &mut SendStream,
     frame: &Frame,
     payload: Bytes,

@@ -164,7 +164,7 @@ impl Request {
             debug!("{:?}: refused a request: {}", self.peer, refusal.message);
             let error =
                 Frame::Error(Error { code: refusal.code, message: BoundedString::truncating(&refusal.message) });
-            let _ = write_frame(&mut send, &error, Bytes::new()).await;
+            let _ = write_frame(&mut send, &error, Bytes::new(), Pace::at_rate(stream::SENDER_RATE)).await;
             // Stop the peer's side, so a refused payload is not sent in vain.
             reader.stop(VarInt::from(refusal.code.0));
         }
@@ -460,7 +460,9 @@ impl Request {
 }
 
 async fn reply(send: &mut SendStream, frame: Frame) -> Result<(), Refusal> {
-    write_frame(send, &frame, Bytes::new()).await.map_err(|e| Refusal::new(ErrorCode::INTERNAL, e.to_string()))
+    write_frame(send, &frame, Bytes::new(), Pace::at_rate(stream::SENDER_RATE))
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::INTERNAL, e.to_string()))
 }
 
 /// Sends a reply and its payload at `pace` (a client that does not read
@@ -476,7 +478,7 @@ async fn reply_with_payload(
     acked_by: Instant,
 ) -> Result<(), Refusal> {
     let sent = async {
-        tokio::time::timeout_at(acked_by, stream::write_paced(send, &frame, payload, pace))
+        tokio::time::timeout_at(acked_by, write_frame(send, &frame, payload, pace))
             .await
             .map_err(|_| StreamError::TimedOut("sending"))??;
         stream::finish_and_wait(send, acked_by).await
