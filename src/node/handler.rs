@@ -259,14 +259,20 @@ impl Request {
                 let Some(len) = self.blocking(move |s| Ok(s.home.store().chunk_len(&id))).await? else {
                     return reply(send, Frame::NotFound(NotFound { id: id.0 })).await;
                 };
-                let held = self.reserve(len.min(u64::from(wire::MAX_CHUNK_PAYLOAD))).await?;
+                let len = len.min(u64::from(wire::MAX_CHUNK_PAYLOAD));
+                let held = self.reserve(len).await?;
+                // Served as it is on disk, not hashed here: the client
+                // verifies every chunk by its id, and a copy gone bad is
+                // found by the scrub, or replaced when a client that found
+                // the mismatch sends the good one (docs/PROTOCOL.md, "Who
+                // verifies a chunk").
                 let found = self
                     .blocking(move |s| {
                         let mut buf = Vec::new();
-                        match s.home.store().read_chunk_ciphertext(&id, &mut buf) {
+                        match s.home.store().read_chunk_unverified(&id, &mut buf) {
                             Ok(true) => Ok(Some(buf)),
                             Ok(false) => Ok(None),
-                            // A corrupted copy was quarantined: for the peer it is simply not here.
+                            // A file of no chunk's length was quarantined: for the peer it is simply not here.
                             Err(StoreError::ChunkCorrupted { .. }) => Ok(None),
                             Err(e) => Err(e.into()),
                         }

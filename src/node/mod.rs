@@ -15,6 +15,10 @@
 //!   frame, payload and reply, and payload bytes held in memory taken from
 //!   a node-wide budget of which one address group gets at most half.
 //!
+//! Every chunk it stores is checked against its id now and then ([`scrub`]),
+//! at a fixed, low rate; requests serve chunks without hashing them, since
+//! the client verifies each one.
+//!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
 //! lost by that: a request is acknowledged only after its effect is
@@ -24,6 +28,7 @@ mod admission;
 mod handler;
 mod members;
 pub mod peers;
+mod scrub;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +52,7 @@ use peers::{KnownPeer, PeerTable};
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
+pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
 /// Most payload bytes (chunks, manifests, pin lists) a node holds in memory
 /// at once, over all requests.
@@ -223,6 +229,7 @@ impl Node {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
         background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
+        background.spawn(scrub::scrub_now_and_then(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
