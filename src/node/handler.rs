@@ -268,7 +268,8 @@ impl Request {
                 // verifies a chunk").
                 let found = self
                     .blocking(move |s| {
-                        let mut buf = Vec::new();
+                        // Room for the file and the byte that tells it ends there.
+                        let mut buf = s.reply_buffers.take(len as usize + 1);
                         match s.home.store().read_chunk_unverified(&id, &mut buf) {
                             Ok(true) => Ok(Some(buf)),
                             Ok(false) => Ok(None),
@@ -282,7 +283,8 @@ impl Request {
                     Some(bytes) if bytes.len() <= wire::MAX_CHUNK_PAYLOAD as usize => {
                         let (pace, acked_by) = (self.pace(bytes.len() as u64), self.reply_deadline(bytes.len() as u64));
                         let frame = Frame::ChunkData(ChunkData { id, len: bytes.len() as u32 });
-                        reply_with_payload(send, frame, bytes.into(), held, pace, acked_by).await
+                        let bytes = self.state.reply_buffers.share(bytes);
+                        reply_with_payload(send, frame, bytes, held, pace, acked_by).await
                     }
                     _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
                 }

@@ -25,6 +25,7 @@
 //! durable, and whatever was not acknowledged the sender will send again.
 
 mod admission;
+mod buffers;
 mod handler;
 mod members;
 pub mod peers;
@@ -121,6 +122,8 @@ pub(crate) struct NodeState {
     pub(crate) table: Mutex<PeerTable>,
     pub(crate) budget: Semaphore,
     pub(crate) members: Arc<Members>,
+    /// Buffers chunk replies are read into, used again.
+    pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
 }
@@ -208,6 +211,7 @@ impl Node {
             table: Mutex::new(table),
             budget: Semaphore::new(PAYLOAD_BUDGET),
             members: Arc::new(Members::default()),
+            reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
             heard_of: Notify::new(),
         });
         Ok(Self { state, bootstrap })
