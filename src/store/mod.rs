@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::hash::Hash;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
@@ -339,7 +340,8 @@ impl Store {
     /// Checks chunk `id`'s file against its id, reading it through the
     /// hasher, and quarantines it if it does not match: what the node's
     /// scrub does to every chunk in turn. Returns the bytes read, or
-    /// `Ok(None)` if the chunk is not here (any more).
+    /// `Ok(None)` if the chunk is not here (any more), or a bad copy was
+    /// replaced while it was being read.
     pub fn verify_chunk(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
         let path = self.chunk_path(id);
         let file = match File::open(&path) {
@@ -354,6 +356,14 @@ impl Store {
         hasher.update_reader(&mut limited).map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
         let read = most - limited.limit();
         if !CHUNK_FILE_LENS.contains(&read) || ChunkId(*hasher.finalize().as_bytes()) != *id {
+            // A put may have replaced the file while it was read (a client
+            // sending the good copy): only the file that was read goes.
+            let file = limited.into_inner();
+            let same = |m: &fs::Metadata, n: &fs::Metadata| (m.dev(), m.ino()) == (n.dev(), n.ino());
+            let still_there = file.metadata().ok().zip(fs::metadata(&path).ok()).is_some_and(|(m, n)| same(&m, &n));
+            if !still_there {
+                return Ok(None);
+            }
             return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
         }
         Ok(Some(read))
