@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """End-to-end loopback benchmark: push and pull 1 GiB of random data to one
 `p2pfs serve` on 127.0.0.1 (two processes sharing this machine's cores), with
-the tuned transport and with quinn's defaults, beside `rsync -e ssh` of the
-same file in the same run.
+the tuned transport and with quinn's defaults, beside `rsync -e ssh` and
+`scp -c aes128-gcm@openssh.com` of the same file, both ways, in the same run.
 
     cargo build --release --bins --examples && python3 scripts/bench-net.py [--size-mib 1024] [--runs 3] [--tmpfs]
+
+`--bin-dir DIR` runs the binaries under DIR (DIR/p2pfs and
+DIR/examples/quic_blast) instead of target/release, so that a build kept
+aside can be measured against the current one on the same machine.
 
 Every push goes to a fresh node, so all of its chunks travel. Reports the
 median MB/s (10^6 bytes/s) and the peak RSS of client and node. Two ceilings
@@ -16,7 +20,10 @@ node), and of the transport alone plus the same transfer to or from the local
 store, a floor on what a networked one must spend; spread over every core,
 each bounds the MB/s a transfer can reach. --tmpfs puts
 homes and files on /dev/shm, taking the disk (and fsync) out of the figures.
-Needs rsync and sshd for the baseline (installs them with apt-get if missing).
+Needs rsync, scp and sshd for the baselines (installs them with apt-get if
+missing); both go over ssh to a private sshd on 127.0.0.1, rsync with its
+default cipher, scp with AES-128-GCM (the cheapest where the CPU has AES
+instructions), so each is a yardstick, not a tuned ceiling.
 """
 
 import argparse
@@ -33,6 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "p2pfs")
 BLAST = os.path.join(ROOT, "target", "release", "examples", "quic_blast")
+SSH_PORT = "2222"
 
 
 def run(cmd, env=None, **kw):
@@ -152,7 +160,7 @@ def local_round(base, data, size):
 
 
 def ensure_sshd(base):
-    if not shutil.which("sshd") and os.path.exists("/usr/sbin/sshd") is False or not shutil.which("rsync"):
+    if not os.path.exists("/usr/sbin/sshd") or not shutil.which("rsync") or not shutil.which("scp"):
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         run(["apt-get", "install", "-y", "-qq", "rsync", "openssh-server"],
             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
@@ -165,26 +173,41 @@ def ensure_sshd(base):
     shutil.copy(key + ".pub", auth)
     os.chmod(auth, 0o600)
     os.makedirs("/run/sshd", exist_ok=True)
-    port = "2222"
+    port = SSH_PORT
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-p", port, "-h", host, "-o", f"AuthorizedKeysFile={auth}",
                              "-o", "PermitRootLogin=yes", "-o", "StrictModes=no", "-o", "ListenAddress=127.0.0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ssh = f"ssh -p {port} -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    options = ["-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    ssh = " ".join(["ssh", "-p", port] + options)
     deadline = time.time() + 10
     while subprocess.run(ssh.split() + ["127.0.0.1", "true"], capture_output=True).returncode != 0:
         if time.time() > deadline:
             sys.exit("sshd did not start")
         time.sleep(0.1)
-    return sshd, ssh
+    return sshd, ssh, options
+
+
+def ssh_copy_round(base, data, size, copy):
+    """MB/s of one push (local file to the sshd) and one pull (back) with
+    `copy(source, dest)`, each to a fresh directory."""
+    rates = []
+    for direction in ("push", "pull"):
+        dest = tempfile.mkdtemp(dir=base, prefix="ssh-copy-")
+        source, target = (data, f"127.0.0.1:{dest}/") if direction == "push" else (f"127.0.0.1:{data}", dest + "/")
+        start = time.perf_counter()
+        copy(source, target)
+        rates.append(size / (time.perf_counter() - start) / 1e6)
+        shutil.rmtree(dest)
+    return tuple(rates)
 
 
 def rsync_round(base, data, size, ssh):
-    dest = tempfile.mkdtemp(dir=base, prefix="rsync-")
-    start = time.perf_counter()
-    run(["rsync", "-a", "--whole-file", "-e", ssh, data, f"127.0.0.1:{dest}/"])
-    elapsed = time.perf_counter() - start
-    shutil.rmtree(dest)
-    return size / elapsed / 1e6
+    return ssh_copy_round(base, data, size, lambda src, dst: run(["rsync", "-a", "--whole-file", "-e", ssh, src, dst]))
+
+
+def scp_round(base, data, size, options):
+    return ssh_copy_round(base, data, size, lambda src, dst: run(
+        ["scp", "-q", "-c", "aes128-gcm@openssh.com", "-P", SSH_PORT] + options + [src, dst]))
 
 
 def main():
@@ -192,7 +215,12 @@ def main():
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tmpfs", action="store_true")
+    parser.add_argument("--bin-dir", help="where p2pfs and examples/quic_blast are (default: target/release)")
     args = parser.parse_args()
+    if args.bin_dir:
+        global BIN, BLAST
+        BIN = os.path.join(args.bin_dir, "p2pfs")
+        BLAST = os.path.join(args.bin_dir, "examples", "quic_blast")
     if not os.path.exists(BIN) or not os.path.exists(BLAST):
         sys.exit("build first: cargo build --release --bins --examples")
     base = tempfile.mkdtemp(prefix="p2pfs-bench-net-", dir="/dev/shm" if args.tmpfs else None)
@@ -202,28 +230,34 @@ def main():
         with open(data, "wb") as f:
             for _ in range(args.size_mib):
                 f.write(os.urandom(1 << 20))
-        sshd, ssh = ensure_sshd(base)
-        results = {"tuned": [], "default": [], "rsync": [], "local": [], "blast tuned": [], "blast default": []}
+        sshd, ssh, ssh_options = ensure_sshd(base)
+        results = {"tuned": [], "default": [], "rsync": [], "scp": [], "local": [], "blast tuned": [],
+                   "blast default": []}
         for i in range(args.runs):
             for transport in ("tuned", "default"):
                 results[transport].append(p2pfs_round(base, data, size, transport))
                 results["blast " + transport].append(blast_round(size, transport))
             results["rsync"].append(rsync_round(base, data, size, ssh))
+            results["scp"].append(scp_round(base, data, size, ssh_options))
             results["local"].append(local_round(base, data, size))
             print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
         sshd.terminate()
         where = "tmpfs (/dev/shm)" if args.tmpfs else "disk"
         print(f"{args.size_mib} MiB random data, one node on 127.0.0.1, homes on {where}, median of {args.runs}")
-        rsync = statistics.median(results["rsync"])
+        # Each direction against the same direction of each baseline.
+        ssh_rates = {name: [statistics.median(r[i] for r in results[name]) for i in (0, 1)]
+                     for name in ("rsync", "scp")}
         for transport in ("tuned", "default"):
             rows = results[transport]
-            push = statistics.median(r[0] for r in rows)
-            pull = statistics.median(r[1] for r in rows)
-            print(f"  {transport:8} push {push:6.0f} MB/s ({push / rsync:.2f}x rsync)   "
-                  f"pull {pull:6.0f} MB/s ({pull / rsync:.2f}x rsync)   "
+            rates = [statistics.median(r[i] for r in rows) for i in (0, 1)]
+            against = lambda i: ", ".join(f"{rates[i] / ssh_rates[n][i]:.2f}x {n}" for n in ("rsync", "scp"))
+            print(f"  {transport:8} push {rates[0]:6.0f} MB/s ({against(0)})   "
+                  f"pull {rates[1]:6.0f} MB/s ({against(1)})   "
                   f"peak RSS: push {max(r[2] for r in rows) / 1024:.0f} MiB, "
                   f"pull {max(r[3] for r in rows) / 1024:.0f} MiB, node {max(r[4] for r in rows) / 1024:.0f} MiB")
-        print(f"  rsync -e ssh  {rsync:6.0f} MB/s")
+        print(f"  rsync -e ssh  push {ssh_rates['rsync'][0]:6.0f} MB/s   pull {ssh_rates['rsync'][1]:6.0f} MB/s")
+        print(f"  scp -c aes128-gcm@openssh.com  push {ssh_rates['scp'][0]:6.0f} MB/s   "
+              f"pull {ssh_rates['scp'][1]:6.0f} MB/s")
         local = statistics.median(r[0] for r in results["local"])
         local_pull = statistics.median(r[2] for r in results["local"])
         blast = {t: statistics.median(r[0] for r in results["blast " + t]) for t in ("tuned", "default")}
@@ -244,7 +278,7 @@ def main():
             floor = transport_cpu + local_cpu
             print(f"  CPU per GiB, {name}: {spent:.2f} core-s (client and node), at most {bound(spent):.0f} MB/s "
                   f"on {cores} cores; floor: transport alone {transport_cpu:.2f} + local {name} {local_cpu:.2f} "
-                  f"= {floor:.2f} core-s, at most {bound(floor):.0f} MB/s")
+                  f"= {floor:.2f} core-s, at most {bound(floor):.0f} MB/s; {spent / floor:.2f}x the floor")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -15,14 +15,20 @@
 //!   frame, payload and reply, and payload bytes held in memory taken from
 //!   a node-wide budget of which one address group gets at most half.
 //!
+//! Every chunk it stores is checked against its id now and then ([`scrub`]),
+//! at a fixed, low rate; requests serve chunks without hashing them, since
+//! the client verifies each one.
+//!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
 //! lost by that: a request is acknowledged only after its effect is
 //! durable, and whatever was not acknowledged the sender will send again.
 
 mod admission;
+mod buffers;
 mod handler;
 mod members;
+mod scrub;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,6 +52,7 @@ use members::Members;
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
+pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
 /// Most payload bytes (chunks, manifests, pin lists) a node holds in memory
 /// at once, over all requests.
@@ -114,6 +121,8 @@ pub(crate) struct NodeState {
     pub(crate) table: Mutex<PeerTable>,
     pub(crate) budget: Semaphore,
     pub(crate) members: Arc<Members>,
+    /// Buffers chunk replies are read into, used again.
+    pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
 }
@@ -201,6 +210,7 @@ impl Node {
             table: Mutex::new(table),
             budget: Semaphore::new(PAYLOAD_BUDGET),
             members: Arc::new(Members::default()),
+            reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
             heard_of: Notify::new(),
         });
         Ok(Self { state, bootstrap })
@@ -222,6 +232,7 @@ impl Node {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
         background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
+        background.spawn(scrub::scrub_now_and_then(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);

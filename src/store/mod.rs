@@ -2,7 +2,8 @@
 //! (docs/FORMAT.md, "On-disk layout").
 //!
 //! ```text
-//! store/chunks/ab/cd/<64 hex ChunkId>   ciphertext, BLAKE3-verified on every read
+//! store/chunks/ab/cd/<64 hex ChunkId>   ciphertext, BLAKE3-verified when read for this node's
+//!                                       own use and by the scrub (a peer verifies what it is sent)
 //! store/manifests/<64 hex ManifestId>   envelopes
 //! store/quarantine/<64 hex ChunkId>     chunks whose bytes no longer match their id
 //! store/tmp/                            temp files of writes in progress
@@ -24,6 +25,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::hash::Hash;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
@@ -165,6 +167,9 @@ fn hashes_to(path: &Path, id: &ChunkId) -> bool {
 /// The largest chunk file: the largest chunk (16 MiB) and its tag.
 pub const MAX_CHUNK_FILE_LEN: u32 = crate::chunk::MAX_CHUNK_SIZE + TAG_LEN as u32;
 
+/// The lengths a chunk file can have: a tag, and at most the largest chunk before it.
+const CHUNK_FILE_LENS: std::ops::RangeInclusive<u64> = TAG_LEN as u64..=MAX_CHUNK_FILE_LEN as u64;
+
 /// One node's store, opened: chunks, manifests and metadata on disk.
 pub struct Store {
     root: PathBuf,
@@ -263,8 +268,7 @@ impl Store {
     /// chunk can have. A copy found bad is quarantined when it is read, so
     /// it is not counted here again.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        fs::metadata(self.chunk_path(id))
-            .is_ok_and(|m| m.is_file() && (TAG_LEN as u64..=u64::from(MAX_CHUNK_FILE_LEN)).contains(&m.len()))
+        fs::metadata(self.chunk_path(id)).is_ok_and(|m| m.is_file() && CHUNK_FILE_LENS.contains(&m.len()))
     }
 
     /// Stores a chunk durably unless a good copy is there already. Returns
@@ -336,11 +340,16 @@ impl Store {
         Ok(())
     }
 
-    /// Reads chunk `id`'s ciphertext, of whatever length, into `buf` and
-    /// checks its BLAKE3 (quarantining a mismatch). `Ok(false)` if the store
-    /// does not have it. This is what a node serves to peers.
-    pub fn read_chunk_ciphertext(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
-        self.read_verified(id, buf)
+    /// Reads chunk `id`'s ciphertext into `buf` as it is on disk, without
+    /// hashing it: what a node serves to a peer, who verifies every chunk
+    /// by its id anyway (docs/PROTOCOL.md, "Who verifies a chunk"). Only
+    /// the length is checked: a file no chunk can be as long as is
+    /// quarantined. A copy that went bad in another way is found by
+    /// [`Store::verify_chunk`] (the node's scrub), or when a client that
+    /// found the mismatch sends the good copy ([`Store::put_chunk_parts`]).
+    /// `Ok(false)` if the store does not have it.
+    pub fn read_chunk_unverified(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        self.read_chunk_file(id, buf)
     }
 
     /// The length of chunk `id`'s file, if it is there.
@@ -349,6 +358,18 @@ impl Store {
     }
 
     fn read_verified(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if !self.read_chunk_file(id, buf)? {
+            return Ok(false);
+        }
+        if ChunkId::of(buf) != *id {
+            return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
+        }
+        Ok(true)
+    }
+
+    /// Reads chunk `id`'s file into `buf` (replacing its contents), unless
+    /// it is missing (`Ok(false)`) or of a length no chunk has (quarantined).
+    fn read_chunk_file(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         let mut file = match File::open(&path) {
             Ok(file) => file,
@@ -363,10 +384,60 @@ impl Store {
             .take(u64::from(MAX_CHUNK_FILE_LEN) + 1)
             .read_to_end(buf)
             .map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
-        if ChunkId::of(buf) != *id {
+        if !CHUNK_FILE_LENS.contains(&(buf.len() as u64)) {
             return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
         }
         Ok(true)
+    }
+
+    /// Checks chunk `id`'s file against its id, reading it through the
+    /// hasher, and quarantines it if it does not match: what the node's
+    /// scrub does to every chunk in turn. Returns the bytes read, or
+    /// `Ok(None)` if the chunk is not here (any more), or a bad copy was
+    /// replaced while it was being read.
+    pub fn verify_chunk(&self, id: &ChunkId) -> Result<Option<u64>, StoreError> {
+        let path = self.chunk_path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("opening chunk {}", id.short(16)), &path)(e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        // At most one byte past the longest chunk: a longer file is bad whatever it holds.
+        let most = u64::from(MAX_CHUNK_FILE_LEN) + 1;
+        let mut limited = file.take(most);
+        hasher.update_reader(&mut limited).map_err(io_err(format!("reading chunk {}", id.short(16)), &path))?;
+        let read = most - limited.limit();
+        if !CHUNK_FILE_LENS.contains(&read) || ChunkId(*hasher.finalize().as_bytes()) != *id {
+            // A put may have replaced the file while it was read (a client
+            // sending the good copy): only the file that was read goes.
+            let file = limited.into_inner();
+            let same = |m: &fs::Metadata, n: &fs::Metadata| (m.dev(), m.ino()) == (n.dev(), n.ino());
+            let still_there = file.metadata().ok().zip(fs::metadata(&path).ok()).is_some_and(|(m, n)| same(&m, &n));
+            if !still_there {
+                return Ok(None);
+            }
+            return Err(StoreError::ChunkCorrupted { id: *id, quarantined: self.quarantine(id)? });
+        }
+        Ok(Some(read))
+    }
+
+    /// The directories chunk files are spread over (`chunks/ab/cd`, at most
+    /// 65 536 of them), for a walk over every chunk that holds only one
+    /// directory's names at a time ([`Store::chunks_in`]).
+    pub fn chunk_dirs(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for outer in files::dirs_in(&self.root.join("chunks")).map_err(io_err("listing chunks", &self.root))? {
+            out.extend(files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))?);
+        }
+        Ok(out)
+    }
+
+    /// The chunks whose files are in `dir`, one of [`Store::chunk_dirs`].
+    /// Files not named by a chunk id are not chunks and are left out.
+    pub fn chunks_in(&self, dir: &Path) -> Result<Vec<ChunkId>, StoreError> {
+        let names = files::files_in(dir).map_err(io_err("listing chunks", dir))?;
+        Ok(names.iter().filter_map(|p| p.file_name()?.to_str()?.parse().ok()).collect())
     }
 
     /// Moves a bad chunk file out of the way, so it is neither served nor
@@ -538,6 +609,56 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_served_unverified_is_read_as_it_is_and_the_scrub_quarantines_it() {
+        let (_dir, store) = store();
+        let bytes = vec![3u8; 64 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        assert_eq!(store.verify_chunk(&id).unwrap(), Some(bytes.len() as u64), "a good copy passes");
+        let mut bad = bytes.clone();
+        bad[5] ^= 1;
+        fs::write(store.chunk_path(&id), &bad).unwrap();
+        let mut buf = Vec::new();
+        assert!(store.read_chunk_unverified(&id, &mut buf).unwrap());
+        assert_eq!(buf, bad, "served as it is: the peer verifies it");
+        let err = store.verify_chunk(&id).unwrap_err();
+        assert!(matches!(err, StoreError::ChunkCorrupted { .. }), "{err}");
+        assert!(!store.has_chunk(&id) && store.root().join("quarantine").join(id.to_string()).is_file());
+        assert_eq!(store.verify_chunk(&id).unwrap(), None, "gone once quarantined");
+        assert!(!store.read_chunk_unverified(&id, &mut buf).unwrap());
+    }
+
+    #[test]
+    fn a_chunk_file_of_no_chunks_length_is_not_served() {
+        let (_dir, store) = store();
+        let bytes = vec![4u8; 64 + TAG_LEN];
+        let id = ChunkId::of(&bytes);
+        store.put_chunk(&id, &bytes).unwrap();
+        fs::write(store.chunk_path(&id), &bytes[..TAG_LEN - 1]).unwrap();
+        let err = store.read_chunk_unverified(&id, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, StoreError::ChunkCorrupted { .. }), "{err}");
+        assert!(!store.has_chunk(&id));
+    }
+
+    #[test]
+    fn the_scrub_walk_finds_every_chunk() {
+        let (_dir, store) = store();
+        let mut ids: Vec<ChunkId> = (0..20u8)
+            .map(|i| {
+                let bytes = vec![i; 40];
+                store.put_chunk(&ChunkId::of(&bytes), &bytes).unwrap();
+                ChunkId::of(&bytes)
+            })
+            .collect();
+        fs::write(store.chunk_path(&ids[0]).with_file_name("not-a-chunk"), b"x").unwrap();
+        let mut walked: Vec<ChunkId> =
+            store.chunk_dirs().unwrap().iter().flat_map(|dir| store.chunks_in(dir).unwrap()).collect();
+        ids.sort_by_key(|id| id.0);
+        walked.sort_by_key(|id| id.0);
+        assert_eq!(walked, ids);
+    }
+
+    #[test]
     fn a_good_put_replaces_a_corrupt_copy() {
         let (_dir, store) = store();
         let bytes = vec![9u8; 64 + TAG_LEN];
@@ -566,7 +687,7 @@ mod tests {
         let mut bad = a.clone();
         bad[0] ^= 1;
         fs::write(store.chunk_path(&ChunkId::of(&a)), &bad).unwrap();
-        assert!(store.read_chunk_ciphertext(&ChunkId::of(&a), &mut Vec::new()).is_err());
+        assert!(store.verify_chunk(&ChunkId::of(&a)).is_err());
         assert_eq!(store.chunk_usage().unwrap(), (50, 1), "a quarantined chunk is not counted");
     }
 
