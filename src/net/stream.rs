@@ -265,9 +265,6 @@ impl FrameReader {
     }
 }
 
-/// Bytes handed to quinn per write of a paced payload.
-const WRITE_STEP: usize = 64 * 1024;
-
 /// Writes `frame` and then `payload` at `pace`: the one way a frame is
 /// written. The payload goes a piece at a time, each of which quinn must
 /// take (it does once the peer's flow control lets it) on schedule, so a
@@ -282,14 +279,17 @@ pub async fn write_frame(
 ) -> Result<(), StreamError> {
     let mut header = Vec::with_capacity(128);
     frame.encode(&mut header).map_err(|e| StreamError::Other(e.to_string()))?;
-    let wait = pace.next_wait(0).ok_or(StreamError::TimedOut("sending"))?;
-    tokio::time::timeout(wait, send.write_all(&header)).await.map_err(|_| StreamError::TimedOut("sending"))??;
-    let mut moved = 0;
-    while moved < payload.len() {
-        let piece = payload.slice(moved..payload.len().min(moved + WRITE_STEP));
-        let wait = pace.next_wait(moved as u64).ok_or(StreamError::TimedOut("sending"))?;
-        moved += piece.len();
-        tokio::time::timeout(wait, send.write_chunk(piece)).await.map_err(|_| StreamError::TimedOut("sending"))??;
+    // quinn takes as much of the pieces as flow control allows at each
+    // call, so an open window takes the whole frame in one; each call must
+    // make progress within the pace's next wait.
+    let mut pieces = [Bytes::from(header), payload];
+    let mut moved = 0u64;
+    while pieces.iter().any(|p| !p.is_empty()) {
+        let wait = pace.next_wait(moved).ok_or(StreamError::TimedOut("sending"))?;
+        let written = tokio::time::timeout(wait, send.write_chunks(&mut pieces))
+            .await
+            .map_err(|_| StreamError::TimedOut("sending"))??;
+        moved += written.bytes as u64;
     }
     Ok(())
 }

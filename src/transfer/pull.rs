@@ -160,6 +160,10 @@ fn write_from(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), TransferError> {
     let chunks = &manifest.chunks;
+    // Each buffer grows once, on first use, to the largest ciphertext of the
+    // file, not step by step as chunk sizes vary (every step a new
+    // allocation, and page faults on all of it).
+    let largest = chunks.iter().map(|c| c.len as usize + TAG_LEN).max().unwrap_or(0);
     let next_job = AtomicUsize::new(start);
     let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(parallelism.buffers);
     for _ in 0..parallelism.buffers {
@@ -178,6 +182,8 @@ fn write_from(
                     let Ok(mut buf) = spare else { break };
                     let index = next_job.fetch_add(1, Ordering::Relaxed);
                     let Some(chunk) = chunks.get(index) else { break };
+                    buf.clear();
+                    buf.reserve(largest);
                     let result = read_and_open(source, chunk, &mut buf).map(|()| buf);
                     if done_tx.send((index, result)).is_err() {
                         break;
