@@ -759,3 +759,20 @@ fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
     let pulled = victim.run(&["pull", "mine.bin", "-o", "-"]);
     assert!(pulled.status.success() && pulled.stdout == data, "{}", String::from_utf8_lossy(&pulled.stderr));
 }
+
+#[test]
+fn bytes_too_short_to_be_a_chunk_are_refused_and_leave_nothing_behind() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, member) = member_client(&server, &rt);
+    for len in [0usize, 1, 15] {
+        let junk = vec![7u8; len];
+        let id = ChunkId::of(&junk);
+        let err = rt.block_on(member.put_chunk(id, bytes::Bytes::from(junk))).expect_err("no chunk is that short");
+        assert_eq!(err.remote_code(), Some(ErrorCode::BAD_FRAME.0), "{len} bytes: {err}");
+    }
+    assert!(server.node.chunk_files().is_empty(), "nothing stored, so nothing for quarantine either");
+    let legit = vec![7u8; 16];
+    rt.block_on(member.put_chunk(ChunkId::of(&legit), bytes::Bytes::from(legit))).unwrap();
+    assert_eq!(server.node.chunk_files().len(), 1, "a tag's worth is a chunk");
+}

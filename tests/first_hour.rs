@@ -420,3 +420,20 @@ fn pull_to_standard_output_shows_progress_on_a_terminal() {
     let terminal = String::from_utf8_lossy(&out.stdout);
     assert!(terminal.contains("pull ["), "a progress bar on the terminal: {terminal:?}");
 }
+
+#[test]
+fn an_rm_during_an_identical_push_makes_the_push_record_a_version() {
+    let node = Node::with_chunks(SMALL_CHUNKS);
+    let data = random_bytes(3 << 20, 19);
+    node.push(&node.write("same.bin", &data), &["--name", "kept.bin"]);
+    let (child, mut stdin) = push_in_progress(&node, "kept.bin", &data[..2 << 20]);
+    // The pipe holds 64 KiB: the push has read its log and most of this.
+    node.ok(&["rm", "kept.bin"]);
+    stdin.write_all(&data[2 << 20..]).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains("unchanged"), "the version it matched was removed: {}", stderr_of(&out));
+    let back = node.run(&["pull", "kept.bin", "-o", "-"]);
+    assert!(back.status.success() && back.stdout == data, "the pushed bytes are a live version");
+}

@@ -239,6 +239,14 @@ impl Request {
                 reply(send, Frame::HasReply(bitmap)).await
             }
             Frame::PutChunk(put) => {
+                // Ciphertext is at least its tag: anything shorter is no chunk,
+                // and the store would only quarantine it later.
+                if (put.len as usize) < crypto::TAG_LEN {
+                    return Err(Refusal::new(
+                        ErrorCode::BAD_FRAME,
+                        format!("{} bytes cannot be a chunk ({} at least)", put.len, crypto::TAG_LEN),
+                    ));
+                }
                 let _held = self.reserve(u64::from(put.len)).await?;
                 // The pieces quinn received, hashed and written as they are: no copy.
                 let len = u64::from(put.len);

@@ -90,6 +90,14 @@ pub enum StoreError {
     /// A pin of a manifest its owner unpinned before.
     #[error("manifest {0} was unpinned by its owner; it is not pinned again")]
     PinRevoked(ManifestId),
+    /// Bytes offered as a chunk have a length no chunk can have.
+    #[error("{len} bytes offered as chunk {id} cannot be a chunk (its tag alone is 16 bytes, and at most 16 MiB + 16)")]
+    NotAChunk {
+        /// The id they were offered under.
+        id: ChunkId,
+        /// Their length.
+        len: u64,
+    },
     /// A log entry does not follow the owner's log as it is now held.
     #[error(
         "the owner's log changed while this command ran (another push or rm of owner {}: it holds {held} \
@@ -281,6 +289,10 @@ impl Store {
     /// network). A copy already on disk is kept only if its bytes match its
     /// id; a corrupt one is quarantined and replaced.
     pub fn put_chunk_parts(&self, id: &ChunkId, parts: &[impl AsRef<[u8]>]) -> Result<bool, StoreError> {
+        let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+        if !CHUNK_FILE_LENS.contains(&len) {
+            return Err(StoreError::NotAChunk { id: *id, len });
+        }
         let path = self.chunk_path(id);
         if path.is_file() {
             let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();

@@ -118,10 +118,13 @@ pub fn push(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PushReport, TransferError> {
     let started = Instant::now();
-    let history = History::replay(owner, catalog.log(owner)?)?;
+    // A log that cannot be read fails the push before anything is sent.
+    History::replay(owner, catalog.log(owner)?)?;
     let cuts = CutPoints::new(options.chunker, GearTable::from_seed(owner.chunker_seed()))?;
     let outcome = store_chunks(catalog, destination, owner, input, cuts, options.parallelism, progress)?;
 
+    // Judged against the log as it is now: an `rm` may have run meanwhile.
+    let history = History::replay(owner, catalog.log(owner)?)?;
     if !options.allow_same
         && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks)
     {

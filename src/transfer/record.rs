@@ -84,7 +84,12 @@ pub fn retract_versions(
     loop {
         let mut history = History::replay(owner, catalog.log(owner)?)?;
         let mut entries = Vec::with_capacity(versions.len());
-        for version in versions {
+        // A version another command (or an earlier attempt of this one,
+        // through a node that took part of it) removed already needs no
+        // entry; it is still unpinned below.
+        let live: Vec<&Version> =
+            versions.iter().filter(|v| history.by_manifest(&v.manifest).is_some_and(Version::is_live)).collect();
+        for version in live {
             let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
             entries.push(history.append(owner, record, rand::random())?);
         }
