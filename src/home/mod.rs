@@ -341,8 +341,9 @@ impl HomeLock {
             Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
         }
         if exclusive {
-            file.set_len(0).map_err(io_err("writing lock file", &path))?;
-            write!(file, "{}", std::process::id()).map_err(io_err("writing lock file", &path))?;
+            // Only for others' messages: on a full disk (where `gc` is what
+            // the user needs) the lock holds without it.
+            let _ = file.set_len(0).and_then(|()| write!(file, "{}", std::process::id()));
         }
         Ok(Some(Self { file, exclusive }))
     }
