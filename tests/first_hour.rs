@@ -277,12 +277,10 @@ fn readers_work_during_a_push_and_gc_waits_for_it_with_wait() {
     assert!(out.status.success() && out.stdout == data, "the push survived the waiting gc");
 }
 
-#[test]
-fn two_pushes_at_once_both_become_versions() {
-    let node = Node::with_chunks(SMALL_CHUNKS);
-    node.push(&node.write("seed.bin", b"seed"), &[]);
-    let (a, mut a_in) = push_in_progress(&node, "a.bin", &random_bytes(1 << 20, 10));
-    let (b, mut b_in) = push_in_progress(&node, "b.bin", &random_bytes(1 << 20, 11));
+/// Pushes `a.bin` and `b.bin` (1 MiB each) at the same time; both must succeed.
+fn push_a_and_b_at_once(node: &Node, seed: u64) {
+    let (a, mut a_in) = push_in_progress(node, "a.bin", &random_bytes(1 << 20, seed));
+    let (b, mut b_in) = push_in_progress(node, "b.bin", &random_bytes(1 << 20, seed + 1));
     a_in.write_all(b"end of a").unwrap();
     b_in.write_all(b"end of b").unwrap();
     drop((a_in, b_in));
@@ -290,6 +288,13 @@ fn two_pushes_at_once_both_become_versions() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr_of(&out));
     }
+}
+
+#[test]
+fn two_pushes_at_once_both_become_versions() {
+    let node = Node::with_chunks(SMALL_CHUNKS);
+    node.push(&node.write("seed.bin", b"seed"), &[]);
+    push_a_and_b_at_once(&node, 10);
     let ls = node.ok(&["ls"]);
     assert!(ls.contains("a.bin") && ls.contains("b.bin") && ls.contains("seed.bin"), "no version lost: {ls}");
 }
@@ -391,15 +396,7 @@ fn two_pushes_at_once_to_a_served_home_both_become_versions() {
     let server = Server::start();
     let home = &server.node;
     home.set_chunker(SMALL_CHUNKS);
-    let (a, mut a_in) = push_in_progress(home, "a.bin", &random_bytes(1 << 20, 16));
-    let (b, mut b_in) = push_in_progress(home, "b.bin", &random_bytes(1 << 20, 17));
-    a_in.write_all(b"end of a").unwrap();
-    b_in.write_all(b"end of b").unwrap();
-    drop((a_in, b_in));
-    for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr_of(&out));
-    }
+    push_a_and_b_at_once(home, 16);
     let ls = home.ok(&["ls"]);
     assert!(ls.contains("a.bin") && ls.contains("b.bin"), "no version lost: {ls}");
 }

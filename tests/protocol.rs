@@ -207,19 +207,7 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
     // someone else, or made for another connection, is refused.
     let read = |proof: Signature| {
         let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof });
-        rt.block_on(async {
-            let (mut send, recv) = peer.open().await.unwrap();
-            p2pfs::net::stream::write_frame(
-                &mut send,
-                &request,
-                bytes::Bytes::new(),
-                p2pfs::net::stream::Pace::at_rate(p2pfs::net::stream::SENDER_RATE),
-            )
-            .await
-            .unwrap();
-            let _ = send.finish();
-            FrameReader::new(recv).next_frame().await.unwrap()
-        })
+        rt.block_on(ask(&peer, &request))
     };
     let mallory = OwnerKeys::derive(&[8; 32]);
     let exporter = peer.exporter(wire::OWNER_READ_LABEL).unwrap();
@@ -234,21 +222,18 @@ fn a_node_keeps_an_owners_log_only_in_order_and_only_signed() {
     let (_net2, other_conn) = member_client(&server, &rt);
     let replayed = owner.sign(wire::OWNER_READ_DOMAIN, &wire::owner_read_message(&exporter, &owner.owner_id()));
     let request = Frame::GetLog(wire::GetLog { owner: owner.owner_id(), from: 0, proof: replayed });
-    let reply = rt.block_on(async {
-        let (mut send, recv) = other_conn.open().await.unwrap();
-        p2pfs::net::stream::write_frame(
-            &mut send,
-            &request,
-            bytes::Bytes::new(),
-            p2pfs::net::stream::Pace::at_rate(p2pfs::net::stream::SENDER_RATE),
-        )
-        .await
-        .unwrap();
-        let _ = send.finish();
-        FrameReader::new(recv).next_frame().await.unwrap()
-    });
+    let reply = rt.block_on(ask(&other_conn, &request));
     assert!(
         matches!(reply, Frame::Error(ref e) if e.code == ErrorCode::BAD_SIGNATURE),
         "a proof replayed on another connection: {reply:?}"
     );
+}
+
+/// Sends one request frame on a new stream of `peer` and reads the reply frame.
+async fn ask(peer: &p2pfs::net::Peer, request: &Frame) -> Frame {
+    use p2pfs::net::stream::{Pace, SENDER_RATE, write_frame};
+    let (mut send, recv) = peer.open().await.unwrap();
+    write_frame(&mut send, request, bytes::Bytes::new(), Pace::at_rate(SENDER_RATE)).await.unwrap();
+    let _ = send.finish();
+    FrameReader::new(recv).next_frame().await.unwrap()
 }
