@@ -321,9 +321,12 @@ pub fn client(token: &str) -> Node {
     node
 }
 
-/// A lossy, slow link for one client: a UDP relay on 127.0.0.1 that forwards
-/// datagrams both ways to `target`, dropping a fixed share of them (a seeded
-/// generator decides which) and delaying the rest. Stops when dropped.
+/// A lossy, slow link: a UDP relay on 127.0.0.1 that forwards datagrams
+/// both ways to `target`, dropping a fixed share of them (a seeded generator
+/// per direction decides which) and delaying the rest. Each client address
+/// gets its own socket towards the target, as behind a NAT, so two
+/// processes (or two endpoints) using the link at once never get each
+/// other's packets. Stops when dropped.
 pub struct LossyLink {
     pub addr: std::net::SocketAddr,
     pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -331,67 +334,104 @@ pub struct LossyLink {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// One direction of a [`LossyLink`] flow: drops or delays each datagram,
+/// and hands each that survives to its sender once its delay is over.
+#[derive(Clone)]
+struct Direction {
+    seed: u64,
+    loss_percent: u64,
+    delay: Duration,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Direction {
+    /// Starts the sender thread; returns where the reader queues what it keeps.
+    fn sender(&self, send: impl Fn(&[u8]) + Send + 'static) -> std::sync::mpsc::Sender<(Instant, Vec<u8>)> {
+        let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            for (when, datagram) in due {
+                // The link's latency itself, not a wait for anything.
+                std::thread::sleep(when.saturating_duration_since(Instant::now()));
+                send(&datagram);
+            }
+        });
+        queue
+    }
+
+    /// Whether the next datagram is lost; queues it if not.
+    fn pass(&self, state: &mut u64, datagram: &[u8], queue: &std::sync::mpsc::Sender<(Instant, Vec<u8>)>) {
+        use std::sync::atomic::Ordering;
+        // xorshift64: the same drops for the same traffic, run after run.
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        if *state % 100 < self.loss_percent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.forwarded.fetch_add(1, Ordering::Relaxed);
+            let _ = queue.send((Instant::now() + self.delay, datagram.to_vec()));
+        }
+    }
+}
+
 impl LossyLink {
     /// Drops `loss_percent` of the datagrams in each direction and delays the rest by `delay`.
     pub fn start(target: std::net::SocketAddr, loss_percent: u64, delay: Duration) -> Self {
+        use std::collections::HashMap;
         use std::net::UdpSocket;
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        back.connect(target).unwrap();
-        for socket in [&front, &back] {
-            socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        }
+        front.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let link = Self {
             addr: front.local_addr().unwrap(),
             dropped: Arc::new(AtomicU64::new(0)),
             forwarded: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let client = Arc::new(std::sync::Mutex::new(None));
-        // Each direction: a reader that drops or stamps a datagram, and a
-        // sender that sends it once its delay is over (in arrival order).
-        for (seed, towards_target) in [(1u64, true), (2, false)] {
-            let (from, to) = if towards_target { (&front, &back) } else { (&back, &front) };
-            let (from, to, learned) = (Arc::clone(from), Arc::clone(to), Arc::clone(&client));
-            let (dropped, forwarded, stop) =
-                (Arc::clone(&link.dropped), Arc::clone(&link.forwarded), Arc::clone(&link.stop));
-            let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
-            std::thread::spawn(move || {
-                let mut state = seed;
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((len, sender)) = from.recv_from(&mut buf) else { continue };
-                    if towards_target {
-                        *learned.lock().unwrap() = Some(sender);
-                    }
-                    // xorshift64: the same drops for the same traffic, run after run.
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    if state % 100 < loss_percent {
-                        dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    forwarded.fetch_add(1, Ordering::Relaxed);
-                    let _ = queue.send((Instant::now() + delay, buf[..len].to_vec()));
-                }
-            });
-            let client = Arc::clone(&client);
-            std::thread::spawn(move || {
-                for (when, datagram) in due {
-                    // The link's latency itself, not a wait for anything.
-                    std::thread::sleep(when.saturating_duration_since(Instant::now()));
-                    if towards_target {
-                        let _ = to.send(&datagram);
-                    } else if let Some(client) = *client.lock().unwrap() {
-                        let _ = to.send_to(&datagram, client);
-                    }
-                }
-            });
-        }
+        let direction = |seed| Direction {
+            seed,
+            loss_percent,
+            delay,
+            dropped: Arc::clone(&link.dropped),
+            forwarded: Arc::clone(&link.forwarded),
+        };
+        let stop = Arc::clone(&link.stop);
+        let (inbound, outbound) = (direction(1), direction(2));
+        std::thread::spawn(move || {
+            let mut flows = HashMap::new();
+            let mut state = inbound.seed;
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((len, client)) = front.recv_from(&mut buf) else { continue };
+                let queue = flows.entry(client).or_insert_with(|| {
+                    // A new client: its own socket towards the target, and a
+                    // reader of the target's replies to it.
+                    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                    back.connect(target).unwrap();
+                    back.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    let (reply_front, stop) = (Arc::clone(&front), Arc::clone(&stop));
+                    let replies = outbound.sender(move |datagram| {
+                        let _ = reply_front.send_to(datagram, client);
+                    });
+                    let (reader, outbound) = (Arc::clone(&back), outbound.clone());
+                    std::thread::spawn(move || {
+                        let mut state = outbound.seed ^ client.port() as u64;
+                        let mut buf = vec![0u8; 65536];
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(len) = reader.recv(&mut buf) else { continue };
+                            outbound.pass(&mut state, &buf[..len], &replies);
+                        }
+                    });
+                    inbound.sender(move |datagram| {
+                        let _ = back.send(datagram);
+                    })
+                });
+                inbound.pass(&mut state, &buf[..len], queue);
+            }
+        });
         link
     }
 }
