@@ -124,14 +124,7 @@ enum Command {
         json: bool,
     },
     /// Run a storage node: answer peers' requests from this home's store.
-    Serve {
-        /// The UDP address to listen on (HOST:PORT; a name like localhost is looked up).
-        #[arg(long, default_value = "0.0.0.0:7070", value_name = "HOST:PORT")]
-        listen: String,
-        /// A peer to join at start (repeatable).
-        #[arg(long, value_name = "NODEID@ADDR")]
-        bootstrap: Vec<String>,
-    },
+    Serve(network::ServeArgs),
     /// Print a token that lets another home join this node's network.
     Invite {
         /// The address to give out (default: where this home's node listens).
@@ -219,7 +212,7 @@ fn execute(args: &Args) -> Result<()> {
         Command::Rm { version } => remove(&cx, version),
         Command::Gc { json } => collect_garbage(&cx, *json),
         Command::Status { json } => status(&cx, *json),
-        Command::Serve { listen, bootstrap } => network::serve(&cx, listen, bootstrap),
+        Command::Serve(args) => network::serve(&cx, args),
         Command::Invite { addr } => network::invite(&cx, addr.as_deref()),
         Command::Peers { json } => network::peers(&cx, *json),
         Command::Share { version } => share(&cx, version),

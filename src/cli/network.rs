@@ -14,7 +14,7 @@ use crate::home::peers::{KnownPeer, PeerTable};
 use crate::home::{self, Access, Home, Keys};
 use crate::id::{self, ManifestId, NodeId};
 use crate::net::{Client, Net, Tuning, canonical_addr};
-use crate::node::{Node, ServeInfo};
+use crate::node::{self, Node, ServeInfo};
 use crate::token::{self, JoinToken, ShareTicket};
 use crate::transfer::swarm::{MemberReport, Swarm};
 use crate::wire::PeerInfo;
@@ -121,9 +121,29 @@ pub(super) fn print_member_report(reports: &[MemberReport], unreachable: &[(Node
     }
 }
 
-pub(super) fn serve(cx: &Cx, listen: &str, bootstrap: &[String]) -> Result<()> {
-    let listen = resolve_addr(listen, "--listen")?;
-    let bootstrap = bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
+/// `p2pfs serve`'s options.
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    /// The UDP address to listen on (HOST:PORT; a name like localhost is looked up).
+    #[arg(long, default_value = "0.0.0.0:7070", value_name = "HOST:PORT")]
+    listen: String,
+    /// A peer to join at start (repeatable).
+    #[arg(long, value_name = "NODEID@ADDR")]
+    bootstrap: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The node's configuration, once every option is checked.
+    fn config(&self) -> Result<node::Config> {
+        let listen = resolve_addr(&self.listen, "--listen")?;
+        let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
+        Ok(node::Config { listen, bootstrap })
+    }
+}
+
+pub(super) fn serve(cx: &Cx, args: &ServeArgs) -> Result<()> {
+    let config = args.config()?;
+    let listen = config.listen;
     let home = Home::open_for(cx.existing_home()?, Access::Exclusive, cx.wait)?;
     // Store work waits its turn on a bounded pool rather than each request
     // getting a thread of its own.
@@ -134,9 +154,9 @@ pub(super) fn serve(cx: &Cx, listen: &str, bootstrap: &[String]) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    check_bootstrap(&rt, home.keys(), &bootstrap)?;
+    check_bootstrap(&rt, home.keys(), &config.bootstrap)?;
     rt.block_on(async {
-        let node = Node::bind(home, listen, bootstrap).map_err(|e| {
+        let node = Node::bind(home, config).map_err(|e| {
             let err = anyhow::Error::new(e);
             let in_use = err
                 .chain()

@@ -171,6 +171,22 @@ impl NodeState {
     }
 }
 
+/// How a node runs: `p2pfs serve`'s options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
+}
+
+impl Config {
+    /// A node listening on `listen`, with no bootstrap peers.
+    pub fn listening_on(listen: SocketAddr) -> Self {
+        Self { listen, bootstrap: Vec::new() }
+    }
+}
+
 /// A bound node, ready to serve.
 pub struct Node {
     state: Arc<NodeState>,
@@ -178,8 +194,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds `listen` and writes `serve.json`. Must run inside a tokio runtime.
-    pub fn bind(home: Home, listen: SocketAddr, bootstrap: Vec<(NodeId, SocketAddr)>) -> Result<Self, ServeError> {
+    /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
+    pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
+        let Config { listen, bootstrap } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;

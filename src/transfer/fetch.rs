@@ -134,7 +134,7 @@ mod tests {
     use crate::home::{self, Home};
     use crate::id::{ChunkId, NodeId};
     use crate::net::{Client, Net, Tuning};
-    use crate::node::Node;
+    use crate::node::{Config, Node};
 
     /// Two nodes hold one chunk; the copy on the node asked first has gone
     /// bad on its disk (the node serves it without hashing it).
@@ -150,7 +150,8 @@ mod tests {
             let path = dir.path().join(name);
             home::init(&path).unwrap();
             home::replace_key(&path, "network.key", &network).unwrap();
-            let node = Node::bind(Home::open(&path).unwrap(), "127.0.0.1:0".parse().unwrap(), vec![]).unwrap();
+            let node =
+                Node::bind(Home::open(&path).unwrap(), Config::listening_on("127.0.0.1:0".parse().unwrap())).unwrap();
             known.push(KnownPeer { node: node.node_id(), addrs: vec![node.addr()] });
             nodes.push((node.node_id(), path));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
