@@ -22,16 +22,19 @@ use clap::{Parser, Subcommand};
 use crate::crypto::CryptoError;
 use crate::home::{self, Access, InitOutcome};
 use crate::id::ManifestId;
+use crate::manifest::log::History;
 use crate::manifest::log::Version;
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::StoreError;
 use crate::transfer::catalog::Catalog;
 use crate::transfer::fetch::Fetch;
+use crate::transfer::network_log::NetworkLog;
 use crate::transfer::pull::{Target, Wanted};
 use crate::transfer::push::PushOptions;
 use crate::transfer::replicate::Replicate;
+use crate::transfer::swarm::Swarm;
 use crate::transfer::{self, Parallelism, TransferError, pull, push, record};
-use session::Session;
+use session::{Link, Session};
 
 /// A peer-to-peer, end-to-end encrypted, deduplicating, versioned file store.
 ///
@@ -207,8 +210,8 @@ fn execute(args: &Args) -> Result<()> {
             push_file(&cx, file, name.as_deref(), *json, *replicas, *allow_same)
         }
         Command::Pull { version, output, force } => pull_file(&cx, version, output.as_deref(), *force),
-        Command::Log { name, json } => show_log(&cx.session(Access::Read)?, name.as_deref(), *json),
-        Command::Ls { json } => list(&cx.session(Access::Read)?, *json),
+        Command::Log { name, json } => show_log(&cx, name.as_deref(), *json),
+        Command::Ls { json } => list(&cx, *json),
         Command::Rm { version } => remove(&cx, version),
         Command::Gc { json } => collect_garbage(&cx, *json),
         Command::Status { json } => status(&cx, *json),
@@ -316,7 +319,6 @@ fn push_file(
     let home = cx.created_home()?;
     let session = Session::open(home, Access::Add, cx.wait)?;
     let owner = session.keys().owner_keys();
-    let catalog = session.catalog();
     let networked = session.networked(home)?;
     if let (Some(wanted), false) = (replicas, networked) {
         cx.warn(format_args!(
@@ -349,6 +351,8 @@ fn push_file(
     let report = if networked {
         let link = session.link()?;
         let swarm = network::connect_swarm(&link.client, home, &session.own_node())?;
+        // The log its holders keep, brought in step with this home's copy.
+        let catalog = &NetworkLog::new(session.catalog(), &swarm, true);
         let replicas = usize::from(replicas.unwrap_or(DEFAULT_REPLICAS));
         let journal = journal::Journal::open(home, &owner.owner_id(), &name);
         let mut previous = previous_chunks(catalog, &owner, &name);
@@ -369,6 +373,9 @@ fn push_file(
                 .with_context(|| format!("pushing {} to peers", file.display()))?;
         resumed_from = journal.earlier.len();
         journal.finish();
+        for note in catalog.notes() {
+            tracing::warn!("{note}");
+        }
         peer_summary = Some((destination.replicas, swarm.report(), swarm.unreachable.clone()));
         report
     } else {
@@ -466,19 +473,27 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
     let session = cx.session(Access::Read)?;
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
-    let catalog = session.catalog();
-    let target = Target::resolve(catalog, &owner, &wanted)?;
-    let label = &target.label;
     // Peers are needed for a shared version, or when this home is part of a network.
-    let link = if session.networked(home)? || target.needs_peers() { Some(session.link()?) } else { None };
+    let networked = session.networked(home)?;
+    let link = if networked || wanted.is_shared() { Some(session.link()?) } else { None };
     let swarm = match &link {
         Some(link) => {
             let mut extra = session.own_node();
-            extra.extend(target.peers().iter().cloned());
+            extra.extend(wanted.peers());
             Some(network::connect_swarm(&link.client, home, &extra)?)
         }
         None => None,
     };
+    // A name or version is looked up in the log the peers hold (a new home
+    // with only the owner key has no copy of its own yet).
+    let network_log =
+        swarm.as_ref().filter(|_| networked).map(|swarm| NetworkLog::new(session.catalog(), swarm, false));
+    let catalog: &dyn Catalog = match &network_log {
+        Some(log) => log,
+        None => session.catalog(),
+    };
+    let target = Target::resolve(catalog, &owner, &wanted)?;
+    let label = &target.label;
     let manifest = target.open(catalog, swarm.as_ref(), &owner).with_context(|| format!("pulling {label}"))?;
     let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, session.store()));
     let source: &dyn pull::Source = match (&fetch, session.store()) {
@@ -552,12 +567,14 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
 fn share(cx: &Cx, spec: &str) -> Result<()> {
     let session = cx.session(Access::Read)?;
     let owner = session.keys().owner_keys();
-    let history = transfer::history(session.catalog(), &owner)?;
+    let link = session.networked(cx.existing_home()?)?.then(|| session.link()).transpose()?;
+    let (history, swarm) = read_history(cx, &session, link.as_deref())?;
     let version = history.select_one(spec)?;
-    let envelope = session
-        .catalog()
-        .manifest(&version.manifest)?
-        .ok_or(TransferError::from(StoreError::ManifestMissing(version.manifest)))?;
+    let envelope = match (session.catalog().manifest(&version.manifest)?, &swarm) {
+        (Some(envelope), _) => envelope,
+        (None, Some(swarm)) => swarm.fetch_manifest(&version.manifest)?,
+        (None, None) => return Err(TransferError::from(StoreError::ManifestMissing(version.manifest)).into()),
+    };
     let (file_key, _) = Manifest::open(&owner, version.manifest, &envelope).map_err(TransferError::from)?;
     println!("{}", network::share_ticket(cx.existing_home()?, &session.own_node(), version.manifest, &file_key)?);
     cx.say(format_args!(
@@ -580,8 +597,41 @@ fn output_path(manifest: &Manifest, id: ManifestId, output: Option<&Path>) -> Re
     })
 }
 
-fn show_log(session: &Session, name: Option<&str>, json: bool) -> Result<()> {
-    let history = transfer::history(session.catalog(), &session.keys().owner_keys())?;
+/// The owner's history for a command that only reads it: the log the
+/// peers hold, when the home has peers and one answers, else this home's
+/// copy (with a warning); and the peers that answered.
+fn read_history(cx: &Cx, session: &Session, link: Option<&Link>) -> Result<(History, Option<Swarm>)> {
+    let owner = session.keys().owner_keys();
+    let Some(link) = link else { return Ok((transfer::history(session.catalog(), &owner)?, None)) };
+    match network::connect_swarm(&link.client, cx.existing_home()?, &session.own_node()) {
+        Ok(swarm) => {
+            let log = NetworkLog::new(session.catalog(), &swarm, false);
+            let history = transfer::history(&log, &owner)?;
+            for note in log.notes() {
+                tracing::warn!("{note}");
+            }
+            Ok((history, Some(swarm)))
+        }
+        Err(e) => {
+            cx.warn(format_args!("showing this home's own copy of the log, which may lag: {e:#}"));
+            Ok((transfer::history(session.catalog(), &owner)?, None))
+        }
+    }
+}
+
+/// Opens the home for reading, with a link to its peers if it has some.
+fn read_session(cx: &Cx) -> Result<(Session, Option<Link>)> {
+    let session = cx.session(Access::Read)?;
+    let link = match session.networked(cx.existing_home()?)? {
+        true => Some(Link::new(session.keys())?),
+        false => None,
+    };
+    Ok((session, link))
+}
+
+fn show_log(cx: &Cx, name: Option<&str>, json: bool) -> Result<()> {
+    let (session, link) = read_session(cx)?;
+    let (history, _) = read_history(cx, &session, link.as_ref())?;
     let versions: Vec<&Version> = match name {
         Some(name) => {
             let versions: Vec<_> = history.versions_of(name).collect();
@@ -613,8 +663,9 @@ fn show_log(session: &Session, name: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn list(session: &Session, json: bool) -> Result<()> {
-    let history = transfer::history(session.catalog(), &session.keys().owner_keys())?;
+fn list(cx: &Cx, json: bool) -> Result<()> {
+    let (session, link) = read_session(cx)?;
+    let (history, _) = read_history(cx, &session, link.as_ref())?;
     let latest: Vec<(usize, &Version)> = history
         .live_names()
         .into_iter()
@@ -654,19 +705,24 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
     let session = cx.session(Access::Add)?;
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
-    let history = transfer::history(session.catalog(), &owner)?;
-    let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
-    let labels: Vec<String> = versions.iter().map(Version::label).collect();
     // Peers first: if none answers, nothing is removed anywhere.
     let link = if session.networked(home)? { Some(session.link()?) } else { None };
     let swarm = match &link {
         Some(link) => Some(
             network::connect_swarm(&link.client, home, &session.own_node())
-                .with_context(|| format!("removing {}: nothing was removed", labels.join(", ")))?,
+                .with_context(|| format!("removing {spec}: nothing was removed"))?,
         ),
         None => None,
     };
-    let retracted = record::retract_versions(session.catalog(), swarm.as_ref(), &owner, &versions)?;
+    let network_log = swarm.as_ref().map(|swarm| NetworkLog::new(session.catalog(), swarm, true));
+    let catalog: &dyn Catalog = match &network_log {
+        Some(log) => log,
+        None => session.catalog(),
+    };
+    let history = transfer::history(catalog, &owner)?;
+    let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
+    let labels: Vec<String> = versions.iter().map(Version::label).collect();
+    let retracted = record::retract_versions(catalog, swarm.as_ref(), &owner, &versions)?;
     if !retracted.unconfirmed.is_empty() {
         cx.warn(format_args!("some peers did not confirm the unpin: {}", retracted.unconfirmed.join("; ")));
     }
@@ -694,10 +750,10 @@ fn collect_garbage(cx: &Cx, json: bool) -> Result<()> {
 }
 
 fn status(cx: &Cx, json: bool) -> Result<()> {
-    let session = cx.session(Access::Read)?;
+    let (session, link) = read_session(cx)?;
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
-    let history = transfer::history(session.catalog(), &owner)?;
+    let (history, _) = read_history(cx, &session, link.as_ref())?;
     let (chunk_bytes, chunk_count) = match (session.served(), session.store()) {
         (Some(served), _) => {
             let status = served.daemon().status()?;

@@ -276,10 +276,16 @@ impl Peer {
     /// Every log entry the peer holds for `owner` (ours: the request proves
     /// it with a signature over this connection), encoded, in order.
     pub async fn get_log(&self, owner: &OwnerKeys) -> Result<Vec<Vec<u8>>, NetError> {
+        self.get_log_from(owner, 0).await
+    }
+
+    /// The owner's log entries from sequence number `from` on, encoded
+    /// (unverified), in as many requests as the peer needs.
+    pub async fn get_log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<Vec<u8>>, NetError> {
         let proof = self.owner_proof(owner)?;
         let mut entries = Vec::new();
         loop {
-            let request = GetLog { owner: owner.owner_id(), from: entries.len() as u64, proof };
+            let request = GetLog { owner: owner.owner_id(), from: from + entries.len() as u64, proof };
             match self.call(&Frame::GetLog(request), Bytes::new()).await? {
                 Frame::Log(log) => {
                     let got = log.entries.len();

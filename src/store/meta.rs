@@ -348,6 +348,28 @@ impl Meta {
         Ok(appended)
     }
 
+    /// Replaces `owner`'s log from sequence number `from` on with `entries`
+    /// (already verified as one chain with what precedes `from`), in one
+    /// transaction: how a home's copy takes the log its peers hold when the
+    /// two went apart. Pins are untouched.
+    pub fn replace_log(&self, owner: &OwnerId, from: u64, entries: &[LogEntry]) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut table = txn.open_table(LOG).map_err(self.err())?;
+            let key = owner.as_bytes();
+            table.retain_in((key, from)..=(key, u64::MAX), |_, _| false).map_err(self.err())?;
+            for (seq, entry) in (from..).zip(entries) {
+                debug_assert_eq!(entry.seq, seq, "entries are consecutive from `from`");
+                table.insert((key, seq), entry.encode().as_slice()).map_err(self.err())?;
+            }
+            if let Some(last) = entries.last() {
+                drop(table);
+                self.put_head_in(&txn, last)?;
+            }
+        }
+        txn.commit().map_err(self.err())
+    }
+
     /// The sequence number the next entry of `owner`'s log must have, and
     /// the hash it must name.
     fn log_tail(

@@ -42,6 +42,12 @@ pub trait Catalog: Sync {
 
     /// Makes a change durable (see [`Change`] for what each kind keeps).
     fn record(&self, change: Change<'_>) -> Result<(), TransferError>;
+
+    /// Replaces `owner`'s log from sequence number `from` on with
+    /// `entries`, a verified chain that follows what precedes `from`: how
+    /// the home's copy takes the log its peers hold
+    /// ([`super::network_log`]).
+    fn adopt_log(&self, owner: &OwnerKeys, from: u64, entries: &[LogEntry]) -> Result<(), TransferError>;
 }
 
 impl Catalog for Store {
@@ -72,5 +78,9 @@ impl Catalog for Store {
             None => &[],
         };
         Ok(self.meta().commit(change.entries, pins, change.unpins, change.sealed)?)
+    }
+
+    fn adopt_log(&self, owner: &OwnerKeys, from: u64, entries: &[LogEntry]) -> Result<(), TransferError> {
+        Ok(self.meta().replace_log(&owner.owner_id(), from, entries)?)
     }
 }

@@ -92,4 +92,17 @@ impl Catalog for Daemon {
         }
         Ok(())
     }
+
+    /// The node's copy is one of the owner's log copies: it gets the
+    /// entries it lacks. A copy that went apart stays as it is (a node
+    /// takes only entries that follow what it holds); reads rebase on it.
+    fn adopt_log(&self, _owner: &OwnerKeys, _from: u64, entries: &[LogEntry]) -> Result<(), TransferError> {
+        for entry in entries {
+            match self.call(|peer| async move { peer.append_log(entry.encode(), entry.hash()).await }) {
+                Err(e) if e.is_log_conflict() => return Ok(()),
+                other => other?,
+            }
+        }
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod daemon;
 pub mod fetch;
+pub mod network_log;
 pub mod placement;
 pub mod pull;
 pub mod push;
@@ -90,6 +91,12 @@ pub enum TransferError {
         /// The manifest.
         manifest: ManifestId,
         /// What each peer said.
+        reasons: String,
+    },
+    /// No member that holds the owner's log took a new entry.
+    #[error("no peer holding this owner's log took the new entry: {reasons}")]
+    LogUnpublished {
+        /// What each holder said.
         reasons: String,
     },
     /// The input has more chunks than one manifest may list.

@@ -36,6 +36,19 @@ pub enum Wanted {
 }
 
 impl Wanted {
+    /// Whether it is a shared version (a ticket), which only peers can give.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Wanted::Shared(_))
+    }
+
+    /// Peers a ticket names.
+    pub fn peers(&self) -> Vec<KnownPeer> {
+        match self {
+            Wanted::Shared(ticket) => ticket.peers.iter().map(KnownPeer::from_wire).collect(),
+            Wanted::Version(_) => Vec::new(),
+        }
+    }
+
     /// Reads a pull argument: a share ticket (whitespace anywhere ignored),
     /// else a version spec.
     pub fn parse(spec: &str) -> Result<Self, TokenError> {

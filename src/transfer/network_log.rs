@@ -1,0 +1,294 @@
+//! The owner's log as the network holds it, so that the owner key alone
+//! brings every name and version back.
+//!
+//! Each owner's log is kept by [`LOG_HOLDERS`] members: the live ones that
+//! rank highest for its OwnerId, by the same rendezvous hashing that places
+//! chunks. The home keeps its own copy. [`NetworkLog`] wraps the home's
+//! records ([`Catalog`]) and makes the two agree:
+//!
+//! - Reading ([`Catalog::log`]): each of the best-ranked members is asked
+//!   for what it holds past the home's copy; every answer is verified (the
+//!   owner's signature, the hash chain). The longest valid copy wins, a
+//!   member's over the home's on a tie. A copy that went apart from it
+//!   (two machines of the owner appended while they could not see each
+//!   other) is not dropped: the versions and removals only it has are
+//!   appended again on top of the winner, in their order ("rebased"), so no
+//!   push is ever lost. Holders that lag get what they miss, and the home's
+//!   copy takes the result (for commands that may write it).
+//! - Appending ([`Catalog::record`]): the new entries go to the primary
+//!   holder first (the best-ranked one whose copy agrees), which takes them
+//!   only if they follow what it holds. If it refuses (`LogConflict`), another
+//!   command of this owner appended first: the caller reads the log again
+//!   and makes its entries on top (push and rm do, [`super::MAX_LOG_RETRIES`]
+//!   times). Then the other holders, then the home's copy.
+//!
+//! A hostile member cannot forge an entry (they are signed) nor win with an
+//! older copy (it is shorter); it can only withhold, which costs it its say.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use super::TransferError;
+use super::catalog::{Catalog, Change};
+use super::swarm::Swarm;
+use crate::crypto::OwnerKeys;
+use crate::id::{ChunkId, ManifestId};
+use crate::manifest::log::{History, LogEntry, LogOp, LogRecord};
+use crate::net::NetError;
+use crate::wire::ErrorCode;
+
+/// How many members hold each owner's log.
+pub const LOG_HOLDERS: usize = 3;
+/// How many of the best-ranked members a read asks: the holders, and a few
+/// after them, which held the log before newer members outranked them.
+const LOG_READERS: usize = 2 * LOG_HOLDERS;
+
+/// The home's records, with the owner's log kept in step with the members
+/// that hold it (see the module doc).
+pub struct NetworkLog<'a> {
+    inner: &'a dyn Catalog,
+    swarm: &'a Swarm,
+    /// Whether the home's copy of the log may be rewritten (push, rm);
+    /// read-only commands only read it.
+    persist: bool,
+    /// What the last read found: which members agree with the result, best first.
+    agreeing: Mutex<Vec<usize>>,
+    /// What went wrong with members along the way, for the summary.
+    notes: Mutex<Vec<String>>,
+}
+
+/// One member's copy of the log, as read.
+struct Copy {
+    member: usize,
+    /// The whole log it holds, verified; `None` if it sent what does not verify.
+    entries: Option<Vec<LogEntry>>,
+}
+
+impl<'a> NetworkLog<'a> {
+    /// Wraps `inner`, the home's records; with `persist`, reads also bring
+    /// the home's copy of the log up to date.
+    pub fn new(inner: &'a dyn Catalog, swarm: &'a Swarm, persist: bool) -> Self {
+        Self { inner, swarm, persist, agreeing: Mutex::new(Vec::new()), notes: Mutex::new(Vec::new()) }
+    }
+
+    /// What went wrong with members' copies (unreachable, refused, altered),
+    /// once per member.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        notes.dedup();
+        notes
+    }
+
+    fn note(&self, note: String) {
+        self.notes.lock().unwrap_or_else(PoisonError::into_inner).push(note);
+    }
+
+    /// Reads each of the best-ranked members' copies: past the home's copy
+    /// when they agree with its last entry, whole when they do not.
+    fn read_copies(&self, owner: &OwnerKeys, local: &[LogEntry]) -> Vec<Copy> {
+        let readers: Vec<usize> =
+            self.swarm.ranked(owner.owner_id().as_bytes()).into_iter().take(LOG_READERS).collect();
+        let overlap = local.len().saturating_sub(1) as u64;
+        let last = local.last().map(LogEntry::encode);
+        let reads = readers.iter().map(|&index| {
+            let last = last.clone();
+            self.swarm.with_retry(index, move |peer| {
+                let last = last.clone();
+                async move {
+                    let tail = peer.get_log_from(owner, overlap).await?;
+                    // It agrees with the home's copy up to its last entry:
+                    // what it sent is the rest. Otherwise read it whole.
+                    match (&last, tail.first()) {
+                        (None, _) => Ok((0, tail)),
+                        (Some(last), Some(first)) if first == last => Ok((overlap, tail)),
+                        _ => Ok((0, peer.get_log(owner).await?)),
+                    }
+                }
+            })
+        });
+        let results = self.swarm.client().run_all(reads);
+        readers
+            .into_iter()
+            .zip(results)
+            .filter_map(|(member, result)| {
+                let short = self.swarm.member(member).node().short(16);
+                match result {
+                    Ok((from, encoded)) => {
+                        let entries = self.verify(owner, local, from, &encoded);
+                        if entries.is_none() {
+                            self.note(format!("{short} holds a copy of the log that does not verify; it is ignored"));
+                        }
+                        Some(Copy { member, entries })
+                    }
+                    Err(e) => {
+                        self.note(format!("{short} did not give its copy of the log: {e}"));
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The whole log a member holds: the home's entries before `from`, then
+    /// what it sent, if all of it verifies as one chain.
+    fn verify(&self, owner: &OwnerKeys, local: &[LogEntry], from: u64, encoded: &[Vec<u8>]) -> Option<Vec<LogEntry>> {
+        let mut entries: Vec<LogEntry> = local[..from as usize].to_vec();
+        for (seq, bytes) in (from..).zip(encoded) {
+            entries.push(LogEntry::decode(seq, bytes).ok()?);
+        }
+        History::replay(owner, entries.iter().cloned()).ok()?;
+        Some(entries)
+    }
+
+    /// The log to use, from the home's copy and the members' (see the
+    /// module doc), made known to the holders that lag and, with
+    /// `persist`, to the home's copy.
+    fn sync(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+        let local = self.inner.log(owner)?;
+        // The home's own copy is checked as any other (replay fails on damage).
+        History::replay(owner, local.iter().cloned())?;
+        let copies = self.read_copies(owner, &local);
+        let valid: Vec<(usize, &Vec<LogEntry>)> =
+            copies.iter().filter_map(|c| c.entries.as_ref().map(|e| (c.member, e))).collect();
+
+        // The longest member copy (the best-ranked on a tie), then the
+        // home's if it carries that one further.
+        let longest = valid.iter().map(|(_, e)| e.len()).max();
+        let mut base: Vec<LogEntry> =
+            valid.iter().find(|(_, e)| Some(e.len()) == longest).map(|(_, e)| (*e).clone()).unwrap_or_default();
+        if is_prefix(&base, &local) {
+            base = local.clone();
+        }
+        let mut history = History::replay(owner, base.iter().cloned())?;
+        let mut chain = base;
+        // What only another copy has goes on top, oldest first.
+        let mut seen: HashSet<[u8; 32]> = chain.iter().map(LogEntry::hash).collect();
+        let others = std::iter::once(&local).chain(valid.iter().map(|(_, e)| *e));
+        for other in others {
+            for entry in other {
+                if !seen.insert(entry.hash()) {
+                    continue;
+                }
+                let record = entry.open(owner)?;
+                if needs_rebase(&history, &record) {
+                    chain.push(history.append(owner, record, rand::random())?);
+                }
+            }
+        }
+
+        // Holders that agree with the result, best first; they get what they lack.
+        let mut agreeing = Vec::new();
+        let mut catch_up = Vec::new();
+        for (member, entries) in &valid {
+            if is_prefix(entries, &chain) {
+                agreeing.push(*member);
+                if entries.len() < chain.len() {
+                    catch_up.push((*member, entries.len()));
+                }
+            } else {
+                let short = self.swarm.member(*member).node().short(16);
+                self.note(format!("{short} holds a copy of the log that went apart; its versions were kept"));
+            }
+        }
+        let holders: Vec<usize> = agreeing.iter().copied().take(LOG_HOLDERS).collect();
+        catch_up.retain(|(member, _)| holders.contains(member));
+        self.append_to(&catch_up, &chain);
+        *self.agreeing.lock().unwrap_or_else(PoisonError::into_inner) = holders;
+
+        if self.persist && chain != local {
+            let common = local.iter().zip(&chain).take_while(|(a, b)| a == b).count();
+            self.inner.adopt_log(owner, common as u64, &chain[common..])?;
+        }
+        Ok(chain)
+    }
+
+    /// Sends each member the entries of `chain` from its length on, in
+    /// order; failures are only noted (the next read catches them up).
+    fn append_to(&self, members: &[(usize, usize)], chain: &[LogEntry]) {
+        let calls = members.iter().map(|&(member, from)| self.append(member, &chain[from..]));
+        for ((member, _), result) in members.iter().zip(self.swarm.client().run_all(calls)) {
+            if let Err(e) = result {
+                let short = self.swarm.member(*member).node().short(16);
+                self.note(format!("{short} did not take the log entries it lacks: {e}"));
+            }
+        }
+    }
+
+    async fn append(&self, member: usize, entries: &[LogEntry]) -> Result<(), NetError> {
+        for entry in entries {
+            let (encoded, hash) = (entry.encode(), entry.hash());
+            let encoded = &encoded;
+            self.swarm.with_retry(member, |peer| async move { peer.append_log(encoded.clone(), hash).await }).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Catalog for NetworkLog<'_> {
+    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+        self.sync(owner)
+    }
+
+    fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
+        self.inner.sealed(tag)
+    }
+
+    fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
+        self.inner.manifest(id)
+    }
+
+    /// The entries go to the primary holder, which must take them, then to
+    /// the other holders, then into the home's records.
+    fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
+        let holders = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if !change.entries.is_empty() {
+            let mut kept = false;
+            let mut refusals = Vec::new();
+            for (i, &member) in holders.iter().enumerate() {
+                match self.swarm.client().run(self.append(member, change.entries)) {
+                    Ok(()) => {
+                        kept = true;
+                        // The primary took them: the rest only follow.
+                        let rest: Vec<(usize, usize)> = holders[i + 1..].iter().map(|&m| (m, 0)).collect::<Vec<_>>();
+                        let calls = rest.iter().map(|&(m, _)| self.append(m, change.entries));
+                        for (&(m, _), result) in rest.iter().zip(self.swarm.client().run_all(calls)) {
+                            if let Err(e) = result {
+                                let short = self.swarm.member(m).node().short(16);
+                                self.note(format!("{short} did not take the new log entries: {e}"));
+                            }
+                        }
+                        break;
+                    }
+                    // Another command of this owner appended first: read again and retry.
+                    Err(e) if e.remote_code() == Some(ErrorCode::LOG_CONFLICT.0) => {
+                        return Err(TransferError::Node { source: e });
+                    }
+                    // Unreachable or failing: the next holder becomes the primary.
+                    Err(e) => refusals.push(e.to_string()),
+                }
+            }
+            if !kept && !holders.is_empty() {
+                return Err(TransferError::LogUnpublished { reasons: refusals.join("; ") });
+            }
+        }
+        self.inner.record(change)
+    }
+
+    fn adopt_log(&self, owner: &OwnerKeys, from: u64, entries: &[LogEntry]) -> Result<(), TransferError> {
+        self.inner.adopt_log(owner, from, entries)
+    }
+}
+
+/// Whether `short` is where `long` starts.
+fn is_prefix(short: &[LogEntry], long: &[LogEntry]) -> bool {
+    short.len() <= long.len() && short.iter().zip(long).all(|(a, b)| a == b)
+}
+
+/// Whether an entry of another copy says something `history` lacks: a
+/// version it does not have, or the removal of one it has live.
+fn needs_rebase(history: &History, record: &LogRecord) -> bool {
+    match &record.op {
+        LogOp::Push { manifest, .. } => history.by_manifest(manifest).is_none(),
+        LogOp::Remove { manifest } => history.by_manifest(manifest).is_some_and(|v| v.is_live()),
+    }
+}

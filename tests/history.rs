@@ -1,0 +1,102 @@
+//! The owner's log lives on the network: a home with only the owner key
+//! and a join token sees every name and version, and two machines of one
+//! owner pushing at once keep both versions. Real `p2pfs` processes.
+
+mod common;
+
+use std::fs;
+use std::process::Stdio;
+
+use common::{Node, Server, client, random_bytes};
+
+/// Three storage nodes of one network, and its join token.
+fn network() -> (Vec<Server>, String) {
+    let first = Server::start();
+    let token = first.invite();
+    let mut servers = vec![first];
+    for _ in 0..2 {
+        let node = Node::new();
+        node.ok(&["init", "--join", &token]);
+        let bootstrap = servers[0].node_addr();
+        servers.push(Server::start_in(node, "127.0.0.1:0", &[&bootstrap]));
+    }
+    (servers, token)
+}
+
+/// A new home of the network that imports the owner key `key`.
+fn home_with_key(token: &str, key: &str) -> Node {
+    let home = client(token);
+    fs::write(home.work.join("owner.key"), key).unwrap();
+    home.ok(&["key", "import", "owner.key"]);
+    home
+}
+
+#[test]
+fn a_new_home_with_the_owner_key_sees_and_pulls_every_version() {
+    let (_servers, token) = network();
+    let laptop = client(&token);
+    let v1 = random_bytes(400_000, 1);
+    let v2 = random_bytes(400_000, 2);
+    let id1 = laptop.push(&laptop.write("doc.bin", &v1), &[]);
+    laptop.push(&laptop.write("doc.bin", &v2), &[]);
+    laptop.push(&laptop.write("notes.txt", &random_bytes(300_000, 3)), &[]);
+    laptop.ok(&["rm", "notes.txt"]);
+    let key = laptop.ok(&["key", "export"]);
+
+    // The laptop is lost: a new machine has only the key and a join token.
+    drop(laptop);
+    let fresh = home_with_key(&token, &key);
+    let ls = fresh.ok(&["ls"]);
+    assert!(ls.contains("doc.bin") && !ls.contains("notes.txt"), "{ls}");
+    let log = fresh.ok(&["log"]);
+    for line in ["doc.bin@1", "doc.bin@2", "notes.txt@1"] {
+        assert!(log.contains(line), "{line} in\n{log}");
+    }
+    assert!(log.contains("removed"), "{log}");
+
+    fresh.ok(&["pull", "doc.bin", "-o", "latest.bin"]);
+    assert!(fs::read(fresh.work.join("latest.bin")).unwrap() == v2, "NAME is the latest version");
+    fresh.ok(&["pull", "doc.bin@1", "-o", "first.bin"]);
+    assert!(fs::read(fresh.work.join("first.bin")).unwrap() == v1, "NAME@1");
+    fresh.ok(&["pull", &id1[..10], "-o", "by-prefix.bin"]);
+    assert!(fs::read(fresh.work.join("by-prefix.bin")).unwrap() == v1, "an id prefix");
+
+    // It pushes on top of the same log.
+    let id3 = fresh.push(&fresh.write("doc.bin", &random_bytes(100_000, 4)), &[]);
+    let log = fresh.ok(&["log", "doc.bin"]);
+    assert!(log.contains("doc.bin@3") && log.contains(&id3[..16]), "{log}");
+}
+
+#[test]
+fn two_machines_of_one_owner_pushing_at_once_keep_both_versions() {
+    let (_servers, token) = network();
+    let desk = client(&token);
+    desk.push(&desk.write("shared.bin", &random_bytes(100_000, 9)), &[]);
+    let laptop = home_with_key(&token, &desk.ok(&["key", "export"]));
+
+    for round in 0..3u64 {
+        let ours = desk.write("shared.bin", &random_bytes(1 << 20, 10 + round));
+        let theirs = laptop.write("shared.bin", &random_bytes(1 << 20, 20 + round));
+        let pushes: Vec<_> = [(&desk, ours), (&laptop, theirs)]
+            .into_iter()
+            .map(|(home, path)| {
+                home.command()
+                    .args(["push", path.to_str().unwrap()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for push in pushes {
+            let out = push.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    // Both machines see all seven versions, in the same order.
+    let desk_log = desk.ok(&["log", "shared.bin", "--json"]);
+    let laptop_log = laptop.ok(&["log", "shared.bin", "--json"]);
+    let versions: Vec<serde_json::Value> = serde_json::from_str(&desk_log).unwrap();
+    assert_eq!(versions.len(), 7, "{desk_log}");
+    assert_eq!(desk_log, laptop_log);
+}
