@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::{Node, Server, client, random_bytes};
 
@@ -20,6 +21,12 @@ fn network() -> (Vec<Server>, String) {
         let bootstrap = servers[0].node_addr();
         servers.push(Server::start_in(node, "127.0.0.1:0", &[&bootstrap]));
     }
+    // The first node knows the others, so a client that joined through it
+    // learns of all three on its first command.
+    let table = servers[0].node.home.join("peers.json");
+    common::wait_until(Duration::from_secs(20), "the first node knows the other two", || {
+        common::verified_peers(&table).len() == 2
+    });
     (servers, token)
 }
 
@@ -99,4 +106,66 @@ fn two_machines_of_one_owner_pushing_at_once_keep_both_versions() {
     let versions: Vec<serde_json::Value> = serde_json::from_str(&desk_log).unwrap();
     assert_eq!(versions.len(), 7, "{desk_log}");
     assert_eq!(desk_log, laptop_log);
+}
+
+/// How many pins `server` holds, over every owner.
+fn pins(server: &Server) -> u64 {
+    let rt = common::runtime();
+    let (net, peer) = common::member_client(server, &rt);
+    let pins = rt.block_on(peer.status()).unwrap().pins;
+    rt.block_on(net.shutdown());
+    pins
+}
+
+#[test]
+fn a_removal_reaches_nodes_that_were_down_when_a_later_command_runs() {
+    let (mut servers, token) = network();
+    let laptop = client(&token);
+    laptop.push(&laptop.write("doc.bin", &random_bytes(300_000, 30)), &[]);
+    laptop.push(&laptop.write("keep.bin", &random_bytes(300_000, 31)), &[]);
+    assert!(servers.iter().all(|s| pins(s) == 2), "every node pins both versions");
+
+    // One node is down during the rm: the others confirm, it is pending.
+    servers[2].kill();
+    let down = servers[2].id.clone();
+    let rm = laptop.run(&["rm", "doc.bin"]);
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(rm.status.success(), "{stderr}");
+    assert!(stderr.contains("1 node has not confirmed the removal"), "{stderr}");
+    let status = laptop.ok(&["status"]);
+    assert!(status.contains("pending") && status.contains("doc.bin@1") && status.contains(&down[..16]), "{status}");
+    assert_eq!(pins(&servers[0]), 1);
+
+    // Back up: the next command (a mere `ls`) sends it the unpin.
+    let third = servers.pop().unwrap().restart();
+    assert_eq!(pins(&third), 2, "the node that was down still pins the removed version");
+    laptop.ok(&["ls"]);
+    assert_eq!(pins(&third), 1, "the unpin reached it");
+    let status: serde_json::Value = serde_json::from_str(&laptop.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["pending_removals"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn an_rm_with_every_node_down_is_recorded_and_reaches_them_later() {
+    let (servers, token) = network();
+    let laptop = client(&token);
+    laptop.push(&laptop.write("doc.bin", &random_bytes(300_000, 40)), &[]);
+    let key = laptop.ok(&["key", "export"]);
+    let mut servers: Vec<Server> = servers;
+    for server in &mut servers {
+        server.kill();
+    }
+    let rm = laptop.run(&["rm", "doc.bin"]);
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(rm.status.success(), "{stderr}");
+    assert!(stderr.contains("3 nodes have not confirmed the removal"), "{stderr}");
+    assert!(laptop.ok(&["log", "doc.bin"]).contains("removed"));
+
+    let servers: Vec<Server> = servers.into_iter().map(Server::restart).collect();
+    laptop.ok(&["ls"]);
+    assert!(servers.iter().all(|s| pins(s) == 0), "every node heard of the removal");
+    // The removal is in the network's log too: a new home sees it.
+    let fresh = home_with_key(&token, &key);
+    assert!(fresh.ok(&["log", "doc.bin"]).contains("removed"));
+    assert!(!fresh.ok(&["ls"]).contains("doc.bin"));
 }

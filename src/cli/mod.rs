@@ -20,8 +20,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
 use crate::crypto::CryptoError;
-use crate::home::{self, Access, InitOutcome};
-use crate::id::ManifestId;
+use crate::home::peers::{KnownPeer, PeerTable};
+use crate::home::{self, Access, InitOutcome, pending};
+use crate::id::{ManifestId, NodeId};
 use crate::manifest::log::History;
 use crate::manifest::log::Version;
 use crate::manifest::{Manifest, ManifestError};
@@ -350,7 +351,7 @@ fn push_file(
     let mut resumed_from = 0;
     let report = if networked {
         let link = session.link()?;
-        let swarm = network::connect_swarm(&link.client, home, &session.own_node())?;
+        let swarm = connect(&session, home, &link, &[])?;
         // The log its holders keep, brought in step with this home's copy.
         let catalog = &NetworkLog::new(session.catalog(), &swarm, true);
         let replicas = usize::from(replicas.unwrap_or(DEFAULT_REPLICAS));
@@ -477,11 +478,7 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
     let networked = session.networked(home)?;
     let link = if networked || wanted.is_shared() { Some(session.link()?) } else { None };
     let swarm = match &link {
-        Some(link) => {
-            let mut extra = session.own_node();
-            extra.extend(wanted.peers());
-            Some(network::connect_swarm(&link.client, home, &extra)?)
-        }
+        Some(link) => Some(connect(&session, home, link, &wanted.peers())?),
         None => None,
     };
     // A name or version is looked up in the log the peers hold (a new home
@@ -603,7 +600,7 @@ fn output_path(manifest: &Manifest, id: ManifestId, output: Option<&Path>) -> Re
 fn read_history(cx: &Cx, session: &Session, link: Option<&Link>) -> Result<(History, Option<Swarm>)> {
     let owner = session.keys().owner_keys();
     let Some(link) = link else { return Ok((transfer::history(session.catalog(), &owner)?, None)) };
-    match network::connect_swarm(&link.client, cx.existing_home()?, &session.own_node()) {
+    match connect(session, cx.existing_home()?, link, &[]) {
         Ok(swarm) => {
             let log = NetworkLog::new(session.catalog(), &swarm, false);
             let history = transfer::history(&log, &owner)?;
@@ -705,13 +702,18 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
     let session = cx.session(Access::Add)?;
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
-    // Peers first: if none answers, nothing is removed anywhere.
     let link = if session.networked(home)? { Some(session.link()?) } else { None };
     let swarm = match &link {
-        Some(link) => Some(
-            network::connect_swarm(&link.client, home, &session.own_node())
-                .with_context(|| format!("removing {spec}: nothing was removed"))?,
-        ),
+        Some(link) => match connect(&session, home, link, &[]) {
+            Ok(swarm) => Some(swarm),
+            // With no node of its own to go through, the removal is recorded
+            // here and reaches the peers when they answer a later command.
+            Err(e) if session.served().is_none() => {
+                cx.warn(format_args!("{e:#}"));
+                None
+            }
+            Err(e) => return Err(e.context(format!("removing {spec}: nothing was removed"))),
+        },
         None => None,
     };
     let network_log = swarm.as_ref().map(|swarm| NetworkLog::new(session.catalog(), swarm, true));
@@ -723,15 +725,87 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
     let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
     let labels: Vec<String> = versions.iter().map(Version::label).collect();
     let retracted = record::retract_versions(catalog, swarm.as_ref(), &owner, &versions)?;
-    if !retracted.unconfirmed.is_empty() {
-        cx.warn(format_args!("some peers did not confirm the unpin: {}", retracted.unconfirmed.join("; ")));
+
+    // Every node that may hold a pin of these versions and did not confirm
+    // the unpin hears of it again from later commands.
+    let mut known: std::collections::BTreeSet<NodeId> =
+        PeerTable::load(home).map(|t| t.peers().into_iter().map(|p| p.node).collect()).unwrap_or_default();
+    known.extend(session.own_node().iter().map(|p| p.node));
+    known.retain(|node| !retracted.confirmed.contains(node));
+    if !known.is_empty() {
+        for version in &versions {
+            let entry = pending::PendingUnpin {
+                owner: owner.owner_id(),
+                manifest: version.manifest,
+                label: version.label(),
+                nodes: known.clone(),
+                since_ms: transfer::unix_time_ms(),
+            };
+            pending::add(home, entry).context("recording the removal for the nodes that did not confirm it")?;
+        }
+        let why: Vec<String> =
+            retracted.unconfirmed.iter().map(|(node, why)| format!("{}: {why}", node.short(16))).collect();
+        cx.warn(format_args!(
+            "{} not confirmed the removal yet{}; later commands send it again until each has (`p2pfs status` \
+             shows what is pending)",
+            output::count(known.len() as u64, "node has", "nodes have"),
+            if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
+        ));
     }
-    let gc = match session.served() {
-        Some(_) => "stop the node and run `p2pfs gc` to free the chunks no live version needs",
-        None => "`p2pfs gc` frees the chunks no live version needs",
+    let freed = if swarm.is_some() || session.served().is_some() {
+        "each node frees the chunks no live version needs after its --gc-grace"
+    } else {
+        "`p2pfs gc` frees the chunks no live version needs"
     };
-    cx.say(format_args!("removed {}; {gc}", labels.join(", ")));
+    cx.say(format_args!("removed {}; {freed}", labels.join(", ")));
     Ok(())
+}
+
+/// Connects to the home's peers (and `extra`), then sends the removals
+/// they have not confirmed yet to those that answered.
+fn connect(session: &Session, home: &Path, link: &Link, extra: &[KnownPeer]) -> Result<Swarm> {
+    let mut peers = session.own_node();
+    peers.extend(extra.iter().cloned());
+    let swarm = network::connect_swarm(&link.client, home, &peers)?;
+    retry_pending(session, home, &swarm);
+    Ok(swarm)
+}
+
+/// Sends each removal some nodes did not confirm to those of them in
+/// `swarm`, and forgets the nodes that confirm it, or that the home no
+/// longer knows. Best effort: a read-only home only sends.
+fn retry_pending(session: &Session, home: &Path, swarm: &Swarm) {
+    let owner = session.keys().owner_keys();
+    let Ok(pending) = pending::load(home) else { return };
+    if !pending.iter().any(|p| p.owner == owner.owner_id()) {
+        return;
+    }
+    let present: std::collections::HashSet<NodeId> = swarm.answered().into_iter().map(|(node, _)| node).collect();
+    let mut confirmed = Vec::new();
+    for entry in pending.iter().filter(|p| p.owner == owner.owner_id()) {
+        let targets: std::collections::HashSet<NodeId> =
+            entry.nodes.iter().filter(|node| present.contains(node)).copied().collect();
+        if !targets.is_empty() {
+            let sent = record::send_unpins(swarm, &owner, &[entry.manifest], Some(&targets));
+            confirmed.push((entry.manifest, sent.confirmed));
+        }
+    }
+    let mut known: std::collections::HashSet<NodeId> =
+        PeerTable::load(home).map(|t| t.peers().into_iter().map(|p| p.node).collect()).unwrap_or_default();
+    known.extend(session.own_node().iter().map(|p| p.node));
+    let updated = pending::update(home, |pending| {
+        for entry in pending.iter_mut().filter(|p| p.owner == owner.owner_id()) {
+            for (manifest, nodes) in &confirmed {
+                if *manifest == entry.manifest {
+                    entry.nodes.retain(|node| !nodes.contains(node));
+                }
+            }
+            entry.nodes.retain(|node| known.contains(node));
+        }
+    });
+    if let Err(e) = updated {
+        tracing::debug!("not updating {}: {e}", pending::PENDING_FILE);
+    }
 }
 
 fn collect_garbage(cx: &Cx, json: bool) -> Result<()> {
@@ -763,6 +837,8 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         (None, None) => bail!("this home's store is neither open here nor served"),
     };
     let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
+    let pending: Vec<pending::PendingUnpin> =
+        pending::load(home)?.into_iter().filter(|p| p.owner == owner.owner_id()).collect();
     let status = serde_json::json!({
         "home": home,
         "node_id": session.keys().node_id().to_string(),
@@ -773,6 +849,7 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         "logical_bytes": live.iter().map(|v| v.size).sum::<u64>(),
         "stored_chunks": chunk_count,
         "stored_bytes": chunk_bytes,
+        "pending_removals": pending,
     });
     if json {
         return print_json(&status);
@@ -790,6 +867,16 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
     println!("store      {}, {} on disk", output::count(chunk_count, "chunk", "chunks"), output::size(chunk_bytes));
+    for (i, removal) in pending.iter().enumerate() {
+        let nodes: Vec<String> = removal.nodes.iter().map(|n| n.short(16)).collect();
+        println!(
+            "{}{} removed {}, not yet confirmed by {}",
+            if i == 0 { "pending    " } else { "           " },
+            removal.label,
+            output::utc_time(removal.since_ms),
+            nodes.join(", ")
+        );
+    }
     Ok(())
 }
 

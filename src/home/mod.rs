@@ -9,6 +9,7 @@
 //! lock                 flock: shared by readers and adders, exclusive for serve, gc, key import
 //! peers.json           the peer table ([`peers`])
 //! origins.json         where each name was last pushed from ([`origins`])
+//! pending-unpins.json  removals some nodes have not confirmed ([`pending`]), and its .lock
 //! serve.json           written by a running node (`crate::node::ServeInfo`)
 //! pushes/              the CLI's push journal (`cli/journal.rs`)
 //! store/               see `crate::store`
@@ -18,6 +19,7 @@
 
 pub mod origins;
 pub mod peers;
+pub mod pending;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

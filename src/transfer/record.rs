@@ -20,7 +20,9 @@ use super::push::{Destination, Published};
 use super::swarm::Swarm;
 use super::unix_time_ms;
 use crate::crypto::OwnerKeys;
-use crate::id::{ChunkId, ManifestId};
+use std::collections::HashSet;
+
+use crate::id::{ChunkId, ManifestId, NodeId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::store::PinRecord;
 use crate::wire::{self, Pin, Unpin};
@@ -63,11 +65,13 @@ pub fn record_version(
     })
 }
 
-/// What a retraction could not finish.
+/// What a retraction reached.
 #[derive(Debug, Default)]
 pub struct Retracted {
-    /// Peers that did not confirm an unpin, and why.
-    pub unconfirmed: Vec<String>,
+    /// The nodes that confirmed every unpin.
+    pub confirmed: HashSet<NodeId>,
+    /// Nodes that did not, and why.
+    pub unconfirmed: Vec<(NodeId, String)>,
 }
 
 /// Tombstones `versions` in the owner's log and unpins them: in the home's
@@ -100,23 +104,48 @@ pub fn retract_versions(
             Err(e) => return Err(e),
         }
     }
-    let mut retracted = Retracted::default();
-    let Some(swarm) = swarm else { return Ok(retracted) };
-    for version in versions {
-        let unpin = signed_unpin(owner, version.manifest);
-        let live = swarm.live_members();
-        let calls = live.iter().map(|&index| {
-            let unpin = unpin.clone();
-            swarm.with_retry(index, move |peer| {
-                let unpin = unpin.clone();
-                async move { peer.unpin(unpin).await }
-            })
-        });
-        for result in swarm.client().run_all(calls) {
-            if let Err(e) = result {
-                retracted.unconfirmed.push(e.to_string());
+    let Some(swarm) = swarm else { return Ok(Retracted::default()) };
+    let manifests: Vec<ManifestId> = versions.iter().map(|v| v.manifest).collect();
+    Ok(send_unpins(swarm, owner, &manifests, None))
+}
+
+/// Sends the owner's signed unpin of every one of `manifests` to the live
+/// members of `swarm` (those in `only`, if given), each member's in order.
+pub fn send_unpins(
+    swarm: &Swarm,
+    owner: &OwnerKeys,
+    manifests: &[ManifestId],
+    only: Option<&HashSet<NodeId>>,
+) -> Retracted {
+    let unpins: Vec<Unpin> = manifests.iter().map(|m| signed_unpin(owner, *m)).collect();
+    let targets: Vec<usize> = swarm
+        .live_members()
+        .into_iter()
+        .filter(|&i| only.is_none_or(|only| only.contains(&swarm.member(i).node())))
+        .collect();
+    let calls = targets.iter().map(|&index| {
+        let unpins = unpins.clone();
+        async move {
+            for unpin in unpins {
+                swarm
+                    .with_retry(index, |peer| {
+                        let unpin = unpin.clone();
+                        async move { peer.unpin(unpin).await }
+                    })
+                    .await?;
             }
+            Ok::<(), crate::net::NetError>(())
+        }
+    });
+    let mut retracted = Retracted::default();
+    for (&index, result) in targets.iter().zip(swarm.client().run_all(calls)) {
+        let node = swarm.member(index).node();
+        match result {
+            Ok(()) => {
+                retracted.confirmed.insert(node);
+            }
+            Err(e) => retracted.unconfirmed.push((node, e.to_string())),
         }
     }
-    Ok(retracted)
+    retracted
 }
