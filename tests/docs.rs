@@ -247,4 +247,16 @@ fn readme_storage_node_steps_run_as_shown() {
     let peers = shell.run(&home, "p2pfs peers --json");
     let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
     assert_eq!(peers.as_array().unwrap().len(), 2, "the laptop knows both storage nodes: {peers}");
+
+    // A new machine with the owner key the laptop exported, and the token.
+    let restore = readme_blocks("### With peers").remove(1);
+    let mut listed = String::new();
+    for line in &restore {
+        let output = shell.run("home4", &command_of(line));
+        if line.starts_with("p2pfs ls") {
+            listed = output;
+        }
+    }
+    assert!(listed.contains("bigfile.iso"), "the new machine lists the laptop's file: {listed}");
+    assert_eq!(std::fs::read(shell.work.path().join("restored.iso")).unwrap(), file);
 }
