@@ -169,3 +169,41 @@ fn an_rm_with_every_node_down_is_recorded_and_reaches_them_later() {
     assert!(fresh.ok(&["log", "doc.bin"]).contains("removed"));
     assert!(!fresh.ok(&["ls"]).contains("doc.bin"));
 }
+
+#[test]
+fn copies_of_the_log_that_went_apart_lose_no_version() {
+    // Two nodes; each machine of the owner pushes while it can reach only one.
+    let mut first = Server::start();
+    let token = first.invite();
+    let node = Node::new();
+    node.ok(&["init", "--join", &token]);
+    let mut second = Server::start_in(node, "127.0.0.1:0", &[&first.node_addr()]);
+    let table = first.node.home.join("peers.json");
+    common::wait_until(Duration::from_secs(20), "the first node knows the second", || {
+        common::verified_peers(&table).len() == 1
+    });
+    let desk = client(&token);
+    desk.push(&desk.write("base.bin", &random_bytes(100_000, 50)), &[]);
+    let laptop = home_with_key(&token, &desk.ok(&["key", "export"]));
+    assert!(laptop.ok(&["ls"]).contains("base.bin"));
+
+    second.kill();
+    desk.push(&desk.write("desk.bin", &random_bytes(100_000, 51)), &[]);
+    let _second = second.restart();
+    first.kill();
+    laptop.push(&laptop.write("laptop.bin", &random_bytes(100_000, 52)), &[]);
+    let _first = first.restart();
+
+    // Both copies have an entry 1, and they differ: each machine still sees
+    // every version, and so does a new home.
+    for home in [&desk, &laptop] {
+        let ls = home.ok(&["ls"]);
+        for name in ["base.bin", "desk.bin", "laptop.bin"] {
+            assert!(ls.contains(name), "{name} in\n{ls}");
+        }
+    }
+    let fresh = home_with_key(&token, &desk.ok(&["key", "export"]));
+    let ls = fresh.ok(&["ls"]);
+    assert!(ls.contains("desk.bin") && ls.contains("laptop.bin"), "{ls}");
+    fresh.ok(&["pull", "laptop.bin", "-o", "l.bin"]);
+}

@@ -282,21 +282,26 @@ impl Peer {
     /// The owner's log entries from sequence number `from` on, encoded
     /// (unverified), in as many requests as the peer needs.
     pub async fn get_log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<Vec<u8>>, NetError> {
-        let proof = self.owner_proof(owner)?;
         let mut entries = Vec::new();
         loop {
-            let request = GetLog { owner: owner.owner_id(), from: from + entries.len() as u64, proof };
-            match self.call(&Frame::GetLog(request), Bytes::new()).await? {
-                Frame::Log(log) => {
-                    let got = log.entries.len();
-                    entries.extend(log.entries.into_inner().into_iter().map(|e| e.to_vec()));
-                    // A peer saying "more" must make progress, or this would never end.
-                    if !log.more || got == 0 {
-                        return Ok(entries);
-                    }
-                }
-                other => return Err(self.unexpected(FrameType::GetLog, other)),
+            let (page, more) = self.get_log_page(owner, from + entries.len() as u64).await?;
+            let got = page.len();
+            entries.extend(page);
+            // A peer saying "more" must make progress, or this would never end.
+            if !more || got == 0 {
+                return Ok(entries);
             }
+        }
+    }
+
+    /// One `Log` reply: the owner's entries from `from` on, as many as the
+    /// peer sent (encoded, unverified), and whether more follow.
+    pub async fn get_log_page(&self, owner: &OwnerKeys, from: u64) -> Result<(Vec<Vec<u8>>, bool), NetError> {
+        let proof = self.owner_proof(owner)?;
+        let request = GetLog { owner: owner.owner_id(), from, proof };
+        match self.call(&Frame::GetLog(request), Bytes::new()).await? {
+            Frame::Log(log) => Ok((log.entries.into_inner().into_iter().map(|e| e.to_vec()).collect(), log.more)),
+            other => Err(self.unexpected(FrameType::GetLog, other)),
         }
     }
 

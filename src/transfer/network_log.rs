@@ -95,13 +95,13 @@ impl<'a> NetworkLog<'a> {
             self.swarm.with_retry(index, move |peer| {
                 let last = last.clone();
                 async move {
-                    let tail = peer.get_log_from(owner, overlap).await?;
+                    let tail = read_chain(&peer, owner, overlap, None).await?;
                     // It agrees with the home's copy up to its last entry:
                     // what it sent is the rest. Otherwise read it whole.
                     match (&last, tail.first()) {
                         (None, _) => Ok((0, tail)),
-                        (Some(last), Some(first)) if first == last => Ok((overlap, tail)),
-                        _ => Ok((0, peer.get_log(owner).await?)),
+                        (Some(last), Some(first)) if first.encode() == *last => Ok((overlap, tail)),
+                        _ => Ok((0, read_chain(&peer, owner, 0, None).await?)),
                     }
                 }
             })
@@ -113,8 +113,8 @@ impl<'a> NetworkLog<'a> {
             .filter_map(|(member, result)| {
                 let short = self.swarm.member(member).node().short(16);
                 match result {
-                    Ok((from, encoded)) => {
-                        let entries = self.verify(owner, local, from, &encoded);
+                    Ok((from, tail)) => {
+                        let entries = self.verify(owner, local, from, tail);
                         if entries.is_none() {
                             self.note(format!("{short} holds a copy of the log that does not verify; it is ignored"));
                         }
@@ -131,11 +131,9 @@ impl<'a> NetworkLog<'a> {
 
     /// The whole log a member holds: the home's entries before `from`, then
     /// what it sent, if all of it verifies as one chain.
-    fn verify(&self, owner: &OwnerKeys, local: &[LogEntry], from: u64, encoded: &[Vec<u8>]) -> Option<Vec<LogEntry>> {
+    fn verify(&self, owner: &OwnerKeys, local: &[LogEntry], from: u64, tail: Vec<LogEntry>) -> Option<Vec<LogEntry>> {
         let mut entries: Vec<LogEntry> = local[..from as usize].to_vec();
-        for (seq, bytes) in (from..).zip(encoded) {
-            entries.push(LogEntry::decode(seq, bytes).ok()?);
-        }
+        entries.extend(tail);
         History::replay(owner, entries.iter().cloned()).ok()?;
         Some(entries)
     }
@@ -276,6 +274,42 @@ impl Catalog for NetworkLog<'_> {
 
     fn adopt_log(&self, owner: &OwnerKeys, from: u64, entries: &[LogEntry]) -> Result<(), TransferError> {
         self.inner.adopt_log(owner, from, entries)
+    }
+}
+
+/// A member's copy of the owner's log from `from` on, page by page, each
+/// entry checked as it arrives: it decodes, has the next sequence number,
+/// names its predecessor's hash and carries the owner's signature. A member
+/// can so send no more than the owner wrote; the first entry that fails
+/// ends the read with an error.
+async fn read_chain(
+    peer: &crate::net::Peer,
+    owner: &OwnerKeys,
+    from: u64,
+    mut prev: Option<[u8; 32]>,
+) -> Result<Vec<LogEntry>, NetError> {
+    let bad = |why: String| NetError::Stream {
+        node: peer.node_id().short(16),
+        reason: format!("its copy of the log: {why}"),
+    };
+    let mut entries: Vec<LogEntry> = Vec::new();
+    loop {
+        let next = from + entries.len() as u64;
+        let (page, more) = peer.get_log_page(owner, next).await?;
+        let got = page.len();
+        for (seq, bytes) in (next..).zip(page) {
+            let entry = LogEntry::decode(seq, &bytes).map_err(|e| bad(e.to_string()))?;
+            let chained = entry.seq == seq && entry.owner == owner.owner_id() && prev.is_none_or(|p| p == entry.prev);
+            if !chained {
+                return Err(bad(format!("entry {seq} does not follow the one before")));
+            }
+            entry.verify_signature().map_err(|e| bad(e.to_string()))?;
+            prev = Some(entry.hash());
+            entries.push(entry);
+        }
+        if !more || got == 0 {
+            return Ok(entries);
+        }
     }
 }
 
