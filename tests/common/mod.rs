@@ -12,6 +12,17 @@ use tempfile::TempDir;
 /// Chunk sizes small enough that a few MiB make many chunks.
 pub const SMALL_CHUNKS: (u32, u32, u32) = (16 * 1024, 64 * 1024, 256 * 1024);
 
+/// Every chunk file in the store of the home at `home`.
+pub fn chunk_files_in(home: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for outer in read_dir(&home.join("store/chunks")) {
+        for inner in read_dir(&outer) {
+            out.extend(read_dir(&inner));
+        }
+    }
+    out
+}
+
 /// One home directory and a working directory for inputs and outputs.
 pub struct Node {
     pub home: PathBuf,
@@ -111,14 +122,7 @@ impl Node {
 
     /// Every chunk file in the store.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let chunks = self.home.join("store/chunks");
-        for outer in read_dir(&chunks) {
-            for inner in read_dir(&outer) {
-                out.extend(read_dir(&inner));
-            }
-        }
-        out
+        chunk_files_in(&self.home)
     }
 
     /// Every manifest file in the store.
@@ -224,6 +228,8 @@ pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
     pub id: String,
+    /// `serve` options beyond `--listen` and `--bootstrap`, kept for restarts.
+    pub options: Vec<String>,
 }
 
 impl Server {
@@ -236,8 +242,13 @@ impl Server {
 
     /// Starts a node with `home` listening on `listen`, optionally bootstrapping.
     pub fn start_in(node: Node, listen: &str, bootstrap: &[&str]) -> Self {
+        Self::start_with(node, listen, bootstrap, &[])
+    }
+
+    /// [`Server::start_in`], with more `serve` options.
+    pub fn start_with(node: Node, listen: &str, bootstrap: &[&str], options: &[&str]) -> Self {
         let mut command = node.command();
-        command.args(["serve", "--listen", listen]);
+        command.args(["serve", "--listen", listen]).args(options);
         for peer in bootstrap {
             command.args(["--bootstrap", peer]);
         }
@@ -252,7 +263,7 @@ impl Server {
         });
         let addr = info["addrs"][0].as_str().unwrap().to_owned();
         let id = info["node"].as_str().unwrap().to_owned();
-        Self { node, child, addr, id }
+        Self { node, child, addr, id, options: options.iter().map(|o| o.to_string()).collect() }
     }
 
     /// `NODEID@ADDR`.
@@ -282,10 +293,17 @@ impl Server {
 
     /// Kills the node and starts it again on the same home and port.
     pub fn restart(mut self) -> Self {
+        self.revive();
+        self
+    }
+
+    /// [`Server::restart`], in place.
+    pub fn revive(&mut self) {
         self.kill();
         let addr = self.addr.clone();
         let node = std::mem::replace(&mut self.node, Node::new());
-        Server::start_in(node, &addr, &[])
+        let options: Vec<&str> = self.options.iter().map(String::as_str).collect();
+        *self = Server::start_with(node, &addr, &[], &options);
     }
 }
 
