@@ -372,7 +372,7 @@ fn push_and_pull_survive_a_lossy_slow_link() {
     let dropped = link.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let forwarded = link.forwarded.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        dropped > 100 && forwarded > 1000,
+        dropped > 40 && forwarded > 1000,
         "the link really lost packets: {dropped} dropped, {forwarded} forwarded"
     );
     // A figure, not a target (`cargo test --release -- --nocapture` shows it).
