@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::TransferError;
 use super::placement;
-use crate::home::peers::KnownPeer;
+use crate::home::peers::{Backoff, KnownPeer};
 use crate::id::{ManifestId, NodeId};
 use crate::net::{Client, NetError, Peer};
 use crate::wire::{ErrorCode, PeerInfo};
@@ -80,25 +80,50 @@ pub struct Swarm {
     client: Client,
     members: Vec<Member>,
     nodes: Vec<NodeId>,
-    /// Peers that could not be reached at the start, and why.
+    /// Peers that could not be reached at the start, and why; a peer in
+    /// backoff that was not dialled is here too, its reason starting with
+    /// [`SKIPPED`].
     pub unreachable: Vec<(NodeId, String)>,
+    /// The peers not dialled because they are in backoff.
+    pub skipped: Vec<NodeId>,
     /// Peers the others told of (by peer exchange), unverified, to remember.
     pub learned: Vec<PeerInfo>,
 }
+
+/// How the reason of a peer in backoff, not dialled, begins.
+pub const SKIPPED: &str = "skipped: ";
 
 impl Swarm {
     /// Connects to every peer of `known` at once (every address of each in
     /// turn); the ones that answer, and answer a peer exchange in time, are
     /// the swarm. Then connects to the peers they told of too (one round).
     pub fn connect(client: &Client, known: &[KnownPeer]) -> Swarm {
+        Self::connect_deferring(client, known, &[])
+    }
+
+    /// [`connect`](Self::connect), but the peers of `deferred` (in backoff:
+    /// they failed lately) are dialled only if none of `known` answers, and
+    /// otherwise reported as skipped.
+    pub fn connect_deferring(client: &Client, known: &[KnownPeer], deferred: &[(KnownPeer, Backoff)]) -> Swarm {
         let mut swarm = Swarm {
             client: client.clone(),
             members: Vec::new(),
             nodes: Vec::new(),
             unreachable: Vec::new(),
+            skipped: Vec::new(),
             learned: Vec::new(),
         };
-        let told = swarm.dial(known);
+        let mut told = swarm.dial(known);
+        if swarm.members.is_empty() && !deferred.is_empty() {
+            tracing::info!("no other peer answered: trying the {} in backoff", deferred.len());
+            let peers: Vec<KnownPeer> = deferred.iter().map(|(peer, _)| peer.clone()).collect();
+            told.extend(swarm.dial(&peers));
+        } else {
+            for (peer, backoff) in deferred {
+                swarm.skipped.push(peer.node);
+                swarm.unreachable.push((peer.node, format!("{SKIPPED}{backoff}")));
+            }
+        }
         let me = client.node_id();
         let mut learned: HashMap<NodeId, PeerInfo> = HashMap::new();
         for info in told {
