@@ -159,6 +159,10 @@ pub(super) struct ServeArgs {
     /// A peer to join at start (repeatable).
     #[arg(long, value_name = "NODEID@ADDR")]
     bootstrap: Vec<String>,
+    /// Announce this node on the local network by multicast DNS and find
+    /// the other members there (they are verified by connecting, as any peer).
+    #[arg(long)]
+    mdns: bool,
 }
 
 impl ServeArgs {
@@ -166,7 +170,7 @@ impl ServeArgs {
     fn config(&self) -> Result<node::Config> {
         let listen = resolve_addr(&self.listen, "--listen")?;
         let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-        Ok(node::Config { listen, bootstrap })
+        Ok(node::Config { listen, bootstrap, mdns: self.mdns })
     }
 }
 
@@ -341,12 +345,26 @@ enum PeersAction {
     /// from the others; this is for one gone for good).
     Forget {
         /// The peer's NodeId, or a unique prefix of at least 8 hex digits.
+        #[arg(value_parser = parse_node_prefix)]
         node: String,
     },
 }
 
 /// The shortest NodeId prefix `peers forget` accepts.
 const MIN_FORGET_PREFIX: usize = 8;
+
+/// A NodeId or a prefix of one: 8 to 64 hex digits.
+fn parse_node_prefix(text: &str) -> Result<String, String> {
+    let hex = (MIN_FORGET_PREFIX..=64).contains(&text.len()) && text.chars().all(|c| c.is_ascii_hexdigit());
+    if hex {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "not a NodeId: give the NodeId or a prefix of at least {MIN_FORGET_PREFIX} hex digits, as `p2pfs peers` \
+             lists them"
+        ))
+    }
+}
 
 pub(super) fn peers(cx: &Cx, args: &PeersArgs) -> Result<()> {
     match &args.action {
@@ -360,13 +378,6 @@ pub(super) fn peers(cx: &Cx, args: &PeersArgs) -> Result<()> {
 /// from memory), so the command refuses and says how.
 fn forget(cx: &Cx, prefix: &str) -> Result<()> {
     let home_path = cx.existing_home()?;
-    let hex = prefix.len() >= MIN_FORGET_PREFIX && prefix.len() <= 64 && prefix.chars().all(|c| c.is_ascii_hexdigit());
-    if !hex {
-        bail!(
-            "'{prefix}' is not a NodeId: give the NodeId or a prefix of at least {MIN_FORGET_PREFIX} hex digits, \
-             as `p2pfs peers` lists them"
-        );
-    }
     if let Some(info) = serving_node(home_path) {
         bail!(
             "`p2pfs serve` (pid {}) owns this home's peer table and writes it from memory: stop the node, run \
