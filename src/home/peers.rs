@@ -364,12 +364,8 @@ impl PeerTable {
     /// answered for [`PEER_MAX_AGE`] at `now`. Returns those dropped.
     pub fn age_out(&mut self, now: u64) -> Vec<NodeId> {
         let cutoff = now.saturating_sub(PEER_MAX_AGE.as_secs());
-        let old: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(_, a)| a.failures > 0 && a.last_seen < cutoff)
-            .map(|(node, _)| *node)
-            .collect();
+        let old: Vec<NodeId> =
+            self.peers.iter().filter(|(_, a)| a.failures > 0 && a.last_seen < cutoff).map(|(node, _)| *node).collect();
         for node in &old {
             self.peers.remove(node);
         }

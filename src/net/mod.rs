@@ -412,10 +412,7 @@ impl Net {
             let first_reply = deadline.min(tokio::time::Instant::now() + FIRST_REPLY_TIMEOUT);
             match tokio::time::timeout_at(first_reply, connecting.handshake_data()).await {
                 Err(_) => {
-                    return Err(unreachable(format!(
-                        "no reply within {} ms",
-                        FIRST_REPLY_TIMEOUT.as_millis()
-                    )));
+                    return Err(unreachable(format!("no reply within {} ms", FIRST_REPLY_TIMEOUT.as_millis())));
                 }
                 // The error is the connection's: awaiting it below returns it.
                 Ok(_) => {}

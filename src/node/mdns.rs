@@ -70,8 +70,7 @@ pub(super) async fn announce_and_browse(state: Arc<NodeState>, ip: IpAddr, port:
     let me = state.net.node_id();
     let tag = network_tag(&state.home.keys().network);
     let short = me.short(16);
-    let properties =
-        [(TXT_VERSION, "1".to_owned()), (TXT_NETWORK, tag.clone()), (TXT_NODE, me.to_string())];
+    let properties = [(TXT_VERSION, "1".to_owned()), (TXT_NETWORK, tag.clone()), (TXT_NODE, me.to_string())];
     let record = ServiceInfo::new(
         SERVICE_TYPE,
         &me.short(32),
