@@ -402,20 +402,16 @@ impl Net {
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let mut pause = Duration::from_millis(100);
         let conn = loop {
-            let connecting = self
+            let mut connecting = self
                 .endpoint
                 .connect_with(config.clone(), addr, tls::SERVER_NAME)
                 .map_err(|e| unreachable(e.to_string()))?;
-            let mut connecting = connecting;
             // The server's first flight carries its handshake data: until
-            // that arrives, nobody may be there at all.
+            // that arrives, nobody may be there at all. (A failed handshake
+            // is the connection's error: awaiting it below returns it.)
             let first_reply = deadline.min(tokio::time::Instant::now() + FIRST_REPLY_TIMEOUT);
-            match tokio::time::timeout_at(first_reply, connecting.handshake_data()).await {
-                Err(_) => {
-                    return Err(unreachable(format!("no reply within {} ms", FIRST_REPLY_TIMEOUT.as_millis())));
-                }
-                // The error is the connection's: awaiting it below returns it.
-                Ok(_) => {}
+            if tokio::time::timeout_at(first_reply, connecting.handshake_data()).await.is_err() {
+                return Err(unreachable(format!("no reply within {} ms", FIRST_REPLY_TIMEOUT.as_millis())));
             }
             match tokio::time::timeout_at(deadline, connecting).await {
                 Err(_) => return Err(unreachable("timed out".into())),

@@ -86,6 +86,11 @@ pub struct Swarm {
     pub unreachable: Vec<(NodeId, String)>,
     /// The peers not dialled because they are in backoff.
     pub skipped: Vec<NodeId>,
+    /// Those peers, dialled only if a chunk or manifest is found nowhere
+    /// else ([`spares`](Self::spares)): one that came back since its last
+    /// failure can still give what only it holds.
+    held_back: Vec<KnownPeer>,
+    spares: Mutex<Option<Vec<Peer>>>,
     /// Peers the others told of (by peer exchange), unverified, to remember.
     pub learned: Vec<PeerInfo>,
 }
@@ -111,6 +116,8 @@ impl Swarm {
             nodes: Vec::new(),
             unreachable: Vec::new(),
             skipped: Vec::new(),
+            held_back: Vec::new(),
+            spares: Mutex::new(None),
             learned: Vec::new(),
         };
         let mut told = swarm.dial(known);
@@ -121,6 +128,7 @@ impl Swarm {
         } else {
             for (peer, backoff) in deferred {
                 swarm.skipped.push(peer.node);
+                swarm.held_back.push(peer.clone());
                 swarm.unreachable.push((peer.node, format!("{SKIPPED}{backoff}")));
             }
         }
@@ -180,6 +188,26 @@ impl Swarm {
             }
         }
         told
+    }
+
+    /// The peers held back in backoff, dialled (in parallel, once per
+    /// transfer, on first call) for what no member had: the ones that answer.
+    pub(super) fn spares(&self) -> Vec<Peer> {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        spares
+            .get_or_insert_with(|| {
+                if self.held_back.is_empty() {
+                    return Vec::new();
+                }
+                tracing::info!("asking the {} peers in backoff too", self.held_back.len());
+                let net = self.client.net().clone();
+                let dials = self.held_back.iter().map(|peer| {
+                    let net = net.clone();
+                    async move { net.connect_any(peer.node, &peer.addrs).await.map(|(conn, _)| conn) }
+                });
+                self.client.run_all(dials).into_iter().filter_map(Result::ok).collect()
+            })
+            .clone()
     }
 
     /// How many peers answered.
@@ -314,6 +342,11 @@ impl Swarm {
                 Ok(Some(envelope)) => return Ok(envelope),
                 Ok(None) => reasons.push(format!("{}: not there", member.node.short(16))),
                 Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        for peer in self.spares() {
+            if let Ok(Some(envelope)) = self.client.run(peer.get_manifest(*id)) {
+                return Ok(envelope);
             }
         }
         Err(TransferError::ManifestUnavailable {
