@@ -135,12 +135,8 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
     },
-    /// List known peers: NodeId, address, state and round-trip time.
-    Peers {
-        /// Print JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List known peers: NodeId, address, state and round-trip time; or forget one.
+    Peers(network::PeersArgs),
     /// Print a ticket with which someone else can pull one version (and nothing else).
     Share {
         /// NAME (latest version) or NAME@VERSION.
@@ -218,7 +214,7 @@ fn execute(args: &Args) -> Result<()> {
         Command::Status { json } => status(&cx, *json),
         Command::Serve(args) => network::serve(&cx, args),
         Command::Invite { addr } => network::invite(&cx, addr.as_deref()),
-        Command::Peers { json } => network::peers(&cx, *json),
+        Command::Peers(args) => network::peers(&cx, args),
         Command::Share { version } => share(&cx, version),
         Command::Key(KeyCommand::Export) => network::key_export(&cx),
         Command::Key(KeyCommand::Import { file, force }) => network::key_import(&cx, file, *force),

@@ -10,13 +10,13 @@ use anyhow::{Context, Result, bail};
 use super::session::Link;
 use super::{Cx, output};
 use crate::crypto::FileKey;
-use crate::home::peers::{KnownPeer, PeerTable};
+use crate::home::peers::{self, KnownPeer, PeerTable};
 use crate::home::{self, Access, Home, Keys};
 use crate::id::{self, ManifestId, NodeId};
 use crate::net::{Client, Net, Tuning, canonical_addr};
 use crate::node::{self, Node, ServeInfo};
 use crate::token::{self, JoinToken, ShareTicket};
-use crate::transfer::swarm::{MemberReport, Swarm};
+use crate::transfer::swarm::{MemberReport, SKIPPED, Swarm};
 use crate::wire::PeerInfo;
 
 /// A token or ticket given as an argument, or read from standard input when
@@ -64,32 +64,43 @@ pub(super) fn client(keys: &Keys) -> Result<Net> {
 }
 
 /// Connects to every known peer (and those they know) and remembers where
-/// they answered, and the peers they told of (unverified). Fails if none answers.
+/// they answered, which failed (backoff), and the peers they told of
+/// (unverified). Peers in backoff are skipped unless no other answers.
+/// Fails if none answers.
 pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPeer]) -> Result<Swarm> {
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
-    let mut known = table.dial_list();
+    let (mut known, deferred) = table.dial_plan(peers::unix_now());
     for peer in extra {
         if !known.iter().any(|k| k.node == peer.node) {
             known.push(peer.clone());
         }
     }
-    let swarm = Swarm::connect(client, &known);
+    let swarm = Swarm::connect_deferring(client, &known, &deferred);
+    let known = known.len() + deferred.len();
     let me = client.node_id();
-    for (node, addr) in swarm.answered().into_iter().filter(|(node, _)| *node != me) {
-        table.learn_verified(node, addr);
-    }
-    table.learn_all_unverified(&swarm.learned, me);
-    // What was learned is a hint for next time; a home on a read-only disk
-    // still pulls.
-    if let Err(e) = table.save() {
-        tracing::debug!("not saving the peer table: {e}");
+    // A running node owns the table of the home it serves (and keeps its
+    // liveness itself): only a home no node serves learns here.
+    if serving_node(home_path).is_none() {
+        for (node, addr) in swarm.answered().into_iter().filter(|(node, _)| *node != me) {
+            table.learn_verified(node, addr);
+        }
+        let now = peers::unix_now();
+        for (node, _) in swarm.unreachable.iter().filter(|(node, _)| !swarm.skipped.contains(node)) {
+            table.record_failure(node, now);
+        }
+        table.learn_all_unverified(&swarm.learned, me);
+        // What was learned is a hint for next time; a home on a read-only
+        // disk still pulls.
+        if let Err(e) = table.save() {
+            tracing::debug!("not saving the peer table: {e}");
+        }
     }
     if swarm.is_empty() {
         let reasons: Vec<String> = swarm.unreachable.iter().map(|(_, why)| why.clone()).collect();
         let refused = reasons.iter().any(|why| why.contains("not a member"));
         bail!(
             "no peer reachable ({} known): {}{}",
-            output::count(known.len() as u64, "peer", "peers"),
+            output::count(known as u64, "peer", "peers"),
             if reasons.is_empty() { "none known".to_owned() } else { reasons.join("; ") },
             if refused {
                 ". This home's network key is not theirs: get a join token from a member (`p2pfs invite` \
@@ -100,9 +111,23 @@ pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPee
         );
     }
     for (node, why) in &swarm.unreachable {
-        tracing::warn!("peer {} unreachable: {why}", node.short(16));
+        if why.starts_with(SKIPPED) {
+            tracing::info!("peer {} {why}", node.short(16));
+        } else {
+            tracing::warn!("peer {} unreachable: {why}", node.short(16));
+        }
     }
     Ok(swarm)
+}
+
+/// The node serving the home at `path`, if one runs: `serve.json` names a
+/// process that is still there.
+pub(super) fn serving_node(path: &Path) -> Option<ServeInfo> {
+    let info = ServeInfo::read(path)?;
+    let pid = libc::pid_t::try_from(info.pid).ok()?;
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(info)
 }
 
 /// Prints what went to (or came from) each peer.
@@ -117,7 +142,11 @@ pub(super) fn print_member_report(reports: &[MemberReport], unreachable: &[(Node
         eprintln!("  peer {} at {}: {what}{failure}", r.node.short(16), canonical_addr(r.addr));
     }
     for (node, why) in unreachable {
-        eprintln!("  peer {}: unreachable: {why}", node.short(16));
+        if why.starts_with(SKIPPED) {
+            eprintln!("  peer {}: {why}", node.short(16));
+        } else {
+            eprintln!("  peer {}: unreachable: {why}", node.short(16));
+        }
     }
 }
 
@@ -130,6 +159,10 @@ pub(super) struct ServeArgs {
     /// A peer to join at start (repeatable).
     #[arg(long, value_name = "NODEID@ADDR")]
     bootstrap: Vec<String>,
+    /// Announce this node on the local network by multicast DNS and find
+    /// the other members there (they are verified by connecting, as any peer).
+    #[arg(long)]
+    mdns: bool,
 }
 
 impl ServeArgs {
@@ -137,7 +170,7 @@ impl ServeArgs {
     fn config(&self) -> Result<node::Config> {
         let listen = resolve_addr(&self.listen, "--listen")?;
         let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-        Ok(node::Config { listen, bootstrap })
+        Ok(node::Config { listen, bootstrap, mdns: self.mdns })
     }
 }
 
@@ -294,23 +327,122 @@ pub(super) fn join(cx: &Cx, token: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn peers(cx: &Cx, json: bool) -> Result<()> {
+/// `p2pfs peers`'s options.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct PeersArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<PeersAction>,
+}
+
+/// What `p2pfs peers` does besides listing.
+#[derive(Debug, clap::Subcommand)]
+enum PeersAction {
+    /// Remove a peer from this home's table (a live member is learned again
+    /// from the others; this is for one gone for good).
+    Forget {
+        /// The peer's NodeId, or a unique prefix of at least 8 hex digits.
+        #[arg(value_parser = parse_node_prefix)]
+        node: String,
+    },
+}
+
+/// The shortest NodeId prefix `peers forget` accepts.
+const MIN_FORGET_PREFIX: usize = 8;
+
+/// A NodeId or a prefix of one: 8 to 64 hex digits.
+fn parse_node_prefix(text: &str) -> Result<String, String> {
+    let hex = (MIN_FORGET_PREFIX..=64).contains(&text.len()) && text.chars().all(|c| c.is_ascii_hexdigit());
+    if hex {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "not a NodeId: give the NodeId or a prefix of at least {MIN_FORGET_PREFIX} hex digits, as `p2pfs peers` \
+             lists them"
+        ))
+    }
+}
+
+pub(super) fn peers(cx: &Cx, args: &PeersArgs) -> Result<()> {
+    match &args.action {
+        Some(PeersAction::Forget { node }) => forget(cx, node),
+        None => list_peers(cx, args.json),
+    }
+}
+
+/// `p2pfs peers forget NODEID`: a home no node serves edits its own table;
+/// while `p2pfs serve` runs, the table is the node's (it rewrites the file
+/// from memory), so the command refuses and says how.
+fn forget(cx: &Cx, prefix: &str) -> Result<()> {
+    let home_path = cx.existing_home()?;
+    if let Some(info) = serving_node(home_path) {
+        bail!(
+            "`p2pfs serve` (pid {}) owns this home's peer table and writes it from memory: stop the node, run \
+             `p2pfs peers forget {prefix}`, then start it again (a peer unseen for {} days is dropped by the node \
+             anyway)",
+            info.pid,
+            peers::PEER_MAX_AGE.as_secs() / 86_400
+        );
+    }
+    let mut table = PeerTable::load(home_path).context("reading the peer table")?;
+    let node = match table.matching(prefix).as_slice() {
+        [] => bail!("no known peer's NodeId starts with {prefix}; `p2pfs peers` lists them"),
+        [node] => *node,
+        several => bail!(
+            "{} known peers' NodeIds start with {prefix}: give more digits ({})",
+            several.len(),
+            several.iter().map(|n| n.short(16)).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    table.forget(&node);
+    table.save().context("saving the peer table")?;
+    cx.say(format_args!("forgot peer {node}"));
+    Ok(())
+}
+
+fn list_peers(cx: &Cx, json: bool) -> Result<()> {
     let home_path = cx.existing_home()?;
     let keys = Keys::load(home_path)?;
-    let table = PeerTable::load(home_path).context("reading the peer table")?;
+    let mut table = PeerTable::load(home_path).context("reading the peer table")?;
     let link = Link::new(&keys)?;
     let probes = table.dial_list().into_iter().map(|peer| {
         let net = link.client.net().clone();
         async move {
             let (addr, state) = match net.connect_any(peer.node, &peer.addrs).await {
-                Ok((conn, addr)) => (Some(canonical_addr(addr)), conn.ping().await.map_err(|e| e.to_string())),
-                Err(e) => (peer.addrs.first().copied().map(canonical_addr), Err(e.to_string())),
+                Ok((conn, addr)) => (Some(addr), conn.ping().await.map_err(|e| e.to_string())),
+                Err(e) => (peer.addrs.first().copied(), Err(e.to_string())),
             };
             (peer, addr, state)
         }
     });
     let results = link.client.run_all(probes);
-    let all_unreachable = !results.is_empty() && results.iter().all(|(_, _, state)| state.is_err());
+    // What the probes found, for the commands that follow (best-effort, and
+    // only where no node owns the table).
+    if serving_node(home_path).is_none() {
+        let now = peers::unix_now();
+        for (peer, addr, state) in &results {
+            match (addr, state) {
+                (Some(addr), Ok(_)) => {
+                    table.learn_verified(peer.node, *addr);
+                }
+                _ => table.record_failure(&peer.node, now),
+            }
+        }
+        if let Err(e) = table.save() {
+            tracing::debug!("not saving the peer table: {e}");
+        }
+    }
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|(peer, addr, state)| {
+            let seen = table.last_seen(&peer.node);
+            (peer, addr.map(canonical_addr), state, seen)
+        })
+        .collect();
+    let all_unreachable = !results.is_empty() && results.iter().all(|(_, _, state, _)| state.is_err());
     let unreachable = || {
         anyhow::anyhow!(
             "no known peer answered ({} known): check that they run (`p2pfs serve`) and that this machine can \
@@ -321,13 +453,14 @@ pub(super) fn peers(cx: &Cx, json: bool) -> Result<()> {
     if json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(peer, addr, state)| {
+            .map(|(peer, addr, state, seen)| {
                 serde_json::json!({
                     "node": peer.node,
                     "addr": addr,
                     "state": if state.is_ok() { "live" } else { "unreachable" },
                     "rtt_ms": state.as_ref().ok().map(|rtt| rtt.as_secs_f64() * 1000.0),
                     "error": state.as_ref().err(),
+                    "last_seen": seen,
                 })
             })
             .collect();
@@ -340,7 +473,7 @@ pub(super) fn peers(cx: &Cx, json: bool) -> Result<()> {
     }
     let rows: Vec<Vec<String>> = results
         .iter()
-        .map(|(peer, addr, state)| {
+        .map(|(peer, addr, state, _)| {
             vec![
                 peer.node.to_string(),
                 addr.map_or("-".into(), |a| a.to_string()),

@@ -11,12 +11,21 @@
 //! verified ones, never displace them, and are not passed on. Everything is
 //! capped: [`MAX_KNOWN_PEERS`] peers, [`MAX_ADDRS`] addresses of each kind
 //! per peer, so no member can grow the table or bury a real address.
+//!
+//! Each peer also has a liveness record: when it last answered, and how
+//! many dials in a row failed since. After a failure a peer is in *backoff*
+//! until [`backoff_after`] has passed ([`BACKOFF_FIRST`], doubling up to
+//! [`BACKOFF_MAX`]): commands and the node's exchange skip it meanwhile, so a
+//! dead peer costs one short connect timeout and then nothing for a while.
+//! A node drops a peer that failed since it was last seen and has not been
+//! seen for [`PEER_MAX_AGE`] ([`PeerTable::age_out`]).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +41,26 @@ pub const MAX_ADDRS: usize = 4;
 /// (an IPv4 address, an IPv6 /56): NodeIds cost a member nothing, and one
 /// host must not fill the table with them.
 pub const MAX_PEERS_PER_ADDRESS: usize = 16;
+/// How long a peer is skipped after its first failed dial.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(30);
+/// The longest a peer is skipped, however often it failed.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+/// How long a peer that failed since it last answered stays in a node's
+/// table: a week, so a machine switched off for a holiday weekend is still
+/// there when it comes back, and one gone for good is not dialled forever.
+pub const PEER_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a peer is skipped after `failures` failed dials in a row:
+/// [`BACKOFF_FIRST`], doubled for each further failure, at most [`BACKOFF_MAX`].
+pub fn backoff_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * (1u32 << doublings)).min(BACKOFF_MAX)
+}
+
+/// Now, in seconds since the Unix epoch (what `peers.json` records).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// One known peer: where to dial it, verified addresses first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,13 +84,41 @@ impl KnownPeer {
     }
 }
 
-/// The addresses known for one peer.
+/// The addresses known for one peer, and its liveness.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Addrs {
     /// Most recently verified first.
     verified: Vec<SocketAddr>,
     /// Most recently heard of first.
     unverified: Vec<SocketAddr>,
+    /// When it last answered (Unix seconds).
+    last_seen: u64,
+    /// Dials that failed in a row since.
+    failures: u32,
+    /// Not dialled before this (Unix seconds; 0: no backoff).
+    retry_at: u64,
+}
+
+/// Why a peer is not dialled now: it failed `failures` times in a row and
+/// is in backoff for `remaining` more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// Failed dials in a row.
+    pub failures: u32,
+    /// How long until it is tried again.
+    pub remaining: Duration,
+}
+
+impl std::fmt::Display for Backoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "in backoff after {} failed connect{} in a row (next try in {} s; `p2pfs peers` checks it now)",
+            self.failures,
+            if self.failures == 1 { "" } else { "s" },
+            self.remaining.as_secs().max(1)
+        )
+    }
 }
 
 /// The peer table of a home.
@@ -79,6 +136,20 @@ struct PeerEntry {
     addrs: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     unverified: Vec<SocketAddr>,
+    /// When it last answered, Unix seconds (absent in files written before
+    /// liveness was recorded: then the time the file is loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen: Option<u64>,
+    /// Failed dials in a row since.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    failures: u32,
+    /// Not dialled before this, Unix seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    retry_at: u64,
+}
+
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -100,11 +171,17 @@ impl PeerTable {
             Err(e) => return Err(e),
         };
         let mut table = Self { path, peers: BTreeMap::new(), dirty: false };
+        let now = unix_now();
         for entry in file.peers {
             for addr in entry.addrs.iter().rev() {
                 table.learn_verified(entry.node, *addr);
             }
             table.learn_unverified(entry.node, &entry.unverified);
+            if let Some(addrs) = table.peers.get_mut(&entry.node) {
+                addrs.last_seen = entry.last_seen.unwrap_or(now);
+                addrs.failures = entry.failures;
+                addrs.retry_at = entry.retry_at;
+            }
         }
         table.dirty = false;
         Ok(table)
@@ -132,6 +209,9 @@ impl PeerTable {
                 node: *node,
                 addrs: addrs.verified.clone(),
                 unverified: addrs.unverified.clone(),
+                last_seen: (addrs.last_seen != 0).then_some(addrs.last_seen),
+                failures: addrs.failures,
+                retry_at: addrs.retry_at,
             })
             .collect();
         let json = serde_json::to_vec_pretty(&PeerFile { peers }).map_err(io::Error::other)?;
@@ -177,6 +257,19 @@ impl PeerTable {
                 KnownPeer { node: *node, addrs: dial.clone() }
             })
             .collect()
+    }
+
+    /// [`dial_list`](Self::dial_list) split at `now`: the peers to dial,
+    /// and those in backoff (to dial only if none of the others answers).
+    pub fn dial_plan(&self, now: u64) -> (Vec<KnownPeer>, Vec<(KnownPeer, Backoff)>) {
+        let (mut ready, mut deferred) = (Vec::new(), Vec::new());
+        for peer in self.dial_list() {
+            match self.backoff(&peer.node, now) {
+                Some(backoff) => deferred.push((peer, backoff)),
+                None => ready.push(peer),
+            }
+        }
+        (ready, deferred)
     }
 
     /// The peers with a verified address, and only those addresses: what
@@ -229,8 +322,61 @@ impl PeerTable {
         addrs.verified.insert(0, addr);
         addrs.verified.truncate(MAX_ADDRS);
         let changed = *addrs != before;
-        self.dirty |= changed;
+        addrs.last_seen = unix_now();
+        addrs.failures = 0;
+        addrs.retry_at = 0;
+        self.dirty |= changed || before.failures != 0 || before.last_seen != addrs.last_seen;
         changed
+    }
+
+    /// Whether `node` has a verified address.
+    pub fn is_verified(&self, node: &NodeId) -> bool {
+        self.peers.get(node).is_some_and(|a| !a.verified.is_empty())
+    }
+
+    /// Records that a dial of `node` failed at `now` (Unix seconds): it is
+    /// in backoff for [`backoff_after`] its failures in a row. A peer
+    /// nobody verified is forgotten instead (it never answered anyone).
+    pub fn record_failure(&mut self, node: &NodeId, now: u64) {
+        let Some(addrs) = self.peers.get_mut(node) else { return };
+        if addrs.verified.is_empty() {
+            self.peers.remove(node);
+        } else {
+            addrs.failures = addrs.failures.saturating_add(1);
+            addrs.retry_at = now.saturating_add(backoff_after(addrs.failures).as_secs());
+        }
+        self.dirty = true;
+    }
+
+    /// Whether `node` is in backoff at `now`, and for how long.
+    pub fn backoff(&self, node: &NodeId, now: u64) -> Option<Backoff> {
+        let addrs = self.peers.get(node)?;
+        (addrs.retry_at > now)
+            .then(|| Backoff { failures: addrs.failures, remaining: Duration::from_secs(addrs.retry_at - now) })
+    }
+
+    /// When `node` last answered (Unix seconds), if known.
+    pub fn last_seen(&self, node: &NodeId) -> Option<u64> {
+        self.peers.get(node).map(|a| a.last_seen).filter(|&t| t != 0)
+    }
+
+    /// Drops every peer that failed since it last answered and has not
+    /// answered for [`PEER_MAX_AGE`] at `now`. Returns those dropped.
+    pub fn age_out(&mut self, now: u64) -> Vec<NodeId> {
+        let cutoff = now.saturating_sub(PEER_MAX_AGE.as_secs());
+        let old: Vec<NodeId> =
+            self.peers.iter().filter(|(_, a)| a.failures > 0 && a.last_seen < cutoff).map(|(node, _)| *node).collect();
+        for node in &old {
+            self.peers.remove(node);
+        }
+        self.dirty |= !old.is_empty();
+        old
+    }
+
+    /// The known peers whose NodeId starts with `prefix` (hex digits, any case).
+    pub fn matching(&self, prefix: &str) -> Vec<NodeId> {
+        let prefix = prefix.to_ascii_lowercase();
+        self.peers.keys().filter(|node| node.to_string().starts_with(&prefix)).copied().collect()
     }
 
     /// Records addresses another member says `node` has: after every
@@ -447,5 +593,71 @@ mod tests {
         fs::write(dir.path().join(PEERS_FILE), old).unwrap();
         let table = PeerTable::load(dir.path()).unwrap();
         assert_eq!(table.verified_peers(), vec![KnownPeer { node, addrs: vec![addr(5), addr(6)] }]);
+    }
+    #[test]
+    fn a_failed_peer_backs_off_longer_each_time_and_an_answer_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let (dead, live) = (NodeId([1; 32]), NodeId([2; 32]));
+        table.learn_verified(dead, addr(1));
+        table.learn_verified(live, addr(2));
+        let now = unix_now();
+        table.record_failure(&dead, now);
+        let first = table.backoff(&dead, now).unwrap();
+        assert_eq!((first.failures, first.remaining), (1, BACKOFF_FIRST));
+        let (ready, deferred) = table.dial_plan(now);
+        assert_eq!(ready.iter().map(|p| p.node).collect::<Vec<_>>(), vec![live]);
+        assert_eq!(deferred.len(), 1);
+        assert!(table.backoff(&dead, now + BACKOFF_FIRST.as_secs()).is_none(), "expired");
+        table.record_failure(&dead, now);
+        assert_eq!(table.backoff(&dead, now).unwrap().remaining, BACKOFF_FIRST * 2);
+        for _ in 0..40 {
+            table.record_failure(&dead, now);
+        }
+        assert_eq!(table.backoff(&dead, now).unwrap().remaining, BACKOFF_MAX);
+        table.save().unwrap();
+        let mut again = PeerTable::load(dir.path()).unwrap();
+        assert_eq!(again.backoff(&dead, now).unwrap().failures, 42, "liveness survives a reload");
+        again.learn_verified(dead, addr(1));
+        assert!(again.backoff(&dead, now).is_none(), "it answered");
+    }
+
+    #[test]
+    fn only_peers_that_failed_and_were_unseen_for_long_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let (gone, quiet, fresh) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        for (node, port) in [(gone, 1), (quiet, 2), (fresh, 3)] {
+            table.learn_verified(node, addr(port));
+        }
+        let later = unix_now() + PEER_MAX_AGE.as_secs() + 60;
+        table.record_failure(&gone, later);
+        assert!(table.age_out(unix_now()).is_empty(), "a week has not passed");
+        assert_eq!(table.age_out(later), vec![gone]);
+        assert!(!table.knows(&gone));
+        assert!(table.knows(&quiet), "not dialled since, so not known to be gone");
+        assert!(table.knows(&fresh));
+    }
+
+    #[test]
+    fn a_peer_nobody_verified_is_forgotten_when_its_dial_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let heard = NodeId([9; 32]);
+        table.learn_unverified(heard, &[addr(5)]);
+        table.record_failure(&heard, unix_now());
+        assert!(!table.knows(&heard));
+    }
+
+    #[test]
+    fn peers_match_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = PeerTable::load(dir.path()).unwrap();
+        let (a, b) = (NodeId([0xab; 32]), NodeId([0xac; 32]));
+        table.learn_verified(a, addr(1));
+        table.learn_verified(b, SocketAddr::from(([127, 0, 0, 2], 1)));
+        assert_eq!(table.matching("ABAB"), vec![a]);
+        assert_eq!(table.matching("a").len(), 2);
+        assert!(table.matching("ff").is_empty());
     }
 }

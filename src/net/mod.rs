@@ -37,8 +37,13 @@ use crate::wire::{self, DecodeError, ErrorCode, Frame, Hello};
 
 /// The TLS exporter label the membership proof is computed over.
 pub const MEMBERSHIP_LABEL: &[u8] = b"p2pfs/1 membership";
-/// How long a dial and its TLS handshake may take.
+/// How long a dial and its TLS handshake may take, once the peer answered.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial waits for the peer's first handshake reply: a dead peer
+/// costs this much and no more. It lets one lost packet each way through
+/// (quinn resends a handshake packet after about 300 ms, three times
+/// [`INITIAL_RTT`]) on a path of up to ~200 ms round trip.
+pub const FIRST_REPLY_TIMEOUT: Duration = Duration::from_millis(750);
 /// How long the `Hello` exchange may take once TLS is done, on either side:
 /// a connection that has not proved membership by then is closed.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -397,10 +402,17 @@ impl Net {
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let mut pause = Duration::from_millis(100);
         let conn = loop {
-            let connecting = self
+            let mut connecting = self
                 .endpoint
                 .connect_with(config.clone(), addr, tls::SERVER_NAME)
                 .map_err(|e| unreachable(e.to_string()))?;
+            // The server's first flight carries its handshake data: until
+            // that arrives, nobody may be there at all. (A failed handshake
+            // is the connection's error: awaiting it below returns it.)
+            let first_reply = deadline.min(tokio::time::Instant::now() + FIRST_REPLY_TIMEOUT);
+            if tokio::time::timeout_at(first_reply, connecting.handshake_data()).await.is_err() {
+                return Err(unreachable(format!("no reply within {} ms", FIRST_REPLY_TIMEOUT.as_millis())));
+            }
             match tokio::time::timeout_at(deadline, connecting).await {
                 Err(_) => return Err(unreachable("timed out".into())),
                 Ok(Err(ConnectionError::ConnectionClosed(close)))

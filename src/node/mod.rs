@@ -27,6 +27,7 @@
 mod admission;
 mod buffers;
 mod handler;
+pub mod mdns;
 mod members;
 mod scrub;
 
@@ -73,6 +74,13 @@ const VERIFY_GAP: Duration = Duration::from_secs(2);
 /// Most peers one such round dials: a member cannot turn a node into a
 /// source of handshakes aimed at addresses of its choosing.
 const VERIFY_PER_ROUND: usize = 16;
+/// Most peers a node tells at once when it has verified a new member, picked
+/// at random among those it has verified: each of them does the same, so
+/// news of a member spreads through the network in a few such rounds.
+pub const GOSSIP_FANOUT: usize = 8;
+/// The shortest time between two such rounds, and how long a node waits
+/// after a change before it tells (so that several changes go in one round).
+const GOSSIP_GAP: Duration = Duration::from_secs(1);
 
 /// The file a running node writes into its home: who it is, where it listens.
 pub const SERVE_FILE: &str = "serve.json";
@@ -125,6 +133,8 @@ pub(crate) struct NodeState {
     pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
+    /// Raised when a peer is verified for the first time.
+    newly_verified: Notify,
 }
 
 impl NodeState {
@@ -138,9 +148,15 @@ impl NodeState {
         }
     }
 
-    /// Records that `node` answered at `addr`.
+    /// Records that `node` answered at `addr`; a peer verified for the
+    /// first time is news the other peers hear of soon.
     fn verified(&self, node: NodeId, addr: SocketAddr) {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner).learn_verified(node, addr);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let new = !table.is_verified(&node);
+        table.learn_verified(node, addr);
+        if new && table.is_verified(&node) {
+            self.newly_verified.notify_one();
+        }
     }
 
     /// This node and every peer it has verified, as a `Peers` frame carries them.
@@ -178,12 +194,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peers to dial at start.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Announce this node and find members on the LAN by multicast DNS ([`mdns`]).
+    pub mdns: bool,
 }
 
 impl Config {
-    /// A node listening on `listen`, with no bootstrap peers.
+    /// A node listening on `listen`, with no bootstrap peers and no mDNS.
     pub fn listening_on(listen: SocketAddr) -> Self {
-        Self { listen, bootstrap: Vec::new() }
+        Self { listen, bootstrap: Vec::new(), mdns: false }
     }
 }
 
@@ -191,12 +209,14 @@ impl Config {
 pub struct Node {
     state: Arc<NodeState>,
     bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Where to announce the node by mDNS (the bound address), if asked to.
+    mdns: Option<SocketAddr>,
 }
 
 impl Node {
     /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
     pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
-        let Config { listen, bootstrap } = config;
+        let Config { listen, bootstrap, mdns } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
@@ -229,8 +249,9 @@ impl Node {
             members: Arc::new(Members::default()),
             reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
             heard_of: Notify::new(),
+            newly_verified: Notify::new(),
         });
-        Ok(Self { state, bootstrap })
+        Ok(Self { state, bootstrap, mdns: mdns.then_some(bound) })
     }
 
     /// This node's id.
@@ -250,6 +271,9 @@ impl Node {
         background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
         background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
         background.spawn(scrub::scrub_now_and_then(Arc::clone(&state)));
+        if let Some(bound) = self.mdns {
+            background.spawn(mdns::announce_and_browse(Arc::clone(&state), bound.ip(), bound.port()));
+        }
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -336,10 +360,14 @@ fn advertised_addr(bound: SocketAddr) -> SocketAddr {
 }
 
 /// Dials the bootstrap peers at start, then every known peer now and then
-/// (a few at once, every address of each in turn), and exchanges peer
-/// lists with each that answers. Between those rounds, addresses heard of
-/// are checked soon after they arrive (at most one such round per
-/// [`VERIFY_GAP`]), so a new member is known, verified, within seconds.
+/// (a few at once, every address of each in turn, none in backoff), and
+/// exchanges peer lists with each that answers. Between those rounds:
+/// addresses heard of are checked soon after they arrive (at most one such
+/// round per [`VERIFY_GAP`]), and a peer verified for the first time is
+/// told to [`GOSSIP_FANOUT`] random peers at once (at most one such round
+/// per [`GOSSIP_GAP`]), so a new member is known to all within seconds.
+/// After a round in which some peer answered (so this node's own network
+/// works), peers unseen for [`peers::PEER_MAX_AGE`] are dropped.
 async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAddr)>) {
     for (node, addr) in bootstrap {
         state.verified(node, addr);
@@ -348,8 +376,20 @@ async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAdd
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_round) => {
-                let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).dial_list();
-                exchange_round(&state, known, false).await;
+                let (ready, deferred) = {
+                    let table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
+                    table.dial_plan(peers::unix_now())
+                };
+                if !deferred.is_empty() {
+                    debug!("{} peers in backoff are not dialled this round", deferred.len());
+                }
+                let answered = exchange_round(&state, ready, false).await;
+                if answered > 0 {
+                    let gone = state.table.lock().unwrap_or_else(PoisonError::into_inner).age_out(peers::unix_now());
+                    for node in gone {
+                        info!("forgot peer {}: unseen for {} days", node.short(16), peers::PEER_MAX_AGE.as_secs() / 86_400);
+                    }
+                }
                 next_round = tokio::time::Instant::now() + PEER_EXCHANGE_INTERVAL;
             }
             () = state.heard_of.notified() => {
@@ -364,32 +404,57 @@ async fn exchange_peers(state: Arc<NodeState>, bootstrap: Vec<(NodeId, SocketAdd
                 exchange_round(&state, heard, true).await;
                 tokio::time::sleep(VERIFY_GAP).await;
             }
+            () = state.newly_verified.notified() => {
+                // Let the changes of a moment gather into one round.
+                tokio::time::sleep(GOSSIP_GAP).await;
+                let mut told = {
+                    let table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
+                    table.dial_plan(peers::unix_now()).0
+                };
+                told.retain(|peer| state.table.lock().unwrap_or_else(PoisonError::into_inner).is_verified(&peer.node));
+                told.shuffle(&mut rand::rng());
+                told.truncate(GOSSIP_FANOUT);
+                exchange_round(&state, told, false).await;
+            }
         }
     }
 }
 
-/// Exchanges peers with each of `peers`, a few at once. With `verifying`,
-/// the addresses are ones heard of, and those that do not answer are dropped.
-async fn exchange_round(state: &Arc<NodeState>, peers: Vec<KnownPeer>, verifying: bool) {
+/// Exchanges peers with each of `peers`, a few at once, and returns how
+/// many answered. With `verifying`, the addresses are ones heard of, and
+/// those that do not answer are dropped; a known peer that does not answer
+/// is in backoff.
+async fn exchange_round(state: &Arc<NodeState>, peers: Vec<KnownPeer>, verifying: bool) -> usize {
+    let answered = std::sync::atomic::AtomicUsize::new(0);
     futures_util::stream::iter(peers)
         .for_each_concurrent(EXCHANGE_CONCURRENCY, |peer| {
             let state = Arc::clone(state);
-            async move { exchange_with(&state, &peer, verifying).await }
+            let answered = &answered;
+            async move {
+                if exchange_with(&state, &peer, verifying).await {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         })
         .await;
     state.flush_peer_table().await;
+    answered.into_inner()
 }
 
-async fn exchange_with(state: &NodeState, peer: &KnownPeer, verifying: bool) {
+/// One exchange; whether the peer answered.
+async fn exchange_with(state: &NodeState, peer: &KnownPeer, verifying: bool) -> bool {
     let short = peer.node.short(16);
     let (conn, addr) = match state.net.connect_any(peer.node, &peer.addrs).await {
         Ok(connected) => connected,
         Err(e) => {
             debug!("peer {short} unreachable: {e}");
+            let mut table = state.table.lock().unwrap_or_else(PoisonError::into_inner);
             if verifying {
-                state.table.lock().unwrap_or_else(PoisonError::into_inner).drop_unverified(&peer.node, &peer.addrs);
+                table.drop_unverified(&peer.node, &peer.addrs);
+            } else {
+                table.record_failure(&peer.node, peers::unix_now());
             }
-            return;
+            return false;
         }
     };
     state.verified(peer.node, addr);
@@ -399,6 +464,7 @@ async fn exchange_with(state: &NodeState, peer: &KnownPeer, verifying: bool) {
         Err(_) => debug!("peer exchange with {short} timed out"),
     }
     conn.close(ErrorCode(0), "peer exchange done");
+    true
 }
 
 async fn flush_peer_table_now_and_then(state: Arc<NodeState>) {

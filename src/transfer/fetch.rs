@@ -95,6 +95,16 @@ impl Source for Fetch<'_> {
                 }
             }
         }
+        // Found nowhere: a peer skipped for its backoff may have come back.
+        for peer in swarm.spares() {
+            if let Ok(true) = swarm.client().run(peer.get_chunk(chunk.id, buf)) {
+                let (expected, actual) = (u64::from(chunk.len) + TAG_LEN as u64, buf.len() as u64);
+                if actual != expected {
+                    return Err(StoreError::ChunkLengthMismatch { id: chunk.id, expected, actual }.into());
+                }
+                return Ok(());
+            }
+        }
         Err(TransferError::ChunkUnavailable { chunk: chunk.id, live: swarm.live(), reasons: reasons.join("; ") })
     }
 }

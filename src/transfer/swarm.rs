@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::TransferError;
 use super::placement;
-use crate::home::peers::KnownPeer;
+use crate::home::peers::{Backoff, KnownPeer};
 use crate::id::{ManifestId, NodeId};
 use crate::net::{Client, NetError, Peer};
 use crate::wire::{ErrorCode, PeerInfo};
@@ -80,25 +80,58 @@ pub struct Swarm {
     client: Client,
     members: Vec<Member>,
     nodes: Vec<NodeId>,
-    /// Peers that could not be reached at the start, and why.
+    /// Peers that could not be reached at the start, and why; a peer in
+    /// backoff that was not dialled is here too, its reason starting with
+    /// [`SKIPPED`].
     pub unreachable: Vec<(NodeId, String)>,
+    /// The peers not dialled because they are in backoff.
+    pub skipped: Vec<NodeId>,
+    /// Those peers, dialled only if a chunk or manifest is found nowhere
+    /// else ([`spares`](Self::spares)): one that came back since its last
+    /// failure can still give what only it holds.
+    held_back: Vec<KnownPeer>,
+    spares: Mutex<Option<Vec<Peer>>>,
     /// Peers the others told of (by peer exchange), unverified, to remember.
     pub learned: Vec<PeerInfo>,
 }
+
+/// How the reason of a peer in backoff, not dialled, begins.
+pub const SKIPPED: &str = "skipped: ";
 
 impl Swarm {
     /// Connects to every peer of `known` at once (every address of each in
     /// turn); the ones that answer, and answer a peer exchange in time, are
     /// the swarm. Then connects to the peers they told of too (one round).
     pub fn connect(client: &Client, known: &[KnownPeer]) -> Swarm {
+        Self::connect_deferring(client, known, &[])
+    }
+
+    /// [`connect`](Self::connect), but the peers of `deferred` (in backoff:
+    /// they failed lately) are dialled only if none of `known` answers, and
+    /// otherwise reported as skipped.
+    pub fn connect_deferring(client: &Client, known: &[KnownPeer], deferred: &[(KnownPeer, Backoff)]) -> Swarm {
         let mut swarm = Swarm {
             client: client.clone(),
             members: Vec::new(),
             nodes: Vec::new(),
             unreachable: Vec::new(),
+            skipped: Vec::new(),
+            held_back: Vec::new(),
+            spares: Mutex::new(None),
             learned: Vec::new(),
         };
-        let told = swarm.dial(known);
+        let mut told = swarm.dial(known);
+        if swarm.members.is_empty() && !deferred.is_empty() {
+            tracing::info!("no other peer answered: trying the {} in backoff", deferred.len());
+            let peers: Vec<KnownPeer> = deferred.iter().map(|(peer, _)| peer.clone()).collect();
+            told.extend(swarm.dial(&peers));
+        } else {
+            for (peer, backoff) in deferred {
+                swarm.skipped.push(peer.node);
+                swarm.held_back.push(peer.clone());
+                swarm.unreachable.push((peer.node, format!("{SKIPPED}{backoff}")));
+            }
+        }
         let me = client.node_id();
         let mut learned: HashMap<NodeId, PeerInfo> = HashMap::new();
         for info in told {
@@ -155,6 +188,26 @@ impl Swarm {
             }
         }
         told
+    }
+
+    /// The peers held back in backoff, dialled (in parallel, once per
+    /// transfer, on first call) for what no member had: the ones that answer.
+    pub(super) fn spares(&self) -> Vec<Peer> {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        spares
+            .get_or_insert_with(|| {
+                if self.held_back.is_empty() {
+                    return Vec::new();
+                }
+                tracing::info!("asking the {} peers in backoff too", self.held_back.len());
+                let net = self.client.net().clone();
+                let dials = self.held_back.iter().map(|peer| {
+                    let net = net.clone();
+                    async move { net.connect_any(peer.node, &peer.addrs).await.map(|(conn, _)| conn) }
+                });
+                self.client.run_all(dials).into_iter().filter_map(Result::ok).collect()
+            })
+            .clone()
     }
 
     /// How many peers answered.
@@ -289,6 +342,11 @@ impl Swarm {
                 Ok(Some(envelope)) => return Ok(envelope),
                 Ok(None) => reasons.push(format!("{}: not there", member.node.short(16))),
                 Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        for peer in self.spares() {
+            if let Ok(Some(envelope)) = self.client.run(peer.get_manifest(*id)) {
+                return Ok(envelope);
             }
         }
         Err(TransferError::ManifestUnavailable {
