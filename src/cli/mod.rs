@@ -9,6 +9,7 @@ mod journal;
 mod network;
 mod output;
 mod session;
+mod storage;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -680,7 +681,8 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
 
 fn collect_garbage(cx: &Cx, json: bool) -> Result<()> {
     let session = cx.session(Access::Exclusive)?;
-    let report = session.require_owned("gc")?.store().gc()?;
+    // The home is held alone: nothing is in flight, so no grace is needed.
+    let report = session.require_owned("gc")?.store().gc(std::time::Duration::ZERO)?;
     if json {
         return print_json(&report);
     }

@@ -17,7 +17,9 @@
 //!
 //! Every chunk it stores is checked against its id now and then ([`scrub`]),
 //! at a fixed, low rate; requests serve chunks without hashing them, since
-//! the client verifies each one.
+//! the client verifies each one. What no pin needs any more is collected
+//! while it serves, after a grace period, and a quota caps its chunk bytes
+//! ([`gc`]).
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
@@ -26,6 +28,7 @@
 
 mod admission;
 mod buffers;
+mod gc;
 mod handler;
 mod members;
 mod scrub;
@@ -51,6 +54,7 @@ use admission::{Admission, Decision};
 use members::Members;
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
+pub use gc::{DEFAULT_GC_GRACE, StoragePolicy, gc_period, parse_duration, parse_size};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
 pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
@@ -125,6 +129,10 @@ pub(crate) struct NodeState {
     pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
+    /// The grace of live collection and the quota.
+    pub(crate) storage: StoragePolicy,
+    /// Asks the collector for a pass after unpins.
+    pub(crate) gc_trigger: gc::GcTrigger,
 }
 
 impl NodeState {
@@ -178,12 +186,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peers to dial at start.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Live collection and the quota (`--gc-grace`, `--max-storage`).
+    pub storage: StoragePolicy,
 }
 
 impl Config {
     /// A node listening on `listen`, with no bootstrap peers.
     pub fn listening_on(listen: SocketAddr) -> Self {
-        Self { listen, bootstrap: Vec::new() }
+        Self { listen, bootstrap: Vec::new(), storage: StoragePolicy::default() }
     }
 }
 
@@ -196,7 +206,7 @@ pub struct Node {
 impl Node {
     /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
     pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
-        let Config { listen, bootstrap } = config;
+        let Config { listen, bootstrap, storage } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
@@ -229,6 +239,8 @@ impl Node {
             members: Arc::new(Members::default()),
             reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
             heard_of: Notify::new(),
+            storage,
+            gc_trigger: gc::GcTrigger::default(),
         });
         Ok(Self { state, bootstrap })
     }
@@ -250,6 +262,7 @@ impl Node {
         background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
         background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
         background.spawn(scrub::scrub_now_and_then(Arc::clone(&state)));
+        background.spawn(gc::collect_now_and_then(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
