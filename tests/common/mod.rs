@@ -236,11 +236,17 @@ impl Server {
 
     /// Starts a node with `home` listening on `listen`, optionally bootstrapping.
     pub fn start_in(node: Node, listen: &str, bootstrap: &[&str]) -> Self {
+        Self::start_with(node, listen, bootstrap, &[])
+    }
+
+    /// [`Server::start_in`] with more `serve` options.
+    pub fn start_with(node: Node, listen: &str, bootstrap: &[&str], options: &[&str]) -> Self {
         let mut command = node.command();
         command.args(["serve", "--listen", listen]);
         for peer in bootstrap {
             command.args(["--bootstrap", peer]);
         }
+        command.args(options);
         let child =
             command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
         let pid = child.id();
