@@ -751,7 +751,11 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
     let quota = max_storage.map_or(String::new(), |q| format!(" (quota {})", output::size(q)));
-    println!("store      {}, {} on disk{quota}", output::count(chunk_count, "chunk", "chunks"), output::size(chunk_bytes));
+    println!(
+        "store      {}, {} on disk{quota}",
+        output::count(chunk_count, "chunk", "chunks"),
+        output::size(chunk_bytes)
+    );
     // A chunk two owners pin counts for each, so the lines may add up to more than the store.
     for (id, chunks, bytes) in &owners {
         let you = if *id == owner_id { " (you)" } else { "" };

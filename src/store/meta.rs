@@ -163,6 +163,11 @@ impl Txn<WriteTransaction> {
     }
 }
 
+/// The page cache of a database this process holds open (a node, `gc`):
+/// redb's default is 1 GiB, which a node walking a large store (a
+/// collection, usage per owner) would fill; the tables' hot pages fit in this.
+const CACHE_SIZE: usize = 32 << 20;
+
 /// How long a command sharing the store waits for another one's transaction
 /// by default; `--wait` waits as long as it takes.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
@@ -185,7 +190,7 @@ impl Meta {
     /// Opens or creates the database and its tables, migrating pins of an
     /// older store (keyed by manifest alone) to owner-keyed pins.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err(path))?;
+        let db = Database::builder().set_cache_size(CACHE_SIZE).create(path).map_err(db_err(path))?;
         let meta = Self { handle: Handle::Held(db), path: path.to_owned() };
         meta.create_tables()?;
         Ok(meta)
@@ -680,7 +685,9 @@ impl Meta {
             let refs = txn.open_table(REFS).map_err(self.err())?;
             for (tag, id) in doomed {
                 // Checked again in the write transaction: a pin may have come since.
-                if refs.get(id.as_bytes()).map_err(self.err())?.is_none() && sealed.remove(&tag).map_err(self.err())?.is_some() {
+                if refs.get(id.as_bytes()).map_err(self.err())?.is_none()
+                    && sealed.remove(&tag).map_err(self.err())?.is_some()
+                {
                     forgotten += 1;
                 }
             }

@@ -183,7 +183,7 @@ impl Model {
             .manifest_files
             .iter()
             .copied()
-            .filter(|m| !pinned.contains(m) && !(grace && self.new_manifests.contains(m)))
+            .filter(|m| !(pinned.contains(m) || (grace && self.new_manifests.contains(m))))
             .collect();
         let examined = self.chunk_files.len() as u64;
         let mut bytes_freed = 0;
@@ -260,12 +260,8 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
             m
         );
     }
-    let usage: HashMap<u8, (u64, u64)> = store
-        .owner_usage()
-        .unwrap()
-        .into_iter()
-        .map(|u| (u.owner.0[0] - 1, (u.chunks, u.bytes)))
-        .collect();
+    let usage: HashMap<u8, (u64, u64)> =
+        store.owner_usage().unwrap().into_iter().map(|u| (u.owner.0[0] - 1, (u.chunks, u.bytes))).collect();
     prop_assert_eq!(usage, model.owner_usage(), "usage per owner");
     for t in 0..TAGS {
         prop_assert_eq!(meta.lookup_sealed(&[t; 32]).unwrap(), model.sealed.get(&t).map(|&c| chunk(c)), "tag {}", t);
