@@ -624,7 +624,13 @@ impl Meta {
     /// several versions counts once.
     pub fn owner_usage(&self, chunk_len: impl Fn(&ChunkId) -> Option<u64>) -> Result<Vec<OwnerUsage>, StoreError> {
         let txn = self.read()?;
-        let table = txn.open_table(OWNER_REFS).map_err(self.err())?;
+        let table = match txn.open_table(OWNER_REFS) {
+            Ok(table) => table,
+            // A store made before the table, opened read-only: it is filled
+            // the first time the store is opened writable.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err()(e)),
+        };
         let mut out: Vec<OwnerUsage> = Vec::new();
         for row in table.iter().map_err(self.err())? {
             let (key, _) = row.map_err(self.err())?;
