@@ -68,6 +68,7 @@ fn protocol_doc_limits_are_the_constants_in_the_code() {
         ("MAX_LOG_ENTRY_LEN", wire::MAX_LOG_ENTRY_LEN as u64),
         ("MAX_ERROR_MESSAGE_LEN", wire::MAX_ERROR_MESSAGE_LEN as u64),
         ("MAX_LOG_BATCH", wire::MAX_LOG_BATCH as u64),
+        ("MAX_STATUS_OWNERS", wire::MAX_STATUS_OWNERS as u64),
     ];
     let documented = protocol_limits();
     assert_eq!(documented.len(), code.len(), "every documented limit is checked: {documented:?}");

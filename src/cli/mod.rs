@@ -9,6 +9,7 @@ mod journal;
 mod network;
 mod output;
 mod session;
+mod storage;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -806,7 +807,8 @@ fn retry_pending(session: &Session, home: &Path, swarm: &Swarm) {
 
 fn collect_garbage(cx: &Cx, json: bool) -> Result<()> {
     let session = cx.session(Access::Exclusive)?;
-    let report = session.require_owned("gc")?.store().gc()?;
+    // The home is held alone: nothing is in flight, so no grace is needed.
+    let report = session.require_owned("gc")?.store().gc(std::time::Duration::ZERO)?;
     if json {
         return print_json(&report);
     }
@@ -824,28 +826,43 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let (history, _) = read_history(cx, &session, link.as_ref())?;
-    let (chunk_bytes, chunk_count) = match (session.served(), session.store()) {
+    // Usage per owner: the node tells its own home's CLI alone.
+    let (chunk_bytes, chunk_count, max_storage, mut owners, owners_omitted) = match (session.served(), session.store())
+    {
         (Some(served), _) => {
             let status = served.daemon().status()?;
-            (status.chunk_bytes, status.chunks)
+            let owners: Vec<(String, u64, u64)> =
+                status.owners.iter().map(|o| (o.owner.to_string(), o.chunks, o.bytes)).collect();
+            (status.chunk_bytes, status.chunks, status.max_storage, owners, status.owners_omitted)
         }
-        (None, Some(store)) => store.chunk_usage()?,
+        (None, Some(store)) => {
+            let (bytes, count) = store.chunk_usage()?;
+            let owners = store.owner_usage()?.into_iter().map(|o| (o.owner.to_string(), o.chunks, o.bytes)).collect();
+            (bytes, count, None, owners, 0)
+        }
         (None, None) => bail!("this home's store is neither open here nor served"),
     };
+    owners.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
     let pending: Vec<pending::PendingUnpin> =
         pending::load(home)?.into_iter().filter(|p| p.owner == owner.owner_id()).collect();
+    let owner_id = owner.owner_id().to_string();
     let status = serde_json::json!({
         "home": home,
         "node_id": session.keys().node_id().to_string(),
         "served_by_pid": session.served().map(|s| s.pid()),
-        "owner_id": owner.owner_id().to_string(),
+        "owner_id": owner_id,
         "names": history.live_names().len(),
         "live_versions": live.len(),
         "logical_bytes": live.iter().map(|v| v.size).sum::<u64>(),
         "stored_chunks": chunk_count,
         "stored_bytes": chunk_bytes,
         "pending_removals": pending,
+        "max_storage": max_storage,
+        "owners": owners.iter().map(|(owner, chunks, bytes)| serde_json::json!({
+            "owner": owner, "chunks": chunks, "bytes": bytes,
+        })).collect::<Vec<_>>(),
+        "owners_omitted": owners_omitted,
     });
     if json {
         return print_json(&status);
@@ -855,14 +872,32 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     if let Some(served) = session.served() {
         println!("serving    yes: `p2pfs serve` (pid {}) answered for this home", served.pid());
     }
-    println!("owner id   {}", owner.owner_id());
+    println!("owner id   {owner_id}");
     println!(
         "versions   {} live, of {}, {} in all",
         live.len(),
         output::count(history.live_names().len() as u64, "name", "names"),
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
-    println!("store      {}, {} on disk", output::count(chunk_count, "chunk", "chunks"), output::size(chunk_bytes));
+    let quota = max_storage.map_or(String::new(), |q| format!(" (quota {})", output::size(q)));
+    println!(
+        "store      {}, {} on disk{quota}",
+        output::count(chunk_count, "chunk", "chunks"),
+        output::size(chunk_bytes)
+    );
+    // A chunk two owners pin counts for each, so the lines may add up to more than the store.
+    for (id, chunks, bytes) in &owners {
+        let you = if *id == owner_id { " (you)" } else { "" };
+        println!(
+            "owner      {}{you}: {}, {}",
+            &id[..16],
+            output::count(*chunks, "chunk", "chunks"),
+            output::size(*bytes)
+        );
+    }
+    if owners_omitted > 0 {
+        println!("owner      … and {owners_omitted} more");
+    }
     for (i, removal) in pending.iter().enumerate() {
         let nodes: Vec<String> = removal.nodes.iter().map(|n| n.short(16)).collect();
         println!(

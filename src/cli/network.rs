@@ -163,6 +163,8 @@ pub(super) struct ServeArgs {
     /// the other members there (they are verified by connecting, as any peer).
     #[arg(long)]
     mdns: bool,
+    #[command(flatten)]
+    storage: super::storage::StorageArgs,
 }
 
 impl ServeArgs {
@@ -170,7 +172,7 @@ impl ServeArgs {
     fn config(&self) -> Result<node::Config> {
         let listen = resolve_addr(&self.listen, "--listen")?;
         let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-        Ok(node::Config { listen, bootstrap, mdns: self.mdns })
+        Ok(node::Config { listen, bootstrap, mdns: self.mdns, storage: self.storage.policy() })
     }
 }
 

@@ -29,7 +29,7 @@ use crate::net::{Peer, owner_proof_holds};
 use crate::store::{Appended, PinRecord, Pinned, StoreError};
 use crate::wire::{
     self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, Log, ManifestData,
-    NotFound, Peers, Pong, Status,
+    NotFound, OwnerBytes, Peers, Pong, Status,
 };
 
 /// Log entry bytes in one `Log` reply: with the largest entry on top, still
@@ -96,6 +96,11 @@ impl Refusal {
 /// details (paths, OS errors) go to this node's log.
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
+        if let StoreError::OverQuota { .. } = e {
+            // The quota's figures are the node's own to give: no path in them.
+            debug!("refused a chunk: {e}");
+            return Refusal::new(ErrorCode::STORAGE_FULL, e.to_string());
+        }
         let full = e
             .io_error()
             .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded));
@@ -232,8 +237,9 @@ impl Request {
             }
             Frame::Has(has) => {
                 let ids = has.ids.into_inner();
-                let present =
-                    self.blocking(move |s| Ok(ids.iter().map(|id| s.home.store().has_chunk(id)).collect())).await?;
+                // A chunk said to be here is spared by GC for its grace: the
+                // asker may skip sending it and pin it later.
+                let present = self.blocking(move |s| Ok(s.home.store().hold_chunks(&ids))).await?;
                 let flags: Vec<bool> = present;
                 let bitmap = HasReply::from_flags(&flags).expect("as many flags as ids, within MAX_HAS_IDS");
                 reply(send, Frame::HasReply(bitmap)).await
@@ -247,9 +253,25 @@ impl Request {
                         format!("{} bytes cannot be a chunk ({} at least)", put.len, crypto::TAG_LEN),
                     ));
                 }
-                let _held = self.reserve(u64::from(put.len)).await?;
-                // The pieces quinn received, hashed and written as they are: no copy.
                 let len = u64::from(put.len);
+                // Refused before a byte of the payload is read (the refusal
+                // stops the stream); a chunk held already is acked as ever.
+                let _space = match self.state.storage.max_storage {
+                    Some(quota) => {
+                        let id = put.id;
+                        self.blocking(move |s| {
+                            let store = s.home.store();
+                            if store.hold_chunks(&[id]) == [true] {
+                                return Ok(None);
+                            }
+                            Ok(Some(store.reserve_chunk_space(len, quota)?))
+                        })
+                        .await?
+                    }
+                    None => None,
+                };
+                let _held = self.reserve(len).await?;
+                // The pieces quinn received, hashed and written as they are: no copy.
                 let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
                 let id = put.id;
                 self.blocking(move |s| {
@@ -369,7 +391,7 @@ impl Request {
                     )
                 })?;
                 let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks };
-                match self.blocking(move |s| Ok(s.home.store().meta().pin(&record)?)).await? {
+                match self.blocking(move |s| Ok(s.home.store().pin(&record)?)).await? {
                     Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
                     Pinned::Revoked => Err(Refusal::new(
                         ErrorCode::UNPINNED,
@@ -386,7 +408,13 @@ impl Request {
                     )
                 })?;
                 let (owner, manifest) = (unpin.owner, unpin.manifest);
-                self.blocking(move |s| Ok(s.home.store().meta().unpin(&owner, &manifest)?)).await?;
+                self.blocking(move |s| {
+                    if s.home.store().meta().unpin(&owner, &manifest)? {
+                        s.gc_trigger.unpinned();
+                    }
+                    Ok(())
+                })
+                .await?;
                 reply(send, Frame::Ack(Ack { id: manifest.0 })).await
             }
             Frame::PutHead(put) => {
@@ -434,12 +462,31 @@ impl Request {
                 reply(send, Frame::Log(Log { entries, more })).await
             }
             Frame::GetStatus(_) => {
+                // Who stores what is the node's own business: only its home's
+                // CLI (which connects with the node's key) learns it.
+                let own_home = self.peer.node_id() == self.state.net.node_id();
                 let status = self
-                    .blocking(|s| {
+                    .blocking(move |s| {
                         let store = s.home.store();
                         let (chunk_bytes, chunks) = store.chunk_usage()?;
                         let connections = s.members.count() as u64;
-                        Ok(Status { chunks, chunk_bytes, pins: store.meta().pin_count()?, connections })
+                        let mut owners = if own_home { store.owner_usage()? } else { Vec::new() };
+                        owners.sort_unstable_by_key(|o| std::cmp::Reverse(o.bytes));
+                        let omitted = owners.len().saturating_sub(wire::MAX_STATUS_OWNERS) as u64;
+                        owners.truncate(wire::MAX_STATUS_OWNERS);
+                        let owners = owners
+                            .into_iter()
+                            .map(|o| OwnerBytes { owner: o.owner, chunks: o.chunks, bytes: o.bytes })
+                            .collect();
+                        Ok(Status {
+                            chunks,
+                            chunk_bytes,
+                            pins: store.meta().pin_count()?,
+                            connections,
+                            max_storage: s.storage.max_storage,
+                            owners: wire::Bounded::new(owners).expect("truncated to MAX_STATUS_OWNERS"),
+                            owners_omitted: omitted,
+                        })
                     })
                     .await?;
                 reply(send, Frame::Status(status)).await

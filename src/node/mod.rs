@@ -17,7 +17,9 @@
 //!
 //! Every chunk it stores is checked against its id now and then ([`scrub`]),
 //! at a fixed, low rate; requests serve chunks without hashing them, since
-//! the client verifies each one.
+//! the client verifies each one. What no pin needs any more is collected
+//! while it serves, after a grace period, and a quota caps its chunk bytes
+//! ([`gc`]).
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
@@ -26,6 +28,7 @@
 
 mod admission;
 mod buffers;
+mod gc;
 mod handler;
 pub mod mdns;
 mod members;
@@ -52,6 +55,7 @@ use admission::{Admission, Decision};
 use members::Members;
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
+pub use gc::{DEFAULT_GC_GRACE, StoragePolicy, gc_period, parse_duration, parse_size};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
 pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
@@ -135,6 +139,10 @@ pub(crate) struct NodeState {
     heard_of: Notify,
     /// Raised when a peer is verified for the first time.
     newly_verified: Notify,
+    /// The grace of live collection and the quota.
+    pub(crate) storage: StoragePolicy,
+    /// Asks the collector for a pass after unpins.
+    pub(crate) gc_trigger: gc::GcTrigger,
 }
 
 impl NodeState {
@@ -196,12 +204,14 @@ pub struct Config {
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
     /// Announce this node and find members on the LAN by multicast DNS ([`mdns`]).
     pub mdns: bool,
+    /// Live collection and the quota (`--gc-grace`, `--max-storage`).
+    pub storage: StoragePolicy,
 }
 
 impl Config {
     /// A node listening on `listen`, with no bootstrap peers and no mDNS.
     pub fn listening_on(listen: SocketAddr) -> Self {
-        Self { listen, bootstrap: Vec::new(), mdns: false }
+        Self { listen, bootstrap: Vec::new(), mdns: false, storage: StoragePolicy::default() }
     }
 }
 
@@ -216,7 +226,7 @@ pub struct Node {
 impl Node {
     /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
     pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
-        let Config { listen, bootstrap, mdns } = config;
+        let Config { listen, bootstrap, mdns, storage } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
@@ -250,6 +260,8 @@ impl Node {
             reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
             heard_of: Notify::new(),
             newly_verified: Notify::new(),
+            storage,
+            gc_trigger: gc::GcTrigger::default(),
         });
         Ok(Self { state, bootstrap, mdns: mdns.then_some(bound) })
     }
@@ -274,6 +286,7 @@ impl Node {
         if let Some(bound) = self.mdns {
             background.spawn(mdns::announce_and_browse(Arc::clone(&state), bound.ip(), bound.port()));
         }
+        background.spawn(gc::collect_now_and_then(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);

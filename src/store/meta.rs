@@ -6,6 +6,8 @@
 //! - `owner_pins`: (OwnerId, ManifestId) → the chunk ids that pin keeps (32 bytes each)
 //! - `unpinned`: (OwnerId, ManifestId) → (): the owner unpinned it; it is never pinned again
 //! - `refs`: ChunkId → number of pins that need it (rows at zero are deleted)
+//! - `owner_refs`: (OwnerId, ChunkId) → number of that owner's pins that need it
+//!   (rows at zero are deleted): what each owner's pins keep, for usage per owner
 //! - `sealed`: BLAKE3(chunk key) → ChunkId, so a push skips sealing chunks it has sealed before
 //! - `heads`: OwnerId → the newest signed log entry a peer sent (`PutHead`), for any owner
 //!
@@ -34,6 +36,7 @@ const LOG: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("log"
 const OWNER_PINS: TableDefinition<PinKey, &[u8]> = TableDefinition::new("owner_pins");
 const UNPINNED: TableDefinition<PinKey, ()> = TableDefinition::new("unpinned");
 const REFS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("refs");
+const OWNER_REFS: TableDefinition<PinKey, u64> = TableDefinition::new("owner_refs");
 const SEALED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("sealed");
 const HEADS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("heads");
 /// Pins keyed by manifest alone, as stores before owner-keyed pins kept them;
@@ -79,17 +82,33 @@ struct LegacyPin {
     chunks: Vec<ChunkId>,
 }
 
-/// What a garbage collection removed.
+/// What a garbage collection found and removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
-    /// Chunk files deleted.
+    /// Chunk files looked at.
+    pub chunks_examined: u64,
+    /// Chunk files deleted: no pin needs them and they are older than the grace.
     pub chunks_deleted: u64,
+    /// Chunk files no pin needs that were kept because they were written or
+    /// asked about within the grace (a push in flight may pin them yet).
+    pub chunks_spared: u64,
     /// Manifest envelopes deleted.
     pub manifests_deleted: u64,
     /// Bytes of files deleted.
     pub bytes_freed: u64,
     /// Sealed-chunk map entries dropped because their chunk is gone.
     pub sealed_entries_forgotten: u64,
+}
+
+/// The chunks one owner's pins keep on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerUsage {
+    /// The owner.
+    pub owner: OwnerId,
+    /// Distinct chunks its pins reference that are on this node.
+    pub chunks: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
 }
 
 /// The metadata database, held open or opened for each transaction.
@@ -144,6 +163,11 @@ impl Txn<WriteTransaction> {
     }
 }
 
+/// The page cache of a database this process holds open (a node, `gc`):
+/// redb's default is 1 GiB, which a node walking a large store (a
+/// collection, usage per owner) would fill; the tables' hot pages fit in this.
+const CACHE_SIZE: usize = 32 << 20;
+
 /// How long a command sharing the store waits for another one's transaction
 /// by default; `--wait` waits as long as it takes.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
@@ -166,7 +190,7 @@ impl Meta {
     /// Opens or creates the database and its tables, migrating pins of an
     /// older store (keyed by manifest alone) to owner-keyed pins.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err(path))?;
+        let db = Database::builder().set_cache_size(CACHE_SIZE).create(path).map_err(db_err(path))?;
         let meta = Self { handle: Handle::Held(db), path: path.to_owned() };
         meta.create_tables()?;
         Ok(meta)
@@ -196,7 +220,12 @@ impl Meta {
         txn.open_table(REFS).map_err(meta.err())?;
         txn.open_table(SEALED).map_err(meta.err())?;
         txn.open_table(HEADS).map_err(meta.err())?;
+        let owner_refs_missing = !txn.list_tables().map_err(meta.err())?.any(|t| t.name() == OWNER_REFS.name());
+        txn.open_table(OWNER_REFS).map_err(meta.err())?;
         meta.migrate_legacy_pins(&txn)?;
+        if owner_refs_missing {
+            meta.count_owner_refs(&txn)?;
+        }
         txn.commit().map_err(meta.err())
     }
 
@@ -278,6 +307,21 @@ impl Meta {
             }
         }
         txn.delete_table(LEGACY_PINS).map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Fills `owner_refs` from the pins, for a store made before that table.
+    fn count_owner_refs(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        let mut owner_refs = txn.open_table(OWNER_REFS).map_err(self.err())?;
+        for row in pins.iter().map_err(self.err())? {
+            let (key, ids) = row.map_err(self.err())?;
+            let owner = key.value().0;
+            for chunk in self.decode_ids(ids.value())? {
+                let count = owner_refs.get((owner, chunk.as_bytes())).map_err(self.err())?.map_or(0, |c| c.value());
+                owner_refs.insert((owner, chunk.as_bytes()), count + 1).map_err(self.err())?;
+            }
+        }
         Ok(())
     }
 
@@ -470,9 +514,13 @@ impl Meta {
         let chunks = pin.distinct_chunks();
         pins.insert(key, encode_ids(&chunks).as_slice()).map_err(self.err())?;
         let mut refs = txn.open_table(REFS).map_err(self.err())?;
+        let mut owner_refs = txn.open_table(OWNER_REFS).map_err(self.err())?;
         for chunk in chunks {
             let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
             refs.insert(chunk.as_bytes(), count + 1).map_err(self.err())?;
+            let key = (pin.owner.as_bytes(), chunk.as_bytes());
+            let count = owner_refs.get(key).map_err(self.err())?.map_or(0, |c| c.value());
+            owner_refs.insert(key, count + 1).map_err(self.err())?;
         }
         Ok(Pinned::New)
     }
@@ -487,12 +535,20 @@ impl Meta {
         let chunks = self.decode_ids(ids.value())?;
         drop(ids);
         let mut refs = txn.open_table(REFS).map_err(self.err())?;
+        let mut owner_refs = txn.open_table(OWNER_REFS).map_err(self.err())?;
         for chunk in chunks {
             let count = refs.get(chunk.as_bytes()).map_err(self.err())?.map_or(0, |c| c.value());
             if count > 1 {
                 refs.insert(chunk.as_bytes(), count - 1).map_err(self.err())?;
             } else {
                 refs.remove(chunk.as_bytes()).map_err(self.err())?;
+            }
+            let key = (owner.as_bytes(), chunk.as_bytes());
+            let count = owner_refs.get(key).map_err(self.err())?.map_or(0, |c| c.value());
+            if count > 1 {
+                owner_refs.insert(key, count - 1).map_err(self.err())?;
+            } else {
+                owner_refs.remove(key).map_err(self.err())?;
             }
         }
         Ok(true)
@@ -541,18 +597,38 @@ impl Meta {
         txn.commit().map_err(self.err())
     }
 
-    /// Every chunk at least one pin needs.
-    pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, StoreError> {
+    /// Which of `ids` at least one pin needs, in one read transaction.
+    pub fn referenced(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(REFS).map_err(self.err())?;
-        let mut out = HashSet::new();
-        for row in table.iter().map_err(self.err())? {
-            out.insert(ChunkId(*row.map_err(self.err())?.0.value()));
-        }
-        Ok(out)
+        ids.iter().map(|id| Ok(table.get(id.as_bytes()).map_err(self.err())?.is_some())).collect()
     }
 
-    /// Every manifest at least one owner pins.
+    /// Removes from `manifests` every one some owner pins, in one read
+    /// transaction that walks the pins (whose keys are by owner first).
+    pub fn drop_pinned(&self, manifests: &mut HashSet<ManifestId>) -> Result<(), StoreError> {
+        if manifests.is_empty() {
+            return Ok(());
+        }
+        let txn = self.read()?;
+        let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        for row in table.iter().map_err(self.err())? {
+            manifests.remove(&ManifestId(*row.map_err(self.err())?.0.value().1));
+            if manifests.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every chunk at least one pin needs (for the tests: a whole set).
+    #[cfg(test)]
+    pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, StoreError> {
+        Ok(self.refcounts()?.into_keys().collect())
+    }
+
+    /// Every manifest at least one owner pins (for the tests: a whole set).
+    #[cfg(test)]
     pub fn pinned_manifests(&self) -> Result<HashSet<ManifestId>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(OWNER_PINS).map_err(self.err())?;
@@ -561,6 +637,91 @@ impl Meta {
             out.insert(ManifestId(*row.map_err(self.err())?.0.value().1));
         }
         Ok(out)
+    }
+
+    /// The chunks each owner's pins keep and their bytes, by owner: one walk
+    /// over `owner_refs` in one read transaction, asking `chunk_len` for the
+    /// size of each chunk (`None`: not on this node, not counted). A chunk
+    /// two owners pin counts in full for each; one a single owner pins in
+    /// several versions counts once.
+    pub fn owner_usage(&self, chunk_len: impl Fn(&ChunkId) -> Option<u64>) -> Result<Vec<OwnerUsage>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(OWNER_REFS) {
+            Ok(table) => table,
+            // A store made before the table, opened read-only: it is filled
+            // the first time the store is opened writable.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err()(e)),
+        };
+        let mut out: Vec<OwnerUsage> = Vec::new();
+        for row in table.iter().map_err(self.err())? {
+            let (key, _) = row.map_err(self.err())?;
+            let (owner, chunk) = key.value();
+            let owner = OwnerId(*owner);
+            if out.last().is_none_or(|last| last.owner != owner) {
+                out.push(OwnerUsage { owner, chunks: 0, bytes: 0 });
+            }
+            if let (Some(len), Some(usage)) = (chunk_len(&ChunkId(*chunk)), out.last_mut()) {
+                usage.chunks += 1;
+                usage.bytes += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets sealed-chunk entries whose chunk `is_gone` says is gone and
+    /// no pin needs, looking at at most `batch` entries from the tag after
+    /// `after` on (from the first, if `None`). Returns how many it forgot
+    /// and where the next batch starts (`None`: the map has been walked).
+    pub(super) fn forget_sealed_batch(
+        &self,
+        after: Option<[u8; 32]>,
+        batch: usize,
+        is_gone: impl Fn(&ChunkId) -> bool,
+    ) -> Result<(u64, Option<[u8; 32]>), StoreError> {
+        let (doomed, next) = {
+            let txn = self.read()?;
+            let sealed = txn.open_table(SEALED).map_err(self.err())?;
+            let refs = txn.open_table(REFS).map_err(self.err())?;
+            let mut rows = match &after {
+                Some(tag) => sealed.range::<&[u8; 32]>((std::ops::Bound::Excluded(tag), std::ops::Bound::Unbounded)),
+                None => sealed.range::<&[u8; 32]>(..),
+            }
+            .map_err(self.err())?;
+            let (mut doomed, mut last, mut seen) = (Vec::new(), None, 0);
+            for row in rows.by_ref() {
+                let (tag, id) = row.map_err(self.err())?;
+                let id = ChunkId(*id.value());
+                if refs.get(id.as_bytes()).map_err(self.err())?.is_none() && is_gone(&id) {
+                    doomed.push((*tag.value(), id));
+                }
+                last = Some(*tag.value());
+                seen += 1;
+                if seen == batch {
+                    break;
+                }
+            }
+            (doomed, if seen == batch { last } else { None })
+        };
+        if doomed.is_empty() {
+            return Ok((0, next));
+        }
+        let txn = self.write()?;
+        let mut forgotten = 0;
+        {
+            let mut sealed = txn.open_table(SEALED).map_err(self.err())?;
+            let refs = txn.open_table(REFS).map_err(self.err())?;
+            for (tag, id) in doomed {
+                // Checked again in the write transaction: a pin may have come since.
+                if refs.get(id.as_bytes()).map_err(self.err())?.is_none()
+                    && sealed.remove(&tag).map_err(self.err())?.is_some()
+                {
+                    forgotten += 1;
+                }
+            }
+        }
+        txn.commit().map_err(self.err())?;
+        Ok((forgotten, next))
     }
 
     /// Every chunk's refcount, as the `refs` table holds it (for the model check).
@@ -588,19 +749,6 @@ impl Meta {
             out.insert((OwnerId(*owner), ManifestId(*manifest)));
         }
         Ok(out)
-    }
-
-    /// Drops sealed-chunk entries whose chunk is not in `keep`; returns how many.
-    pub(super) fn forget_sealed_except(&self, keep: &HashSet<ChunkId>) -> Result<u64, StoreError> {
-        let txn = self.write()?;
-        let forgotten = {
-            let mut table = txn.open_table(SEALED).map_err(self.err())?;
-            let before = table.len().map_err(self.err())?;
-            table.retain(|_, id| keep.contains(&ChunkId(*id))).map_err(self.err())?;
-            before - table.len().map_err(self.err())?
-        };
-        txn.commit().map_err(self.err())?;
-        Ok(forgotten)
     }
 
     fn err<E: Into<redb::Error>>(&self) -> impl FnOnce(E) -> StoreError + use<E> {
@@ -717,8 +865,11 @@ mod tests {
         let meta = Meta::open(&path).unwrap();
         assert_eq!(meta.pin_of(&OwnerId([4; 32]), &ManifestId([9; 32])).unwrap(), Some(vec![chunk(1), chunk(2)]));
         assert_eq!(meta.pinned_manifests().unwrap(), [ManifestId([9; 32])].into());
+        let usage = meta.owner_usage(|_| Some(10)).unwrap();
+        assert_eq!(usage, vec![OwnerUsage { owner: OwnerId([4; 32]), chunks: 2, bytes: 20 }], "owner_refs filled");
         assert!(meta.unpin(&OwnerId([4; 32]), &ManifestId([9; 32])).unwrap());
         assert!(meta.referenced_chunks().unwrap().is_empty(), "the migrated pin's counts come off cleanly");
+        assert!(meta.owner_usage(|_| Some(10)).unwrap().is_empty());
         drop(meta);
         Meta::open(&path).unwrap();
     }
@@ -728,7 +879,11 @@ mod tests {
         let (_dir, meta) = meta();
         meta.commit(&[], &[], &[], &[([1; 32], chunk(1)), ([2; 32], chunk(2))]).unwrap();
         assert_eq!(meta.lookup_sealed(&[1; 32]).unwrap(), Some(chunk(1)));
-        assert_eq!(meta.forget_sealed_except(&[chunk(2)].into()).unwrap(), 1);
+        let gone = |id: &ChunkId| *id != chunk(2);
+        // One entry at a time: the walk goes on after the tag it stopped at.
+        assert_eq!(meta.forget_sealed_batch(None, 1, gone).unwrap(), (1, Some([1; 32])));
+        assert_eq!(meta.forget_sealed_batch(Some([1; 32]), 1, gone).unwrap(), (0, Some([2; 32])));
+        assert_eq!(meta.forget_sealed_batch(Some([2; 32]), 1, gone).unwrap(), (0, None));
         assert_eq!(meta.lookup_sealed(&[1; 32]).unwrap(), None);
         assert_eq!(meta.lookup_sealed(&[2; 32]).unwrap(), Some(chunk(2)));
     }

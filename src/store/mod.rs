@@ -15,6 +15,15 @@
 //! to it is committed after that. So a crash leaves at worst unreferenced
 //! files, which [`Store::gc`] deletes. The store assumes one process uses it
 //! at a time: [`crate::home`] holds the lock.
+//!
+//! A collection may run while the node serves (ARCHITECTURE.md, "Garbage
+//! collection"): it deletes a file only under the store's collect lock,
+//! held exclusively, after checking under that lock that no pin needs it
+//! and that its modification time is older than the grace period. Saying a
+//! chunk is present ([`Store::hold_chunks`]), storing a chunk or manifest
+//! and pinning take the lock shared, and the first two refresh the file's
+//! time: what a push was told is here stays for the grace period, long
+//! enough for its pin to arrive.
 
 mod files;
 mod meta;
@@ -23,16 +32,14 @@ mod refcount_model;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::hash::Hash;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime};
 
 pub use files::write_durably;
-pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, PinRecord, Pinned};
+pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, OwnerUsage, PinRecord, Pinned};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
@@ -109,6 +116,19 @@ pub enum StoreError {
         /// How many entries its log holds.
         held: u64,
     },
+    /// Storing a chunk would take the store over its quota (`serve --max-storage`).
+    #[error(
+        "storing a {len}-byte chunk would take this node over its quota: {used} of {quota} bytes are used; \
+         try another node"
+    )]
+    OverQuota {
+        /// The chunk's bytes.
+        len: u64,
+        /// Chunk bytes stored and being stored.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
     /// A change was asked of a store opened only to read.
     #[error("{0} is open read-only (a read-only disk, or a command that only reads); nothing was changed")]
     ReadOnly(PathBuf),
@@ -143,27 +163,6 @@ fn io_err<W: Into<String>>(what: W, path: &Path) -> impl FnOnce(io::Error) -> St
     move |source| StoreError::Io { what, path, source }
 }
 
-/// Deletes each of `paths` whose file name is an id not in `keep`; returns
-/// how many files and bytes went. Files not named by an id are not ours to
-/// delete and stay.
-fn delete_unreferenced<I: FromStr + Eq + Hash>(
-    paths: Vec<PathBuf>,
-    keep: &HashSet<I>,
-    what: &str,
-) -> Result<(u64, u64), StoreError> {
-    let (mut count, mut bytes) = (0, 0);
-    for path in paths {
-        let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<I>().ok());
-        if id.is_some_and(|id| !keep.contains(&id)) {
-            let len = path.metadata().map_or(0, |m| m.len());
-            fs::remove_file(&path).map_err(io_err(what, &path))?;
-            count += 1;
-            bytes += len;
-        }
-    }
-    Ok((count, bytes))
-}
-
 /// Whether the file at `path` hashes to `id`, read through the hasher
 /// (no buffer the size of the chunk).
 fn hashes_to(path: &Path, id: &ChunkId) -> bool {
@@ -178,6 +177,15 @@ pub const MAX_CHUNK_FILE_LEN: u32 = crate::chunk::MAX_CHUNK_SIZE + TAG_LEN as u3
 /// The lengths a chunk file can have: a tag, and at most the largest chunk before it.
 const CHUNK_FILE_LENS: std::ops::RangeInclusive<u64> = TAG_LEN as u64..=MAX_CHUNK_FILE_LEN as u64;
 
+/// Files a collection looks at per batch: the ids it holds at once, the
+/// ids one read transaction checks, and the most files it deletes while it
+/// holds the collect lock.
+const GC_BATCH: usize = 512;
+
+/// A temp file younger than this is a write in progress, which a
+/// collection never removes, whatever its grace.
+const TMP_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// One node's store, opened: chunks, manifests and metadata on disk.
 pub struct Store {
     root: PathBuf,
@@ -187,9 +195,13 @@ pub struct Store {
     /// directory itself is fsynced.
     durable_dirs: Mutex<HashSet<PathBuf>>,
     /// Bytes and count of chunk files: counted by the first
-    /// [`Store::chunk_usage`], kept up to date by every write and quarantine
-    /// after, so asking again costs nothing.
-    usage: Mutex<Option<Usage>>,
+    /// [`Store::chunk_usage`], kept up to date by every write, deletion and
+    /// quarantine after, so asking again costs nothing; and the bytes held
+    /// for chunks being written under a quota.
+    usage: Arc<Mutex<Counts>>,
+    /// The collect lock: a collection deletes files holding it exclusively;
+    /// whatever tells a peer a file is here, or pins, holds it shared.
+    collecting: RwLock<()>,
 }
 
 /// Chunk files on disk and their bytes.
@@ -197,6 +209,40 @@ pub struct Store {
 struct Usage {
     bytes: u64,
     files: u64,
+}
+
+/// What [`Store::usage`] guards.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Chunk files, once counted.
+    on_disk: Option<Usage>,
+    /// Bytes reserved by [`SpaceReservation`]s.
+    reserved: u64,
+}
+
+/// Room for one chunk under a quota ([`Store::reserve_chunk_space`]),
+/// given back when dropped (by then the chunk, if written, is counted).
+#[must_use = "the room is given back when the reservation is dropped"]
+pub struct SpaceReservation {
+    usage: Arc<Mutex<Counts>>,
+    len: u64,
+}
+
+impl Drop for SpaceReservation {
+    fn drop(&mut self) {
+        let mut counts = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.reserved = counts.reserved.saturating_sub(self.len);
+    }
+}
+
+/// How old a file is by its modification time (zero if that is unknown or in the future).
+fn age(metadata: &fs::Metadata, now: SystemTime) -> Duration {
+    metadata.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default()
+}
+
+/// Sets a file's modification time to now.
+fn touch(path: &Path) -> io::Result<()> {
+    File::open(path)?.set_modified(SystemTime::now())
 }
 
 /// How a process uses a store beside others ([`crate::home`] holds the lock
@@ -240,10 +286,15 @@ impl Store {
             Sharing::Shared { patience } => meta::Meta::open_shared(&db_path, true, patience)?,
             Sharing::ReadOnly { patience } => meta::Meta::open_shared(&db_path, false, patience)?,
         };
-        let store =
-            Self { root: root.to_owned(), db, durable_dirs: Mutex::new(HashSet::new()), usage: Mutex::new(None) };
+        let store = Self {
+            root: root.to_owned(),
+            db,
+            durable_dirs: Mutex::new(HashSet::new()),
+            usage: Arc::default(),
+            collecting: RwLock::new(()),
+        };
         if sharing == Sharing::Exclusive {
-            store.clear_tmp()?;
+            store.clear_tmp(Duration::ZERO)?;
         }
         Ok(store)
     }
@@ -279,6 +330,44 @@ impl Store {
         fs::metadata(self.chunk_path(id)).is_ok_and(|m| m.is_file() && CHUNK_FILE_LENS.contains(&m.len()))
     }
 
+    /// The collect lock, shared: no collection deletes a file while it is held.
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.collecting.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Which of `ids` are here, as [`Store::has_chunk`] says, refreshing
+    /// the time of each file that is, so that a collection spares it for
+    /// its grace period: a push told a chunk is here skips sending it and
+    /// pins it later, and the chunk must still be here then. A file whose
+    /// time cannot be set counts as missing (the push sends it again).
+    pub fn hold_chunks(&self, ids: &[ChunkId]) -> Vec<bool> {
+        let _shared = self.shared();
+        ids.iter().map(|id| self.has_chunk(id) && touch(&self.chunk_path(id)).is_ok()).collect()
+    }
+
+    /// Pins, as [`meta::Meta::pin`], with the collect lock shared: a
+    /// collection that runs after sees the pin, one that ran before has
+    /// deleted only what was older than its grace.
+    pub fn pin(&self, pin: &PinRecord) -> Result<Pinned, StoreError> {
+        let _shared = self.shared();
+        self.db.pin(pin)
+    }
+
+    /// Holds `len` bytes for a chunk about to be stored, if the chunk bytes
+    /// on disk and those held for other writes leave room for them under
+    /// `quota`; else [`StoreError::OverQuota`]. Counts the store first if
+    /// it has not been counted.
+    pub fn reserve_chunk_space(&self, len: u64, quota: u64) -> Result<SpaceReservation, StoreError> {
+        let (bytes, _) = self.chunk_usage()?;
+        let mut counts = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = counts.on_disk.map_or(bytes, |u| u.bytes).saturating_add(counts.reserved);
+        if used.saturating_add(len) > quota {
+            return Err(StoreError::OverQuota { len, used, quota });
+        }
+        counts.reserved += len;
+        Ok(SpaceReservation { usage: Arc::clone(&self.usage), len })
+    }
+
     /// Stores a chunk durably unless a good copy is there already. Returns
     /// whether it wrote it. The caller vouches that `ciphertext` hashes to `id`.
     pub fn put_chunk(&self, id: &ChunkId, ciphertext: &[u8]) -> Result<bool, StoreError> {
@@ -294,10 +383,12 @@ impl Store {
             return Err(StoreError::NotAChunk { id: *id, len });
         }
         let path = self.chunk_path(id);
+        // A copy found here is acked: its time is refreshed, like `Has`'s.
+        let _shared = self.shared();
         if path.is_file() {
             let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
             let same_len = fs::metadata(&path).is_ok_and(|m| m.len() == len);
-            if same_len && hashes_to(&path, id) {
+            if same_len && hashes_to(&path, id) && touch(&path).is_ok() {
                 return Ok(false);
             }
             if path.is_file() {
@@ -322,7 +413,7 @@ impl Store {
 
     /// Updates the chunk usage, if it has been counted.
     fn count(&self, change: impl FnOnce(&mut Usage)) {
-        if let Some(usage) = self.usage.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        if let Some(usage) = self.usage.lock().unwrap_or_else(PoisonError::into_inner).on_disk.as_mut() {
             change(usage);
         }
     }
@@ -474,6 +565,8 @@ impl Store {
     /// [`Store::put_manifest`] for an envelope that arrived in pieces.
     pub fn put_manifest_parts(&self, id: &ManifestId, parts: &[impl AsRef<[u8]>]) -> Result<(), StoreError> {
         let path = self.manifest_path(id);
+        // The new file's time is now: a collection spares it for the grace period.
+        let _shared = self.shared();
         files::write_parts_durably(&self.tmp_dir(), &path, parts)
             .map_err(io_err(format!("storing manifest {}", id.short(16)), &path))
     }
@@ -498,23 +591,147 @@ impl Store {
         Ok(envelope)
     }
 
-    /// Deletes every chunk and manifest that no live pin references, and
-    /// forgets sealed-chunk entries whose chunk is gone.
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
+    /// Deletes every chunk and manifest that no pin references and whose
+    /// file is older than `grace`, forgets sealed-chunk entries whose chunk
+    /// is gone, and removes temp files older than `grace` and an hour.
+    ///
+    /// It walks one chunk directory at a time and checks ids against the
+    /// refcounts [`GC_BATCH`] at a time, one read transaction per batch, so
+    /// its memory does not grow with the store. A file is deleted only
+    /// under the collect lock, held exclusively, after its pin and age are
+    /// checked again under it (see the module's doc). `Duration::ZERO` is
+    /// for a process that holds the store alone (`p2pfs gc`); a node passes
+    /// its grace, so that a push in flight loses nothing.
+    pub fn gc(&self, grace: Duration) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
-        let referenced = self.db.referenced_chunks()?;
-        (report.chunks_deleted, report.bytes_freed) =
-            delete_unreferenced(self.chunk_files()?, &referenced, "deleting an unreferenced chunk")?;
+        let chunks = self.root.join("chunks");
+        let mut batch: Vec<(ChunkId, PathBuf)> = Vec::with_capacity(GC_BATCH);
+        for outer in files::dirs_in(&chunks).map_err(io_err("listing chunks", &chunks))? {
+            for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
+                for path in files::files_in(&inner).map_err(io_err("listing chunks", &inner))? {
+                    let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) else {
+                        continue;
+                    };
+                    batch.push((id, path));
+                    if batch.len() == GC_BATCH {
+                        self.collect_chunks(&mut batch, grace, &mut report)?;
+                    }
+                }
+            }
+        }
+        self.collect_chunks(&mut batch, grace, &mut report)?;
+
         let manifests = self.root.join("manifests");
-        let listed = files::files_in(&manifests).map_err(io_err("listing manifests", &manifests))?;
-        let (deleted, freed) =
-            delete_unreferenced(listed, &self.db.pinned_manifests()?, "deleting an unpinned manifest")?;
-        report.manifests_deleted = deleted;
-        report.bytes_freed += freed;
-        report.sealed_entries_forgotten = self.db.forget_sealed_except(&referenced)?;
-        self.clear_tmp()?;
-        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let listing = fs::read_dir(&manifests).map_err(io_err("listing manifests", &manifests))?;
+        let mut batch: Vec<(ManifestId, PathBuf)> = Vec::with_capacity(GC_BATCH);
+        for entry in listing {
+            let path = entry.map_err(io_err("listing manifests", &manifests))?.path();
+            let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) else { continue };
+            batch.push((id, path));
+            if batch.len() == GC_BATCH {
+                self.collect_manifests(&mut batch, grace, &mut report)?;
+            }
+        }
+        self.collect_manifests(&mut batch, grace, &mut report)?;
+
+        let mut after = None;
+        loop {
+            let (forgotten, next) = self.db.forget_sealed_batch(after, GC_BATCH, |id| !self.has_chunk(id))?;
+            report.sealed_entries_forgotten += forgotten;
+            match next {
+                Some(tag) => after = Some(tag),
+                None => break,
+            }
+        }
+        self.clear_tmp(grace.max(TMP_MIN_AGE))?;
         Ok(report)
+    }
+
+    /// Deletes the chunks of `batch` that no pin needs and whose files are
+    /// older than `grace`, and empties `batch`.
+    fn collect_chunks(
+        &self,
+        batch: &mut Vec<(ChunkId, PathBuf)>,
+        grace: Duration,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        report.chunks_examined += batch.len() as u64;
+        // Most chunks are pinned: a first look, without the lock, leaves only the rest.
+        let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+        let referenced = self.db.referenced(&ids)?;
+        let mut candidates: Vec<(ChunkId, PathBuf)> =
+            batch.drain(..).zip(referenced).filter(|(_, r)| !r).map(|(c, _)| c).collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let _exclusive = self.collecting.write().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
+        let referenced = self.db.referenced(&ids)?;
+        let now = SystemTime::now();
+        for ((id, path), pinned) in candidates.drain(..).zip(referenced) {
+            if pinned {
+                continue;
+            }
+            let Ok(metadata) = fs::metadata(&path) else { continue };
+            if age(&metadata, now) < grace {
+                report.chunks_spared += 1;
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(format!("deleting unreferenced chunk {}", id.short(16)), &path)(e)),
+            }
+            report.chunks_deleted += 1;
+            report.bytes_freed += metadata.len();
+            self.count(|usage| {
+                usage.bytes = usage.bytes.saturating_sub(metadata.len());
+                usage.files = usage.files.saturating_sub(1);
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the manifests of `batch` that no owner pins and whose files
+    /// are older than `grace`, and empties `batch`.
+    fn collect_manifests(
+        &self,
+        batch: &mut Vec<(ManifestId, PathBuf)>,
+        grace: Duration,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        let mut unpinned: HashSet<ManifestId> = batch.iter().map(|(id, _)| *id).collect();
+        self.db.drop_pinned(&mut unpinned)?;
+        if unpinned.is_empty() {
+            batch.clear();
+            return Ok(());
+        }
+        let _exclusive = self.collecting.write().unwrap_or_else(PoisonError::into_inner);
+        self.db.drop_pinned(&mut unpinned)?;
+        let now = SystemTime::now();
+        for (id, path) in batch.drain(..) {
+            if !unpinned.contains(&id) {
+                continue;
+            }
+            let Ok(metadata) = fs::metadata(&path) else { continue };
+            if age(&metadata, now) < grace {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(format!("deleting unpinned manifest {}", id.short(16)), &path)(e)),
+            }
+            report.manifests_deleted += 1;
+            report.bytes_freed += metadata.len();
+        }
+        Ok(())
+    }
+
+    /// The chunks each owner's pins keep here and their bytes (see
+    /// [`meta::Meta::owner_usage`]).
+    pub fn owner_usage(&self) -> Result<Vec<OwnerUsage>, StoreError> {
+        self.db.owner_usage(|id| self.chunk_len(id))
     }
 
     /// Total bytes of chunk files, and their count. The first call walks
@@ -522,8 +739,8 @@ impl Store {
     /// count. A node asks once before it serves, so that no write races the
     /// walk.
     pub fn chunk_usage(&self) -> Result<(u64, u64), StoreError> {
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        if usage.is_none() {
+        let mut counts = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.on_disk.is_none() {
             let mut counted = Usage::default();
             for outer in files::dirs_in(&self.root.join("chunks")).map_err(io_err("listing chunks", &self.root))? {
                 for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
@@ -533,27 +750,26 @@ impl Store {
                     }
                 }
             }
-            *usage = Some(counted);
+            counts.on_disk = Some(counted);
         }
-        let counted = usage.unwrap_or_default();
+        let counted = counts.on_disk.unwrap_or_default();
         Ok((counted.bytes, counted.files))
     }
 
-    /// Every file under `chunks/ab/cd/`.
-    fn chunk_files(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let mut out = Vec::new();
-        for outer in files::dirs_in(&self.root.join("chunks")).map_err(io_err("listing chunks", &self.root))? {
-            for inner in files::dirs_in(&outer).map_err(io_err("listing chunks", &outer))? {
-                out.extend(files::files_in(&inner).map_err(io_err("listing chunks", &inner))?);
-            }
-        }
-        Ok(out)
-    }
-
-    fn clear_tmp(&self) -> Result<(), StoreError> {
+    /// Removes temp files at least `older_than` old (all of them, given zero).
+    fn clear_tmp(&self, older_than: Duration) -> Result<(), StoreError> {
         let tmp = self.tmp_dir();
+        let now = SystemTime::now();
         for file in files::files_in(&tmp).map_err(io_err("listing temp files", &tmp))? {
-            fs::remove_file(&file).map_err(io_err("removing a stale temp file", &file))?;
+            let old = older_than.is_zero() || fs::metadata(&file).is_ok_and(|m| age(&m, now) >= older_than);
+            if !old {
+                continue;
+            }
+            match fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing a stale temp file", &file)(e)),
+            }
         }
         Ok(())
     }
@@ -718,12 +934,73 @@ mod tests {
         let pin = PinRecord { owner: crate::id::OwnerId([1; 32]), manifest, chunks: vec![kept_id, kept_id] };
         store.meta().commit(&[], &[pin], &[], &[]).unwrap();
 
-        let report = store.gc().unwrap();
+        let report = store.gc(Duration::ZERO).unwrap();
         assert_eq!((report.chunks_deleted, report.manifests_deleted), (1, 1));
         assert!(store.has_chunk(&kept_id));
         assert!(!store.has_chunk(&dropped_id));
         assert!(store.read_manifest(&manifest).is_ok());
         assert!(matches!(store.read_manifest(&orphan_manifest), Err(StoreError::ManifestMissing(_))));
+    }
+
+    /// Sets a file's modification time `ago` in the past.
+    fn age_file(path: &Path, ago: Duration) {
+        File::open(path).unwrap().set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_said_to_be_here_survives_the_grace_until_its_pin_arrives() {
+        // The race: an old chunk no pin needs (its version was removed) is
+        // reported present to a new push, which skips sending it and pins
+        // it later. A collection in between must not take it.
+        let (_dir, store) = store();
+        let grace = Duration::from_secs(600);
+        let (old, asked, put_again) = (vec![1u8; 40], vec![2u8; 40], vec![3u8; 40]);
+        for bytes in [&old, &asked, &put_again] {
+            store.put_chunk(&ChunkId::of(bytes), bytes).unwrap();
+            age_file(&store.chunk_path(&ChunkId::of(bytes)), 2 * grace);
+        }
+        assert_eq!(store.hold_chunks(&[ChunkId::of(&asked), ChunkId([0; 32])]), vec![true, false]);
+        assert!(!store.put_chunk(&ChunkId::of(&put_again), &put_again).unwrap(), "a copy is here");
+
+        let report = store.gc(grace).unwrap();
+        assert_eq!((report.chunks_examined, report.chunks_deleted, report.chunks_spared), (3, 1, 2));
+        assert!(!store.has_chunk(&ChunkId::of(&old)), "an old chunk no one asked about goes");
+        let pin = PinRecord {
+            owner: crate::id::OwnerId([1; 32]),
+            manifest: ManifestId([1; 32]),
+            chunks: vec![ChunkId::of(&asked), ChunkId::of(&put_again)],
+        };
+        assert_eq!(store.pin(&pin).unwrap(), Pinned::New);
+        let report = store.gc(Duration::ZERO).unwrap();
+        assert_eq!(report.chunks_deleted, 0, "pinned now: kept whatever the grace");
+        assert!(store.has_chunk(&ChunkId::of(&asked)) && store.has_chunk(&ChunkId::of(&put_again)));
+        assert_eq!(store.chunk_usage().unwrap(), (80, 2), "the count follows what GC deleted");
+    }
+
+    #[test]
+    fn a_new_manifest_is_spared_for_the_grace() {
+        let (_dir, store) = store();
+        let grace = Duration::from_secs(600);
+        let (old, new) = (ManifestId([1; 32]), ManifestId([2; 32]));
+        store.put_manifest(&old, b"old").unwrap();
+        store.put_manifest(&new, b"new").unwrap();
+        age_file(&store.manifest_path(&old), 2 * grace);
+        assert_eq!(store.gc(grace).unwrap().manifests_deleted, 1);
+        assert!(store.manifest_len(&old).is_none() && store.manifest_len(&new).is_some());
+    }
+
+    #[test]
+    fn the_quota_counts_what_is_stored_and_what_is_being_stored() {
+        let (_dir, store) = store();
+        let bytes = vec![1u8; 100];
+        store.put_chunk(&ChunkId::of(&bytes), &bytes).unwrap();
+        let first = store.reserve_chunk_space(60, 200).unwrap();
+        let err = store.reserve_chunk_space(60, 200).err().unwrap();
+        assert!(matches!(err, StoreError::OverQuota { len: 60, used: 160, quota: 200 }), "{err}");
+        assert!(err.to_string().contains("try another node"), "{err}");
+        drop(first);
+        let _second = store.reserve_chunk_space(100, 200).unwrap();
+        assert!(store.reserve_chunk_space(1, 200).is_err(), "exactly full");
     }
 
     #[test]

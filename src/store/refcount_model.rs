@@ -7,9 +7,14 @@
 //! The model keeps no counters: a chunk's refcount is recomputed from the
 //! live pins each time, so it is right by construction, and a refcount the
 //! store gets wrong (a chunk collected while a pin needs it, or kept
-//! forever after its last pin went) shows up as a difference.
+//! forever after its last pin went) shows up as a difference. Files have
+//! an age: new when written or asked about (`Has`), old after an
+//! [`Op::Age`]; a collection with a grace spares new files, one without
+//! deletes every unreferenced file. Usage per owner is recomputed from the
+//! pins and the files on disk too.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -21,6 +26,8 @@ const OWNERS: u8 = 3;
 const MANIFESTS: u8 = 4;
 const CHUNKS: u8 = 8;
 const TAGS: u8 = 4;
+/// The grace of [`Op::Gc`] with one: longer than any test runs.
+const GRACE: Duration = Duration::from_secs(3600);
 
 /// An (owner, manifest) pair, as small numbers.
 type Key = (u8, u8);
@@ -62,8 +69,13 @@ enum Op {
     PutChunk(u8),
     /// A manifest envelope arrives.
     PutManifest(u8),
-    /// `Store::gc`.
-    Gc,
+    /// `Store::hold_chunks`: `Has` for one chunk, present or not.
+    Has(u8),
+    /// Every file becomes older than any grace.
+    Age,
+    /// `Store::gc`, with a grace (files not aged since they were last
+    /// written or asked about are spared) or without one.
+    Gc { grace: bool },
     /// The store is closed and opened again, for this process alone or
     /// shared (a database opened per transaction): everything must persist.
     Reopen { shared: bool },
@@ -87,7 +99,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => key().prop_map(Op::Unpin),
         3 => (0..CHUNKS).prop_map(Op::PutChunk),
         1 => (0..MANIFESTS).prop_map(Op::PutManifest),
-        2 => Just(Op::Gc),
+        2 => any::<bool>().prop_map(|grace| Op::Gc { grace }),
+        1 => (0..CHUNKS).prop_map(Op::Has),
+        1 => Just(Op::Age),
         1 => any::<bool>().prop_map(|shared| Op::Reopen { shared }),
     ]
 }
@@ -101,6 +115,9 @@ struct Model {
     tombstones: HashSet<Key>,
     chunk_files: HashSet<u8>,
     manifest_files: HashSet<u8>,
+    /// Files written or asked about since the last [`Op::Age`].
+    new_chunks: HashSet<u8>,
+    new_manifests: HashSet<u8>,
     /// Sealed-chunk map: tag → chunk.
     sealed: HashMap<u8, u8>,
 }
@@ -154,14 +171,21 @@ impl Model {
         Ok(())
     }
 
-    /// Deletes what no pin needs; returns the report the store must give.
-    fn gc(&mut self) -> GcReport {
+    /// Deletes what no pin needs (and, with a grace, is old); returns the
+    /// report the store must give.
+    fn gc(&mut self, grace: bool) -> GcReport {
         let referenced = self.refcounts();
         let pinned: HashSet<u8> = self.pins.keys().map(|&(_, m)| m).collect();
-        let dead_chunks: Vec<u8> = self.chunk_files.iter().copied().filter(|c| !referenced.contains_key(c)).collect();
-        let dead_manifests: Vec<u8> = self.manifest_files.iter().copied().filter(|m| !pinned.contains(m)).collect();
-        let sealed_before = self.sealed.len();
-        self.sealed.retain(|_, c| referenced.contains_key(c));
+        let unreferenced: Vec<u8> = self.chunk_files.iter().copied().filter(|c| !referenced.contains_key(c)).collect();
+        let (spared, dead_chunks): (Vec<u8>, Vec<u8>) =
+            unreferenced.into_iter().partition(|c| grace && self.new_chunks.contains(c));
+        let dead_manifests: Vec<u8> = self
+            .manifest_files
+            .iter()
+            .copied()
+            .filter(|m| !(pinned.contains(m) || (grace && self.new_manifests.contains(m))))
+            .collect();
+        let examined = self.chunk_files.len() as u64;
         let mut bytes_freed = 0;
         for c in &dead_chunks {
             self.chunk_files.remove(c);
@@ -171,12 +195,34 @@ impl Model {
             self.manifest_files.remove(m);
             bytes_freed += envelope(*m).len() as u64;
         }
+        let sealed_before = self.sealed.len();
+        let files = &self.chunk_files;
+        self.sealed.retain(|_, c| referenced.contains_key(c) || files.contains(c));
         GcReport {
+            chunks_examined: examined,
             chunks_deleted: dead_chunks.len() as u64,
+            chunks_spared: spared.len() as u64,
             manifests_deleted: dead_manifests.len() as u64,
             bytes_freed,
             sealed_entries_forgotten: (sealed_before - self.sealed.len()) as u64,
         }
+    }
+
+    /// Each owner with a pin that keeps a chunk: the distinct chunks its
+    /// pins keep that are on disk, and their bytes.
+    fn owner_usage(&self) -> HashMap<u8, (u64, u64)> {
+        let mut kept: HashMap<u8, HashSet<u8>> = HashMap::new();
+        for (&(o, _), chunks) in &self.pins {
+            if !chunks.is_empty() {
+                kept.entry(o).or_default().extend(chunks);
+            }
+        }
+        kept.into_iter()
+            .map(|(o, chunks)| {
+                let here: Vec<u8> = chunks.into_iter().filter(|c| self.chunk_files.contains(c)).collect();
+                (o, (here.len() as u64, here.iter().map(|&c| chunk_bytes(c).len() as u64).sum()))
+            })
+            .collect()
     }
 }
 
@@ -214,6 +260,9 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
             m
         );
     }
+    let usage: HashMap<u8, (u64, u64)> =
+        store.owner_usage().unwrap().into_iter().map(|u| (u.owner.0[0] - 1, (u.chunks, u.bytes))).collect();
+    prop_assert_eq!(usage, model.owner_usage(), "usage per owner");
     for t in 0..TAGS {
         prop_assert_eq!(meta.lookup_sealed(&[t; 32]).unwrap(), model.sealed.get(&t).map(|&c| chunk(c)), "tag {}", t);
     }
@@ -235,7 +284,7 @@ fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError>
             }
         }
         Op::Pin(key, chunks) => {
-            let got = store.meta().pin(&pin_record(*key, chunks)).unwrap();
+            let got = store.pin(&pin_record(*key, chunks)).unwrap();
             prop_assert_eq!(got, model.pin(*key, chunks), "pin {:?}", key);
         }
         Op::Unpin((o, m)) => {
@@ -245,14 +294,33 @@ fn apply(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseError>
         Op::PutChunk(c) => {
             let written = store.put_chunk(&chunk(*c), &chunk_bytes(*c)).unwrap();
             prop_assert_eq!(written, model.chunk_files.insert(*c), "put chunk {}", c);
+            model.new_chunks.insert(*c);
         }
         Op::PutManifest(m) => {
             store.put_manifest(&manifest(*m), &envelope(*m)).unwrap();
             model.manifest_files.insert(*m);
+            model.new_manifests.insert(*m);
         }
-        Op::Gc => {
-            let report = store.gc().unwrap();
-            prop_assert_eq!(report, model.gc());
+        Op::Has(c) => {
+            let held = store.hold_chunks(&[chunk(*c)]);
+            prop_assert_eq!(held, vec![model.chunk_files.contains(c)], "has chunk {}", c);
+            if model.chunk_files.contains(c) {
+                model.new_chunks.insert(*c);
+            }
+        }
+        Op::Age => {
+            let long_ago = std::time::SystemTime::now() - 2 * GRACE;
+            let chunks = model.chunk_files.iter().map(|&c| store.chunk_path(&chunk(c)));
+            let manifests = model.manifest_files.iter().map(|&m| store.manifest_path(&manifest(m)));
+            for path in chunks.chain(manifests) {
+                std::fs::File::open(path).unwrap().set_modified(long_ago).unwrap();
+            }
+            model.new_chunks.clear();
+            model.new_manifests.clear();
+        }
+        Op::Gc { grace } => {
+            let report = store.gc(if *grace { GRACE } else { Duration::ZERO }).unwrap();
+            prop_assert_eq!(report, model.gc(*grace));
         }
         Op::Reopen { .. } => unreachable!("the caller reopens the store"),
     }
@@ -302,7 +370,11 @@ fn the_model_counts_as_the_design_says() {
     assert!(!model.pins.contains_key(&(2, 1)));
     model.chunk_files.extend([1, 2, 3, 4]);
     model.sealed.insert(0, 1);
-    let report = model.gc();
-    assert_eq!((report.chunks_deleted, report.sealed_entries_forgotten), (2, 1));
+    model.new_chunks.insert(4);
+    let report = model.gc(true);
+    assert_eq!((report.chunks_deleted, report.chunks_spared, report.sealed_entries_forgotten), (1, 1, 1));
+    assert_eq!(model.chunk_files, HashSet::from([2, 3, 4]), "a new unreferenced chunk is spared");
+    let report = model.gc(false);
+    assert_eq!((report.chunks_deleted, report.sealed_entries_forgotten), (1, 0));
     assert_eq!(model.chunk_files, HashSet::from([2, 3]));
 }

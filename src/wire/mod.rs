@@ -64,6 +64,8 @@ pub const MAX_LOG_ENTRY_LEN: usize = 64 * 1024;
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// Most log entries in one `Log` reply (the frame limit also bounds it).
 pub const MAX_LOG_BATCH: usize = 1024;
+/// Most owners in one `Status` (the ones storing most bytes first).
+pub const MAX_STATUS_OWNERS: usize = 1024;
 
 /// A frame the decoder refuses. Each names what was wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -556,6 +558,26 @@ pub struct Status {
     pub pins: u64,
     /// Member connections open, the asker's included.
     pub connections: u64,
+    /// The most chunk bytes the node stores (`serve --max-storage`), if it has a quota.
+    pub max_storage: Option<u64>,
+    /// Chunk bytes per owner, the most first: only for the node's own home
+    /// (a connection with the node's own NodeId); empty for anyone else.
+    pub owners: Bounded<OwnerBytes, MAX_STATUS_OWNERS>,
+    /// Owners left out of `owners` (more than [`MAX_STATUS_OWNERS`]).
+    pub owners_omitted: u64,
+}
+
+/// One owner's chunks on a node, in `Status`: the distinct chunks its pins
+/// reference that the node holds. A chunk two owners pin counts for each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct OwnerBytes {
+    /// The owner.
+    pub owner: OwnerId,
+    /// Its chunks held.
+    pub chunks: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
 }
 
 /// The signature domain of `Pin` (docs/PROTOCOL.md, "Signatures").
@@ -779,7 +801,16 @@ pub fn sample_frames() -> Vec<Frame> {
             more: true,
         }),
         Frame::GetStatus(GetStatus {}),
-        Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1, connections: 3 }),
+        Frame::Status(Status {
+            chunks: 2,
+            chunk_bytes: 1 << 30,
+            pins: 1,
+            connections: 3,
+            max_storage: Some(10 << 30),
+            owners: Bounded::new(vec![OwnerBytes { owner: OwnerId(id), chunks: 2, bytes: 1 << 30 }])
+                .expect("1 ≤ MAX_STATUS_OWNERS"),
+            owners_omitted: 0,
+        }),
     ]
 }
 

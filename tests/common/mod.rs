@@ -252,6 +252,7 @@ impl Server {
         for peer in bootstrap {
             command.args(["--bootstrap", peer]);
         }
+        command.args(options);
         let child =
             command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
         let pid = child.id();
