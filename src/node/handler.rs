@@ -369,7 +369,8 @@ impl Request {
                     )
                 })?;
                 let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks };
-                match self.blocking(move |s| Ok(s.home.store().meta().pin(&record)?)).await? {
+                let signature = pin.signature.to_bytes();
+                match self.blocking(move |s| Ok(s.home.store().meta().pin_signed(&record, &signature)?)).await? {
                     Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
                     Pinned::Revoked => Err(Refusal::new(
                         ErrorCode::UNPINNED,
