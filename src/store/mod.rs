@@ -32,7 +32,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 pub use files::write_durably;
-pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, PinRecord, Pinned, StoredPin};
+pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, PinRecord, Pinned, SignedPin, StoredPin};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
