@@ -4,6 +4,7 @@
 //! `-o -`, `--json`); summaries, progress and errors go to stderr. Exit codes:
 //! 0 ok, 1 the operation failed, 2 usage error.
 
+mod check;
 mod interrupt;
 mod journal;
 mod network;
@@ -123,6 +124,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tell whether every live version has its replicas on the peers (exit 1 if not).
+    Check(check::CheckArgs),
     /// Run a storage node: answer peers' requests from this home's store.
     Serve(network::ServeArgs),
     /// Print a token that lets another home join this node's network.
@@ -212,6 +215,7 @@ fn execute(args: &Args) -> Result<()> {
         Command::Rm { version } => remove(&cx, version),
         Command::Gc { json } => collect_garbage(&cx, *json),
         Command::Status { json } => status(&cx, *json),
+        Command::Check(args) => check::check(&cx, args),
         Command::Serve(args) => network::serve(&cx, args),
         Command::Invite { addr } => network::invite(&cx, addr.as_deref()),
         Command::Peers { json } => network::peers(&cx, *json),
@@ -447,7 +451,7 @@ fn push_file(
 }
 
 /// Replicas per chunk when `--replicas` is not given.
-const DEFAULT_REPLICAS: u16 = 3;
+const DEFAULT_REPLICAS: u16 = crate::node::DEFAULT_REPLICAS;
 
 /// The chunks of the latest live version of `name`, which a new version
 /// probably shares: peers are asked about them in one batched `Has`.
@@ -698,16 +702,19 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let history = transfer::history(session.catalog(), &owner)?;
+    let mut node_status = None;
     let (chunk_bytes, chunk_count) = match (session.served(), session.store()) {
         (Some(served), _) => {
             let status = served.daemon().status()?;
-            (status.chunk_bytes, status.chunks)
+            let usage = (status.chunk_bytes, status.chunks);
+            node_status = Some(status);
+            usage
         }
         (None, Some(store)) => store.chunk_usage()?,
         (None, None) => bail!("this home's store is neither open here nor served"),
     };
     let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "home": home,
         "node_id": session.keys().node_id().to_string(),
         "served_by_pid": session.served().map(|s| s.pid()),
@@ -718,6 +725,15 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         "stored_chunks": chunk_count,
         "stored_bytes": chunk_bytes,
     });
+    if let Some(node) = &node_status {
+        status["pins"] = node.pins.into();
+        status["repair"] = serde_json::json!({
+            "under_replicated": node.under_replicated,
+            "repaired": node.repaired,
+            "in_progress": node.repairing,
+            "last_pass_ms": (node.last_repair_ms > 0).then_some(node.last_repair_ms),
+        });
+    }
     if json {
         return print_json(&status);
     }
@@ -734,6 +750,20 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
     println!("store      {}, {} on disk", output::count(chunk_count, "chunk", "chunks"), output::size(chunk_bytes));
+    if let Some(node) = &node_status {
+        println!("pins       {}", node.pins);
+        let last = match node.last_repair_ms {
+            0 => "no pass yet".to_owned(),
+            ms => format!("last pass {}", output::utc_time(ms)),
+        };
+        println!(
+            "repair     {} under R, {} sent; {}{}",
+            output::count(node.under_replicated, "chunk", "chunks"),
+            output::count(node.repaired, "copy", "copies"),
+            last,
+            if node.repairing { "; a pass is running" } else { "" }
+        );
+    }
     Ok(())
 }
 

@@ -130,6 +130,8 @@ pub(super) struct ServeArgs {
     /// A peer to join at start (repeatable).
     #[arg(long, value_name = "NODEID@ADDR")]
     bootstrap: Vec<String>,
+    #[command(flatten)]
+    repair: super::check::RepairArgs,
 }
 
 impl ServeArgs {
@@ -137,7 +139,7 @@ impl ServeArgs {
     fn config(&self) -> Result<node::Config> {
         let listen = resolve_addr(&self.listen, "--listen")?;
         let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-        Ok(node::Config { listen, bootstrap })
+        Ok(node::Config { listen, bootstrap, repair: self.repair.config() })
     }
 }
 

@@ -440,7 +440,17 @@ impl Request {
                         let store = s.home.store();
                         let (chunk_bytes, chunks) = store.chunk_usage()?;
                         let connections = s.members.count() as u64;
-                        Ok(Status { chunks, chunk_bytes, pins: store.meta().pin_count()?, connections })
+                        let repair = s.repair.health();
+                        Ok(Status {
+                            chunks,
+                            chunk_bytes,
+                            pins: store.meta().pin_count()?,
+                            connections,
+                            under_replicated: repair.under_replicated,
+                            repaired: repair.repaired,
+                            repairing: repair.in_progress,
+                            last_repair_ms: repair.last_pass_ms,
+                        })
                     })
                     .await?;
                 reply(send, Frame::Status(status)).await

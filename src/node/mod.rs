@@ -17,7 +17,9 @@
 //!
 //! Every chunk it stores is checked against its id now and then ([`scrub`]),
 //! at a fixed, low rate; requests serve chunks without hashing them, since
-//! the client verifies each one.
+//! the client verifies each one. A bad copy is quarantined and fetched again
+//! from a replica, and every chunk held for a pin is kept on its R
+//! best-placed live nodes ([`repair`]).
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
@@ -28,6 +30,7 @@ mod admission;
 mod buffers;
 mod handler;
 mod members;
+mod repair;
 mod scrub;
 
 use std::future::Future;
@@ -52,6 +55,10 @@ use members::Members;
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
+pub use repair::{
+    DEFAULT_REPAIR_INTERVAL, DEFAULT_REPAIR_RATE, DEFAULT_REPLICAS, Health, IDS_PER_BATCH, PINS_PER_BATCH,
+    RepairConfig, UNREACHABLE_AFTER,
+};
 pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
 /// Most payload bytes (chunks, manifests, pin lists) a node holds in memory
@@ -123,6 +130,8 @@ pub(crate) struct NodeState {
     pub(crate) members: Arc<Members>,
     /// Buffers chunk replies are read into, used again.
     pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
+    /// Repair's settings and what its last pass found.
+    pub(crate) repair: repair::RepairState,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
 }
@@ -178,12 +187,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peers to dial at start.
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// Repair and scrub: replicas, interval, rate.
+    pub repair: RepairConfig,
 }
 
 impl Config {
     /// A node listening on `listen`, with no bootstrap peers.
     pub fn listening_on(listen: SocketAddr) -> Self {
-        Self { listen, bootstrap: Vec::new() }
+        Self { listen, bootstrap: Vec::new(), repair: RepairConfig::default() }
     }
 }
 
@@ -196,7 +207,7 @@ pub struct Node {
 impl Node {
     /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
     pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
-        let Config { listen, bootstrap } = config;
+        let Config { listen, bootstrap, repair } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
@@ -228,6 +239,7 @@ impl Node {
             budget: Semaphore::new(PAYLOAD_BUDGET),
             members: Arc::new(Members::default()),
             reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
+            repair: repair::RepairState::new(repair),
             heard_of: Notify::new(),
         });
         Ok(Self { state, bootstrap })
@@ -250,6 +262,9 @@ impl Node {
         background.spawn(exchange_peers(Arc::clone(&state), self.bootstrap));
         background.spawn(flush_peer_table_now_and_then(Arc::clone(&state)));
         background.spawn(scrub::scrub_now_and_then(Arc::clone(&state)));
+        background.spawn(repair::repair_now_and_then(Arc::clone(&state)));
+        background.spawn(repair::watch_peers(Arc::clone(&state)));
+        background.spawn(repair::fetch_quarantined(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);

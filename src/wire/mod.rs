@@ -556,6 +556,15 @@ pub struct Status {
     pub pins: u64,
     /// Member connections open, the asker's included.
     pub connections: u64,
+    /// Chunks this node holds that its last repair pass found with fewer
+    /// than R replicas on their best-placed live nodes.
+    pub under_replicated: u64,
+    /// Copies its last repair pass sent.
+    pub repaired: u64,
+    /// Whether a repair pass is running.
+    pub repairing: bool,
+    /// When its last repair pass ended (ms since the Unix epoch; 0: none yet).
+    pub last_repair_ms: u64,
 }
 
 /// The signature domain of `Pin` (docs/PROTOCOL.md, "Signatures").
@@ -779,7 +788,16 @@ pub fn sample_frames() -> Vec<Frame> {
             more: true,
         }),
         Frame::GetStatus(GetStatus {}),
-        Frame::Status(Status { chunks: 2, chunk_bytes: 1 << 30, pins: 1, connections: 3 }),
+        Frame::Status(Status {
+            chunks: 2,
+            chunk_bytes: 1 << 30,
+            pins: 1,
+            connections: 3,
+            under_replicated: 4,
+            repaired: 5,
+            repairing: true,
+            last_repair_ms: 1_700_000_000_000,
+        }),
     ]
 }
 
