@@ -153,7 +153,11 @@ fn describe(cx: &Cx, result: &VersionHealth, read: bool) {
             result.version,
             output::count(r.chunks, "chunk", "chunks"),
             output::count(r.replicas as u64, "replica", "replicas"),
-            if read { format!(" ({} read and verified)", output::count(r.copies_read, "copy", "copies")) } else { String::new() }
+            if read {
+                format!(" ({} read and verified)", output::count(r.copies_read, "copy", "copies"))
+            } else {
+                String::new()
+            }
         ));
         return;
     }
@@ -163,7 +167,11 @@ fn describe(cx: &Cx, result: &VersionHealth, read: bool) {
         r.under_replicated,
         output::count(r.chunks, "chunk", "chunks"),
         r.replicas,
-        if r.bad_copies > 0 { format!("; {} bad", output::count(r.bad_copies, "copy", "copies")) } else { String::new() }
+        if r.bad_copies > 0 {
+            format!("; {} bad", output::count(r.bad_copies, "copy", "copies"))
+        } else {
+            String::new()
+        }
     ));
     for chunk in &r.listed {
         let nodes = |ids: &[crate::id::NodeId]| ids.iter().map(|n| n.short(16)).collect::<Vec<_>>().join(", ");

@@ -363,8 +363,8 @@ async fn repair_batch(
     else {
         return;
     };
-    report.chunks += batch.iter().flat_map(|p| &p.record.chunks).filter(|id| held.binary_search(id).is_ok()).count()
-        as u64;
+    report.chunks +=
+        batch.iter().flat_map(|p| &p.record.chunks).filter(|id| held.binary_search(id).is_ok()).count() as u64;
 
     // Whom to ask about each chunk: its top R, and whoever ranks above this node.
     let mut rankings: HashMap<ChunkId, Vec<usize>> = HashMap::with_capacity(held.len());

@@ -794,8 +794,10 @@ mod tests {
             after = Some((last.record.owner, last.record.manifest));
             walked.extend(batch);
         }
-        let got: Vec<_> =
-            walked.iter().map(|p| (p.record.clone(), p.signed.as_ref().map(|s| (s.signature, s.chunks.clone())))).collect();
+        let got: Vec<_> = walked
+            .iter()
+            .map(|p| (p.record.clone(), p.signed.as_ref().map(|s| (s.signature, s.chunks.clone()))))
+            .collect();
         let distinct = |p: &PinRecord| PinRecord { chunks: p.distinct_chunks(), ..p.clone() };
         assert_eq!(
             got,

@@ -89,9 +89,9 @@ fn check_batch(swarm: &Swarm, replicas: usize, batch: &[ChunkId], read: bool, re
             }
         }
         let asks: Vec<(usize, Vec<ChunkId>)> = asks.into_iter().collect();
-        let answers = swarm.client().run_all(asks.iter().map(|(index, ids)| {
-            swarm.with_retry(*index, move |peer| async move { peer.has(ids).await })
-        }));
+        let answers = swarm.client().run_all(
+            asks.iter().map(|(index, ids)| swarm.with_retry(*index, move |peer| async move { peer.has(ids).await })),
+        );
         let mut present: HashMap<(usize, ChunkId), bool> = HashMap::new();
         let mut failed = false;
         for ((index, ids), answer) in asks.iter().zip(answers) {
