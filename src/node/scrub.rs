@@ -140,6 +140,20 @@ mod tests {
         assert!(section.contains("a minute after"));
         assert_eq!(crate::transfer::fetch::REPAIR_TIMEOUT, Duration::from_secs(5));
         assert!(section.contains("waiting at most 5 s"));
+
+        let repair = doc.split("### Repair (").nth(1).expect("the repair section").split("\n### ").next().unwrap();
+        let flat = repair.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(super::super::DEFAULT_REPLICAS, 3);
+        assert!(flat.contains("default 3"));
+        assert_eq!(super::super::DEFAULT_REPAIR_INTERVAL, Duration::from_secs(600));
+        assert!(flat.contains("(default 10 min)"));
+        assert_eq!(super::super::UNREACHABLE_AFTER, Duration::from_secs(60));
+        assert!(flat.contains("has not answered for a minute"));
+        assert!(flat.contains("every 15 s at most"));
+        assert_eq!((super::super::PINS_PER_BATCH, super::super::IDS_PER_BATCH), (256, 32 * 1024));
+        assert!(flat.contains("at most 256 pins and 32 Ki chunk ids"));
+        assert_eq!(super::super::DEFAULT_REPAIR_RATE, 32 << 20);
+        assert!(flat.contains("(default 32 MiB/s)"));
     }
 
     #[tokio::test]
