@@ -153,7 +153,7 @@ mod tests {
         assert_eq!((super::super::PINS_PER_BATCH, super::super::IDS_PER_BATCH), (256, 32 * 1024));
         assert!(flat.contains("at most 256 pins and 32 Ki chunk ids"));
         assert_eq!(super::super::DEFAULT_REPAIR_RATE, 32 << 20);
-        assert!(flat.contains("(default 32 MiB/s)"));
+        assert!(flat.contains("(default 32 MiB/s;"));
     }
 
     #[tokio::test]
