@@ -4,6 +4,7 @@
 //! `-o -`, `--json`); summaries, progress and errors go to stderr. Exit codes:
 //! 0 ok, 1 the operation failed, 2 usage error.
 
+mod check;
 mod interrupt;
 mod journal;
 mod network;
@@ -128,6 +129,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tell whether every live version has its replicas on the peers (exit 1 if not).
+    Check(check::CheckArgs),
     /// Run a storage node: answer peers' requests from this home's store.
     Serve(network::ServeArgs),
     /// Print a token that lets another home join this node's network.
@@ -213,6 +216,7 @@ fn execute(args: &Args) -> Result<()> {
         Command::Rm { version } => remove(&cx, version),
         Command::Gc { json } => collect_garbage(&cx, *json),
         Command::Status { json } => status(&cx, *json),
+        Command::Check(args) => check::check(&cx, args),
         Command::Serve(args) => network::serve(&cx, args),
         Command::Invite { addr } => network::invite(&cx, addr.as_deref()),
         Command::Peers(args) => network::peers(&cx, args),
@@ -452,7 +456,7 @@ fn push_file(
 }
 
 /// Replicas per chunk when `--replicas` is not given.
-const DEFAULT_REPLICAS: u16 = 3;
+const DEFAULT_REPLICAS: u16 = crate::node::DEFAULT_REPLICAS;
 
 /// The chunks of the latest live version of `name`, which a new version
 /// probably shares: peers are asked about them in one batched `Has`.
@@ -826,11 +830,13 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
     let (history, _) = read_history(cx, &session, link.as_ref())?;
+    let mut node_status = None;
     // Usage per owner: the node tells its own home's CLI alone.
     let (chunk_bytes, chunk_count, max_storage, mut owners, owners_omitted) = match (session.served(), session.store())
     {
         (Some(served), _) => {
             let status = served.daemon().status()?;
+            node_status = Some(status.clone());
             let owners: Vec<(String, u64, u64)> =
                 status.owners.iter().map(|o| (o.owner.to_string(), o.chunks, o.bytes)).collect();
             (status.chunk_bytes, status.chunks, status.max_storage, owners, status.owners_omitted)
@@ -847,7 +853,7 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     let pending: Vec<pending::PendingUnpin> =
         pending::load(home)?.into_iter().filter(|p| p.owner == owner.owner_id()).collect();
     let owner_id = owner.owner_id().to_string();
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "home": home,
         "node_id": session.keys().node_id().to_string(),
         "served_by_pid": session.served().map(|s| s.pid()),
@@ -864,6 +870,15 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         })).collect::<Vec<_>>(),
         "owners_omitted": owners_omitted,
     });
+    if let Some(node) = &node_status {
+        status["pins"] = node.pins.into();
+        status["repair"] = serde_json::json!({
+            "under_replicated": node.under_replicated,
+            "repaired": node.repaired,
+            "in_progress": node.repairing,
+            "last_pass_ms": (node.last_repair_ms > 0).then_some(node.last_repair_ms),
+        });
+    }
     if json {
         return print_json(&status);
     }
@@ -897,6 +912,20 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     }
     if owners_omitted > 0 {
         println!("owner      … and {owners_omitted} more");
+    }
+    if let Some(node) = &node_status {
+        println!("pins       {}", node.pins);
+        let last = match node.last_repair_ms {
+            0 => "no pass yet".to_owned(),
+            ms => format!("last pass {}", output::utc_time(ms)),
+        };
+        println!(
+            "repair     {} under R, {} sent; {}{}",
+            output::count(node.under_replicated, "chunk", "chunks"),
+            output::count(node.repaired, "copy", "copies"),
+            last,
+            if node.repairing { "; a pass is running" } else { "" }
+        );
     }
     for (i, removal) in pending.iter().enumerate() {
         let nodes: Vec<String> = removal.nodes.iter().map(|n| n.short(16)).collect();

@@ -165,6 +165,8 @@ pub(super) struct ServeArgs {
     mdns: bool,
     #[command(flatten)]
     storage: super::storage::StorageArgs,
+    #[command(flatten)]
+    repair: super::check::RepairArgs,
 }
 
 impl ServeArgs {
@@ -172,7 +174,13 @@ impl ServeArgs {
     fn config(&self) -> Result<node::Config> {
         let listen = resolve_addr(&self.listen, "--listen")?;
         let bootstrap = self.bootstrap.iter().map(|b| parse_node_addr(b)).collect::<Result<Vec<_>>>()?;
-        Ok(node::Config { listen, bootstrap, mdns: self.mdns, storage: self.storage.policy() })
+        Ok(node::Config {
+            listen,
+            bootstrap,
+            mdns: self.mdns,
+            storage: self.storage.policy(),
+            repair: self.repair.config(),
+        })
     }
 }
 

@@ -391,7 +391,8 @@ impl Request {
                     )
                 })?;
                 let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks };
-                match self.blocking(move |s| Ok(s.home.store().pin(&record)?)).await? {
+                let signature = pin.signature.to_bytes();
+                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signature)?)).await? {
                     Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
                     Pinned::Revoked => Err(Refusal::new(
                         ErrorCode::UNPINNED,
@@ -478,6 +479,7 @@ impl Request {
                             .into_iter()
                             .map(|o| OwnerBytes { owner: o.owner, chunks: o.chunks, bytes: o.bytes })
                             .collect();
+                        let repair = s.repair.health();
                         Ok(Status {
                             chunks,
                             chunk_bytes,
@@ -486,6 +488,10 @@ impl Request {
                             max_storage: s.storage.max_storage,
                             owners: wire::Bounded::new(owners).expect("truncated to MAX_STATUS_OWNERS"),
                             owners_omitted: omitted,
+                            under_replicated: repair.under_replicated,
+                            repaired: repair.repaired,
+                            repairing: repair.in_progress,
+                            last_repair_ms: repair.last_pass_ms,
                         })
                     })
                     .await?;

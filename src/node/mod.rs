@@ -20,6 +20,9 @@
 //! the client verifies each one. What no pin needs any more is collected
 //! while it serves, after a grace period, and a quota caps its chunk bytes
 //! ([`gc`]).
+//! the client verifies each one. A bad copy is quarantined and fetched again
+//! from a replica, and every chunk held for a pin is kept on its R
+//! best-placed live nodes ([`repair`]).
 //!
 //! Shutdown is a future passed in ([`Node::serve`]): when it completes the
 //! node stops accepting, closes every connection and returns. Nothing is
@@ -32,6 +35,7 @@ mod gc;
 mod handler;
 pub mod mdns;
 mod members;
+mod repair;
 mod scrub;
 
 use std::future::Future;
@@ -57,6 +61,10 @@ use members::Members;
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
 pub use gc::{DEFAULT_GC_GRACE, StoragePolicy, gc_period, parse_duration, parse_size};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
+pub use repair::{
+    DEFAULT_REPAIR_INTERVAL, DEFAULT_REPAIR_RATE, DEFAULT_REPLICAS, Health, IDS_PER_BATCH, PINS_PER_BATCH,
+    RepairConfig, UNREACHABLE_AFTER,
+};
 pub use scrub::{SCRUB_FIRST_DELAY, SCRUB_INTERVAL, SCRUB_RATE};
 
 /// Most payload bytes (chunks, manifests, pin lists) a node holds in memory
@@ -135,6 +143,8 @@ pub(crate) struct NodeState {
     pub(crate) members: Arc<Members>,
     /// Buffers chunk replies are read into, used again.
     pub(crate) reply_buffers: Arc<buffers::ReplyBuffers>,
+    /// Repair's settings and what its last pass found.
+    pub(crate) repair: repair::RepairState,
     /// Raised when the table gains an address to verify.
     heard_of: Notify,
     /// Raised when a peer is verified for the first time.
@@ -206,12 +216,20 @@ pub struct Config {
     pub mdns: bool,
     /// Live collection and the quota (`--gc-grace`, `--max-storage`).
     pub storage: StoragePolicy,
+    /// Repair and scrub: replicas, interval, rate.
+    pub repair: RepairConfig,
 }
 
 impl Config {
     /// A node listening on `listen`, with no bootstrap peers and no mDNS.
     pub fn listening_on(listen: SocketAddr) -> Self {
-        Self { listen, bootstrap: Vec::new(), mdns: false, storage: StoragePolicy::default() }
+        Self {
+            listen,
+            bootstrap: Vec::new(),
+            mdns: false,
+            storage: StoragePolicy::default(),
+            repair: RepairConfig::default(),
+        }
     }
 }
 
@@ -226,7 +244,7 @@ pub struct Node {
 impl Node {
     /// Binds `config.listen` and writes `serve.json`. Must run inside a tokio runtime.
     pub fn bind(home: Home, config: Config) -> Result<Self, ServeError> {
-        let Config { listen, bootstrap, mdns, storage } = config;
+        let Config { listen, bootstrap, mdns, storage, repair } = config;
         let keys = home.keys();
         let net = Net::bind(listen, &keys.node, keys.network, Tuning::from_env(), true)?;
         let bound = net.local_addr().map_err(|source| NetError::Bind { addr: listen, source })?;
@@ -258,6 +276,7 @@ impl Node {
             budget: Semaphore::new(PAYLOAD_BUDGET),
             members: Arc::new(Members::default()),
             reply_buffers: Arc::new(buffers::ReplyBuffers::default()),
+            repair: repair::RepairState::new(repair),
             heard_of: Notify::new(),
             newly_verified: Notify::new(),
             storage,
@@ -287,6 +306,9 @@ impl Node {
             background.spawn(mdns::announce_and_browse(Arc::clone(&state), bound.ip(), bound.port()));
         }
         background.spawn(gc::collect_now_and_then(Arc::clone(&state)));
+        background.spawn(repair::repair_now_and_then(Arc::clone(&state)));
+        background.spawn(repair::watch_peers(Arc::clone(&state)));
+        background.spawn(repair::fetch_quarantined(Arc::clone(&state)));
         let admission = Admission::default();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);

@@ -7,7 +7,8 @@
 //! [`SCRUB_RATE`], so it costs a node a small, fixed share of a core and of
 //! its disk, whatever it is asked for meanwhile. A pass starts at a random
 //! chunk directory and wraps around, so a node that restarts more often
-//! than a pass takes still gets to every chunk in time.
+//! than a pass takes still gets to every chunk in time. A quarantined chunk
+//! is handed to repair, which fetches it again from a replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::NodeState;
+use crate::id::ChunkId;
 use crate::store::{Store, StoreError};
 
 /// Chunk bytes the scrub reads per second: about a hundredth of a core for
@@ -38,14 +40,16 @@ pub(crate) struct ScrubReport {
     pub(crate) bytes: u64,
 }
 
-/// Runs a pass [`SCRUB_FIRST_DELAY`] after the start, then one every
-/// [`SCRUB_INTERVAL`], until the task is aborted (at shutdown: between two
+/// Runs a pass [`SCRUB_FIRST_DELAY`] after the start (or one interval, if
+/// `--scrub-interval` is shorter), then one every [`SCRUB_INTERVAL`] (or
+/// `--scrub-interval`), until the task is aborted (at shutdown: between two
 /// chunks, since each is checked on the blocking pool on its own).
 pub(super) async fn scrub_now_and_then(state: Arc<NodeState>) {
-    tokio::time::sleep(SCRUB_FIRST_DELAY).await;
+    let interval = state.repair.config.scrub_interval;
+    tokio::time::sleep(SCRUB_FIRST_DELAY.min(interval)).await;
     loop {
         let started = Instant::now();
-        let report = scrub_pass(&state, |s| s.home.store(), SCRUB_RATE).await;
+        let report = scrub_pass(&state, |s| s.home.store(), SCRUB_RATE, |s, id| s.repair.fetch_later(id)).await;
         info!(
             "scrub: {} chunks ({} bytes) good, {} quarantined, in {:.0} s",
             report.good,
@@ -53,17 +57,19 @@ pub(super) async fn scrub_now_and_then(state: Arc<NodeState>) {
             report.quarantined,
             started.elapsed().as_secs_f64()
         );
-        tokio::time::sleep_until(started + SCRUB_INTERVAL).await;
+        tokio::time::sleep_until(started + interval).await;
     }
 }
 
 /// Checks every chunk of `store(owner)` once, at `rate` bytes per second,
-/// quarantining those that do not match their ids. A chunk that cannot be
-/// read is logged and passed over; the next pass tries it again.
+/// quarantining those that do not match their ids and telling `quarantined`
+/// of each. A chunk that cannot be read is logged and passed over; the next
+/// pass tries it again.
 pub(crate) async fn scrub_pass<T: Send + Sync + 'static>(
     owner: &Arc<T>,
     store: fn(&T) -> &Store,
     rate: u64,
+    quarantined: impl Fn(&T, ChunkId),
 ) -> ScrubReport {
     let mut report = ScrubReport::default();
     let dirs = match blocking(owner, move |o| store(o).chunk_dirs()).await {
@@ -97,6 +103,7 @@ pub(crate) async fn scrub_pass<T: Send + Sync + 'static>(
                 Some(Err(e @ StoreError::ChunkCorrupted { .. })) => {
                     warn!("scrub: {e}");
                     report.quarantined += 1;
+                    quarantined(owner, id);
                 }
                 Some(Err(e)) => warn!("scrub: {e:#}"),
             }
@@ -119,7 +126,6 @@ async fn blocking<T: Send + Sync + 'static, R: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ChunkId;
 
     #[test]
     fn the_protocol_doc_states_the_scrub_and_repair_figures_in_the_code() {
@@ -134,6 +140,20 @@ mod tests {
         assert!(section.contains("a minute after"));
         assert_eq!(crate::transfer::fetch::REPAIR_TIMEOUT, Duration::from_secs(5));
         assert!(section.contains("waiting at most 5 s"));
+
+        let repair = doc.split("### Repair (").nth(1).expect("the repair section").split("\n### ").next().unwrap();
+        let flat = repair.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(super::super::DEFAULT_REPLICAS, 3);
+        assert!(flat.contains("default 3"));
+        assert_eq!(super::super::DEFAULT_REPAIR_INTERVAL, Duration::from_secs(600));
+        assert!(flat.contains("(default 10 min)"));
+        assert_eq!(super::super::UNREACHABLE_AFTER, Duration::from_secs(60));
+        assert!(flat.contains("has not answered for a minute"));
+        assert!(flat.contains("every 15 s at most"));
+        assert_eq!((super::super::PINS_PER_BATCH, super::super::IDS_PER_BATCH), (256, 32 * 1024));
+        assert!(flat.contains("at most 256 pins and 32 Ki chunk ids"));
+        assert_eq!(super::super::DEFAULT_REPAIR_RATE, 32 << 20);
+        assert!(flat.contains("(default 32 MiB/s;"));
     }
 
     #[tokio::test]
@@ -154,12 +174,18 @@ mod tests {
             bytes[7] ^= 0x10;
             std::fs::write(&path, bytes).unwrap();
         }
-        let report = scrub_pass(&store, |s| s, u64::MAX).await;
+        let told = std::sync::Mutex::new(Vec::new());
+        let report = scrub_pass(&store, |s| s, u64::MAX, |_, id| told.lock().unwrap().push(id)).await;
         assert_eq!(report, ScrubReport { good: 9, quarantined: 3, bytes: 900 });
+        let mut told = told.into_inner().unwrap();
+        told.sort_unstable();
+        let mut bad = ids[..3].to_vec();
+        bad.sort_unstable();
+        assert_eq!(told, bad, "each quarantined chunk is handed on to be fetched again");
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(store.has_chunk(id), i >= 3, "chunk {i}");
         }
-        let again = scrub_pass(&store, |s| s, u64::MAX).await;
+        let again = scrub_pass(&store, |s| s, u64::MAX, |_, _| {}).await;
         assert_eq!(again, ScrubReport { good: 9, quarantined: 0, bytes: 900 }, "nothing left to find");
     }
 
@@ -172,7 +198,7 @@ mod tests {
             store.put_chunk(&ChunkId::of(&bytes), &bytes).unwrap();
         }
         let started = Instant::now();
-        let report = scrub_pass(&store, |s| s, 20_000).await;
+        let report = scrub_pass(&store, |s| s, 20_000, |_, _| {}).await;
         assert_eq!(report.good, 4);
         // 4000 bytes at 20 000 a second: a fifth of a second at least.
         assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());

@@ -4,6 +4,8 @@
 //! Tables (docs/FORMAT.md, "Metadata database"):
 //! - `log`: (OwnerId, seq) → encoded `LogEntry`
 //! - `owner_pins`: (OwnerId, ManifestId) → the chunk ids that pin keeps (32 bytes each)
+//! - `pin_signatures`: (OwnerId, ManifestId) → the owner's 64-byte signature of the `Pin` and
+//!   the chunk ids as signed, so repair can hand the exact signed pin to a new holder
 //! - `unpinned`: (OwnerId, ManifestId) → (): the owner unpinned it; it is never pinned again
 //! - `refs`: ChunkId → number of pins that need it (rows at zero are deleted)
 //! - `owner_refs`: (OwnerId, ChunkId) → number of that owner's pins that need it
@@ -35,6 +37,7 @@ type PinKey<'a> = (&'a [u8; 32], &'a [u8; 32]);
 const LOG: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("log");
 const OWNER_PINS: TableDefinition<PinKey, &[u8]> = TableDefinition::new("owner_pins");
 const UNPINNED: TableDefinition<PinKey, ()> = TableDefinition::new("unpinned");
+const PIN_SIGNATURES: TableDefinition<PinKey, &[u8]> = TableDefinition::new("pin_signatures");
 const REFS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("refs");
 const OWNER_REFS: TableDefinition<PinKey, u64> = TableDefinition::new("owner_refs");
 const SEALED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("sealed");
@@ -61,6 +64,26 @@ impl PinRecord {
         chunks.dedup();
         chunks
     }
+}
+
+/// A held pin and, when the owner's signed `Pin` brought it, that `Pin` as
+/// signed (a pin recorded locally, or kept by a store from before
+/// signatures were stored, has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPin {
+    /// The pin (its chunks distinct, in id order).
+    pub record: PinRecord,
+    /// The owner's signed `Pin` of it, if held.
+    pub signed: Option<SignedPin>,
+}
+
+/// What an owner signed to pin a manifest: enough to send the same `Pin` again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPin {
+    /// The owner's signature over `wire::pin_message(owner, manifest, chunks)`.
+    pub signature: [u8; 64],
+    /// The chunk ids in the order (and with the repeats) signed.
+    pub chunks: Vec<ChunkId>,
 }
 
 /// What [`Meta::pin`] did.
@@ -217,6 +240,7 @@ impl Meta {
         txn.open_table(LOG).map_err(meta.err())?;
         txn.open_table(OWNER_PINS).map_err(meta.err())?;
         txn.open_table(UNPINNED).map_err(meta.err())?;
+        txn.open_table(PIN_SIGNATURES).map_err(meta.err())?;
         txn.open_table(REFS).map_err(meta.err())?;
         txn.open_table(SEALED).map_err(meta.err())?;
         txn.open_table(HEADS).map_err(meta.err())?;
@@ -492,6 +516,73 @@ impl Meta {
         Ok(pinned)
     }
 
+    /// [`Meta::pin`] for a pin that came with its owner's signature over
+    /// `pin.chunks` as they are (checked by the caller), which is kept with
+    /// it. A pin held already without a signature gains this one.
+    pub fn pin_signed(&self, pin: &PinRecord, signature: &[u8; 64]) -> Result<Pinned, StoreError> {
+        let txn = self.write()?;
+        let pinned = self.pin_in(&txn, pin)?;
+        if pinned != Pinned::Revoked {
+            let key = (pin.owner.as_bytes(), pin.manifest.as_bytes());
+            let mut signatures = txn.open_table(PIN_SIGNATURES).map_err(self.err())?;
+            if signatures.get(key).map_err(self.err())?.is_none() {
+                let value = [signature.as_slice(), &encode_ids(&pin.chunks)].concat();
+                signatures.insert(key, value.as_slice()).map_err(self.err())?;
+            }
+        }
+        txn.commit().map_err(self.err())?;
+        Ok(pinned)
+    }
+
+    /// Held pins in key order (owner, then manifest), from the one after
+    /// `after` (from the first with `None`): at most `max_pins` of them and
+    /// `max_ids` chunk ids, signed lists included (but at least one pin, if
+    /// there is one), so a walk over every pin holds one batch in memory at
+    /// a time.
+    pub fn pins_after(
+        &self,
+        after: Option<(OwnerId, ManifestId)>,
+        max_pins: usize,
+        max_ids: usize,
+    ) -> Result<Vec<StoredPin>, StoreError> {
+        let txn = self.read()?;
+        let pins = txn.open_table(OWNER_PINS).map_err(self.err())?;
+        let signatures = txn.open_table(PIN_SIGNATURES).map_err(self.err())?;
+        let rows = match &after {
+            Some((owner, manifest)) => pins.range((owner.as_bytes(), manifest.as_bytes())..),
+            None => pins.range::<PinKey>(..),
+        }
+        .map_err(self.err())?;
+        let (mut out, mut ids) = (Vec::new(), 0);
+        for row in rows {
+            let (key, value) = row.map_err(self.err())?;
+            let (owner, manifest) = key.value();
+            let (owner, manifest) = (OwnerId(*owner), ManifestId(*manifest));
+            if after.is_some_and(|a| a == (owner, manifest)) {
+                continue;
+            }
+            let chunks = self.decode_ids(value.value())?;
+            let signed = match signatures.get((owner.as_bytes(), manifest.as_bytes())).map_err(self.err())? {
+                Some(value) => Some(self.decode_signed(value.value())?),
+                None => None,
+            };
+            let len = chunks.len() + signed.as_ref().map_or(0, |s| s.chunks.len());
+            if !out.is_empty() && (out.len() >= max_pins || ids + len > max_ids) {
+                break;
+            }
+            ids += len;
+            out.push(StoredPin { record: PinRecord { owner, manifest, chunks }, signed });
+        }
+        Ok(out)
+    }
+
+    /// Whether `owner` unpinned `manifest` here (a tombstone is held).
+    pub fn is_unpinned(&self, owner: &OwnerId, manifest: &ManifestId) -> Result<bool, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(UNPINNED).map_err(self.err())?;
+        Ok(table.get((owner.as_bytes(), manifest.as_bytes())).map_err(self.err())?.is_some())
+    }
+
     /// Removes `owner`'s pin of `manifest` (uncounting its chunks) and keeps
     /// a tombstone so that it is never pinned again, in one durable
     /// transaction. Returns whether a pin was held (with none, nothing changes).
@@ -532,6 +623,7 @@ impl Meta {
         // must not let anyone grow the table with made-up owners.
         let Some(ids) = pins.remove(key).map_err(self.err())? else { return Ok(false) };
         txn.open_table(UNPINNED).map_err(self.err())?.insert(key, ()).map_err(self.err())?;
+        txn.open_table(PIN_SIGNATURES).map_err(self.err())?.remove(key).map_err(self.err())?;
         let chunks = self.decode_ids(ids.value())?;
         drop(ids);
         let mut refs = txn.open_table(REFS).map_err(self.err())?;
@@ -759,6 +851,14 @@ impl Meta {
         LogEntry::decode(seq, bytes).map_err(|e| StoreError::Corrupt { path: self.path.clone(), reason: e.to_string() })
     }
 
+    fn decode_signed(&self, bytes: &[u8]) -> Result<SignedPin, StoreError> {
+        let Some((signature, ids)) = bytes.split_first_chunk::<64>() else {
+            let reason = format!("a pin signature row of {} bytes is shorter than a signature", bytes.len());
+            return Err(StoreError::Corrupt { path: self.path.clone(), reason });
+        };
+        Ok(SignedPin { signature: *signature, chunks: self.decode_ids(ids)? })
+    }
+
     fn decode_ids(&self, bytes: &[u8]) -> Result<Vec<ChunkId>, StoreError> {
         if !bytes.len().is_multiple_of(32) {
             let reason = format!("a pin's chunk list of {} bytes is not a whole number of ids", bytes.len());
@@ -843,6 +943,49 @@ mod tests {
         let never = pin(1, 8, &[2]);
         assert!(!meta.unpin(&never.owner, &never.manifest).unwrap());
         assert_eq!(meta.pin(&never).unwrap(), Pinned::New);
+    }
+
+    #[test]
+    fn a_signed_pin_keeps_its_signature_until_unpinned_and_pins_are_walked_in_batches() {
+        let (_dir, meta) = meta();
+        let (signed, plain, other) = (pin(1, 1, &[2, 1, 2]), pin(1, 2, &[3]), pin(2, 1, &[1]));
+        assert_eq!(meta.pin_signed(&signed, &[7; 64]).unwrap(), Pinned::New);
+        assert_eq!(meta.pin(&plain).unwrap(), Pinned::New);
+        assert_eq!(meta.pin_signed(&other, &[9; 64]).unwrap(), Pinned::New);
+        // A second signature of a held pin does not replace the first.
+        assert_eq!(meta.pin_signed(&signed, &[8; 64]).unwrap(), Pinned::AlreadyHeld);
+
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let batch = meta.pins_after(after, 2, 1).unwrap();
+            assert!(batch.len() <= 1, "one pin per batch when a pin has more ids than the budget");
+            let Some(last) = batch.last() else { break };
+            after = Some((last.record.owner, last.record.manifest));
+            walked.extend(batch);
+        }
+        let got: Vec<_> = walked
+            .iter()
+            .map(|p| (p.record.clone(), p.signed.as_ref().map(|s| (s.signature, s.chunks.clone()))))
+            .collect();
+        let distinct = |p: &PinRecord| PinRecord { chunks: p.distinct_chunks(), ..p.clone() };
+        assert_eq!(
+            got,
+            vec![
+                (distinct(&signed), Some(([7; 64], signed.chunks.clone()))),
+                (plain.clone(), None),
+                (other.clone(), Some(([9; 64], other.chunks.clone())))
+            ],
+            "the signed list keeps its order and repeats"
+        );
+        assert_eq!(meta.pins_after(None, 10, 10).unwrap().len(), 3);
+
+        assert!(meta.unpin(&signed.owner, &signed.manifest).unwrap());
+        assert!(meta.is_unpinned(&signed.owner, &signed.manifest).unwrap());
+        assert_eq!(meta.pin_signed(&signed, &[7; 64]).unwrap(), Pinned::Revoked, "a tombstone stays");
+        let left: Vec<_> = meta.pins_after(None, 10, 10).unwrap().into_iter().map(|p| p.record).collect();
+        assert_eq!(left, vec![plain, other]);
+        assert_eq!(meta.pin_count().unwrap(), 2);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 pub use files::write_durably;
-pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, OwnerUsage, PinRecord, Pinned};
+pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, OwnerUsage, PinRecord, Pinned, SignedPin, StoredPin};
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
@@ -351,6 +351,13 @@ impl Store {
     pub fn pin(&self, pin: &PinRecord) -> Result<Pinned, StoreError> {
         let _shared = self.shared();
         self.db.pin(pin)
+    }
+
+    /// [`Store::pin`] for a pin that came with its owner's signature, kept
+    /// with it ([`meta::Meta::pin_signed`]).
+    pub fn pin_signed(&self, pin: &PinRecord, signature: &[u8; 64]) -> Result<Pinned, StoreError> {
+        let _shared = self.shared();
+        self.db.pin_signed(pin, signature)
     }
 
     /// Holds `len` bytes for a chunk about to be stored, if the chunk bytes

@@ -13,6 +13,7 @@
 //! chunk buffers ([`Parallelism`]): memory does not grow with file size.
 
 pub mod catalog;
+pub mod check;
 pub mod daemon;
 pub mod fetch;
 pub mod network_log;

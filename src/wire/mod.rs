@@ -558,6 +558,15 @@ pub struct Status {
     pub pins: u64,
     /// Member connections open, the asker's included.
     pub connections: u64,
+    /// Chunks this node holds that its last repair pass found with fewer
+    /// than R replicas on their best-placed live nodes.
+    pub under_replicated: u64,
+    /// Copies its last repair pass sent.
+    pub repaired: u64,
+    /// Whether a repair pass is running.
+    pub repairing: bool,
+    /// When its last repair pass ended (ms since the Unix epoch; 0: none yet).
+    pub last_repair_ms: u64,
     /// The most chunk bytes the node stores (`serve --max-storage`), if it has a quota.
     pub max_storage: Option<u64>,
     /// Chunk bytes per owner, the most first: only for the node's own home
@@ -810,6 +819,10 @@ pub fn sample_frames() -> Vec<Frame> {
             owners: Bounded::new(vec![OwnerBytes { owner: OwnerId(id), chunks: 2, bytes: 1 << 30 }])
                 .expect("1 ≤ MAX_STATUS_OWNERS"),
             owners_omitted: 0,
+            under_replicated: 4,
+            repaired: 5,
+            repairing: true,
+            last_repair_ms: 1_700_000_000_000,
         }),
     ]
 }

@@ -245,16 +245,21 @@ impl Server {
         Self::start_with(node, listen, bootstrap, &[])
     }
 
-    /// [`Server::start_in`], with more `serve` options.
+    /// [`Server::start_in`] with more `serve` options, its log (`-v`) in `work/serve.log`.
     pub fn start_with(node: Node, listen: &str, bootstrap: &[&str], options: &[&str]) -> Self {
         let mut command = node.command();
         command.args(["serve", "--listen", listen]).args(options);
         for peer in bootstrap {
             command.args(["--bootstrap", peer]);
         }
-        command.args(options);
-        let child =
-            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn serve");
+        let log = if options.is_empty() {
+            Stdio::null()
+        } else {
+            command.arg("-v");
+            let file = fs::OpenOptions::new().create(true).append(true).open(node.work.join("serve.log"));
+            file.map_or_else(|_| Stdio::null(), Stdio::from)
+        };
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn serve");
         let pid = child.id();
         let serve_file = node.home.join("serve.json");
         let mut info = serde_json::Value::Null;

@@ -1,0 +1,309 @@
+//! Replication health: `p2pfs check` (the owner asks whether every live
+//! version has R healthy replicas) and the options with which `p2pfs serve`
+//! keeps them so (`--replicas`, `--repair-interval`, `--repair-rate`).
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::session::Session;
+use super::{Cx, network, output, print_json};
+use crate::home::Access;
+use crate::id::ManifestId;
+use crate::manifest::Manifest;
+use crate::node::{self, RepairConfig};
+use crate::transfer::check::{self, Replication};
+use crate::transfer::{self, TransferError};
+
+/// `p2pfs check`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(super) struct CheckArgs {
+    /// Check only this: NAME (its live versions), NAME@VERSION or a manifest id prefix
+    /// (default: every live version).
+    version: Option<String>,
+    /// Also fetch every copy and verify its bytes (BLAKE3), not only ask who has it.
+    #[arg(long)]
+    read: bool,
+    /// Replicas each chunk should have (default 3, as for push; capped by the peers reachable).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    replicas: Option<u16>,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `check` found for one version.
+#[derive(Debug, Serialize)]
+struct VersionHealth {
+    /// `NAME@N`.
+    version: String,
+    manifest: ManifestId,
+    /// Whether every chunk has its replicas.
+    healthy: bool,
+    /// Why it could not be checked (its manifest is unavailable), if so.
+    error: Option<String>,
+    #[serde(flatten)]
+    replication: Replication,
+}
+
+/// `p2pfs check [VERSION] [--read] [--replicas N] [--json]`: exit 0 when
+/// every version checked has its replicas, 1 otherwise.
+pub(super) fn check(cx: &Cx, args: &CheckArgs) -> Result<()> {
+    let session = cx.session(Access::Read)?;
+    let home = cx.existing_home()?;
+    let owner = session.keys().owner_keys();
+    let history = transfer::history(session.catalog(), &owner)?;
+    let versions = match &args.version {
+        Some(spec) => history.select(spec)?,
+        None => history.versions().iter().filter(|v| v.is_live()).collect(),
+    };
+    if !session.networked(home)? {
+        bail!(
+            "this home has no peers: its chunks are stored once, here, with nothing to replicate. `p2pfs init \
+             --join TOKEN` joins a network"
+        );
+    }
+    let link = session.link()?;
+    let swarm = network::connect_swarm(&link.client, home, &session.own_node())?;
+    let replicas = usize::from(args.replicas.unwrap_or(node::DEFAULT_REPLICAS));
+    if swarm.live() < replicas {
+        cx.warn(format_args!(
+            "only {} reachable: each chunk is checked for {} on them",
+            output::count(swarm.live() as u64, "peer is", "peers are"),
+            output::count(swarm.live() as u64, "replica", "replicas")
+        ));
+    }
+    let mut results = Vec::with_capacity(versions.len());
+    for version in versions {
+        let label = version.label();
+        let chunks = manifest_chunks(&session, &swarm, &owner, version.manifest);
+        let result = match chunks {
+            Ok(chunks) => {
+                let replication = check::check_chunks(&swarm, replicas, &chunks, args.read);
+                VersionHealth {
+                    version: label,
+                    manifest: version.manifest,
+                    healthy: replication.healthy(),
+                    error: None,
+                    replication,
+                }
+            }
+            Err(e) => VersionHealth {
+                version: label,
+                manifest: version.manifest,
+                healthy: false,
+                error: Some(format!("{e:#}")),
+                replication: Replication::default(),
+            },
+        };
+        if !result.healthy && !args.json {
+            println!("{}", result.version);
+        }
+        describe(cx, &result, args.read);
+        results.push(result);
+    }
+    if args.json {
+        print_json(&results)?;
+    }
+    let unhealthy = results.iter().filter(|r| !r.healthy).count();
+    if unhealthy > 0 {
+        bail!(
+            "{} of {} checked {} fewer than {replicas} healthy replicas of every chunk (listed on stdout); a \
+             node's repair brings them back within its --repair-interval",
+            unhealthy,
+            output::count(results.len() as u64, "version", "versions"),
+            if unhealthy == 1 { "has" } else { "have" }
+        );
+    }
+    cx.say(format_args!(
+        "{} healthy: every chunk has {} on its best-placed live peers{}",
+        output::count(results.len() as u64, "version", "versions"),
+        output::count(replicas.min(swarm.live()) as u64, "replica", "replicas"),
+        if args.read { ", each copy read and verified" } else { "" }
+    ));
+    Ok(())
+}
+
+/// The chunk ids of a version: its manifest from this home, or a peer.
+fn manifest_chunks(
+    session: &Session,
+    swarm: &transfer::swarm::Swarm,
+    owner: &crate::crypto::OwnerKeys,
+    id: ManifestId,
+) -> Result<Vec<crate::id::ChunkId>> {
+    let envelope = match session.catalog().manifest(&id)? {
+        Some(envelope) => envelope,
+        None => swarm.fetch_manifest(&id)?,
+    };
+    let (_, manifest) = Manifest::open(owner, id, &envelope).map_err(TransferError::from)?;
+    Ok(manifest.chunks.iter().map(|c| c.id).collect())
+}
+
+/// One version's result, for people, on stderr.
+fn describe(cx: &Cx, result: &VersionHealth, read: bool) {
+    let r = &result.replication;
+    if let Some(error) = &result.error {
+        cx.say(format_args!("{}: not checked: {error}", result.version));
+        return;
+    }
+    if result.healthy {
+        cx.say(format_args!(
+            "{}: ok, {} at {} each{}",
+            result.version,
+            output::count(r.chunks, "chunk", "chunks"),
+            output::count(r.replicas as u64, "replica", "replicas"),
+            if read {
+                format!(" ({} read and verified)", output::count(r.copies_read, "copy", "copies"))
+            } else {
+                String::new()
+            }
+        ));
+        return;
+    }
+    cx.say(format_args!(
+        "{}: {} of {} under {} healthy replicas{}",
+        result.version,
+        r.under_replicated,
+        output::count(r.chunks, "chunk", "chunks"),
+        r.replicas,
+        if r.bad_copies > 0 {
+            format!("; {} bad", output::count(r.bad_copies, "copy", "copies"))
+        } else {
+            String::new()
+        }
+    ));
+    for chunk in &r.listed {
+        let nodes = |ids: &[crate::id::NodeId]| ids.iter().map(|n| n.short(16)).collect::<Vec<_>>().join(", ");
+        let mut line = format!("  chunk {}: {} healthy", chunk.chunk.short(16), chunk.healthy);
+        if !chunk.missing_on.is_empty() {
+            line.push_str(&format!("; missing on {}", nodes(&chunk.missing_on)));
+        }
+        if !chunk.bad_on.is_empty() {
+            line.push_str(&format!("; bad on {}", nodes(&chunk.bad_on)));
+        }
+        cx.say(line);
+    }
+    if r.under_replicated > r.listed.len() as u64 {
+        cx.say(format_args!("  … and {} more", r.under_replicated - r.listed.len() as u64));
+    }
+}
+
+/// `p2pfs serve`'s repair options.
+#[derive(Debug, clap::Args)]
+pub(super) struct RepairArgs {
+    /// Replicas each chunk this node holds for a pin should have: it sends a chunk to its
+    /// best-placed live nodes that lack it (default 3, as for push).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    replicas: Option<u16>,
+    /// How often the node checks the replicas of every chunk it holds (e.g. 30s, 10m, 1h).
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    repair_interval: Duration,
+    /// Most chunk bytes a repair sends per second (e.g. 32MiB, 500k, 1G).
+    #[arg(long, default_value = "32MiB", value_name = "BYTES", value_parser = parse_rate)]
+    repair_rate: u64,
+    /// How long a known peer stays unreachable before the node repairs without waiting.
+    #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    unreachable_after: Duration,
+    /// Time between two scrub passes over every stored chunk.
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    scrub_interval: Duration,
+}
+
+impl RepairArgs {
+    /// The node's repair configuration.
+    pub(super) fn config(&self) -> RepairConfig {
+        RepairConfig {
+            replicas: usize::from(self.replicas.unwrap_or(node::DEFAULT_REPLICAS)),
+            interval: self.repair_interval,
+            rate: self.repair_rate,
+            unreachable_after: self.unreachable_after,
+            scrub_interval: self.scrub_interval,
+        }
+    }
+}
+
+/// `30s`, `10m`, `1h`, `2d` (or a bare number of seconds); at least a second.
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration: try 30s, 10m or 1h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => Some(number),
+        "m" | "min" => number.checked_mul(60),
+        "h" => number.checked_mul(3600),
+        "d" => number.checked_mul(86_400),
+        _ => return Err(format!("'{text}': the unit must be s, m, h or d (e.g. 30s, 10m, 1h)")),
+    }
+    .ok_or_else(|| format!("'{text}' is too long a duration"))?;
+    if seconds == 0 {
+        return Err(format!("'{text}': a duration of at least 1s, please"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Bytes per second: `32MiB`, `500k`, `1G`, `1048576` (a trailing `/s` is allowed).
+/// `k`, `M`, `G` are powers of 1000; `KiB`, `MiB`, `GiB` of 1024.
+pub(super) fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bare = text.strip_suffix("/s").unwrap_or(text);
+    let split = bare.find(|c: char| !c.is_ascii_digit()).unwrap_or(bare.len());
+    let (number, unit) = bare.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a rate: try 32MiB, 500k or 1G"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "kB" | "KB" => 1000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("'{text}': the unit must be one of k, M, G, KiB, MiB, GiB (or none: bytes)")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err(format!("'{text}': a rate of at least 1 byte a second, please")),
+        Some(rate) => Ok(rate),
+        None => Err(format!("'{text}' is too large a rate")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rates_parse_as_documented() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_rate("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_rate("500k/s"), Ok(500_000));
+        assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("3 furlongs").is_err());
+        assert!(parse_rate("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_the_nodes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            repair: RepairArgs,
+        }
+        let config = Serve::parse_from(["serve"]).repair.config();
+        let defaults = RepairConfig::default();
+        assert_eq!(config.replicas, defaults.replicas);
+        assert_eq!(config.interval, defaults.interval);
+        assert_eq!(config.rate, defaults.rate);
+        assert_eq!(config.unreachable_after, defaults.unreachable_after);
+        assert_eq!(config.scrub_interval, defaults.scrub_interval);
+    }
+}
