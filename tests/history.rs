@@ -195,8 +195,10 @@ fn copies_of_the_log_that_went_apart_lose_no_version() {
     let _first = first.restart();
 
     // Both copies have an entry 1, and they differ: each machine still sees
-    // every version, and so does a new home.
+    // every version, and so does a new home. (`peers` checks the nodes each
+    // machine saw fail at once, rather than after their backoff.)
     for home in [&desk, &laptop] {
+        home.ok(&["peers"]);
         let ls = home.ok(&["ls"]);
         for name in ["base.bin", "desk.bin", "laptop.bin"] {
             assert!(ls.contains(name), "{name} in\n{ls}");

@@ -371,10 +371,7 @@ fn push_and_pull_survive_a_lossy_slow_link() {
     assert!(fs::read(me.work.join("back.bin")).unwrap() == data, "byte-identical through the lossy link");
     let dropped = link.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let forwarded = link.forwarded.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        dropped > 40 && forwarded > 1000,
-        "the link really lost packets: {dropped} dropped, {forwarded} forwarded"
-    );
+    assert!(dropped > 40 && forwarded > 1000, "the link really lost packets: {dropped} dropped, {forwarded} forwarded");
     // A figure, not a target (`cargo test --release -- --nocapture` shows it).
     let rate = |d: Duration| (data.len() as f64 / (1 << 20) as f64) / d.as_secs_f64();
     eprintln!(

@@ -767,6 +767,19 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
 fn connect(session: &Session, home: &Path, link: &Link, extra: &[KnownPeer]) -> Result<Swarm> {
     let mut peers = session.own_node();
     peers.extend(extra.iter().cloned());
+    // Nodes that owe a confirmation of a removal are dialled even in
+    // backoff: a node back up hears of it from the next command.
+    let owner = session.keys().owner_keys().owner_id();
+    let owing: std::collections::HashSet<NodeId> = pending::load(home)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.owner == owner)
+        .flat_map(|p| p.nodes)
+        .collect();
+    if !owing.is_empty() {
+        let table = PeerTable::load(home).context("reading the peer table")?;
+        peers.extend(table.peers().into_iter().filter(|p| owing.contains(&p.node)));
+    }
     let swarm = network::connect_swarm(&link.client, home, &peers)?;
     retry_pending(session, home, &swarm);
     Ok(swarm)

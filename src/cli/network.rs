@@ -69,7 +69,9 @@ pub(super) fn client(keys: &Keys) -> Result<Net> {
 /// Fails if none answers.
 pub(super) fn connect_swarm(client: &Client, home_path: &Path, extra: &[KnownPeer]) -> Result<Swarm> {
     let mut table = PeerTable::load(home_path).context("reading the peer table")?;
-    let (mut known, deferred) = table.dial_plan(peers::unix_now());
+    let (mut known, mut deferred) = table.dial_plan(peers::unix_now());
+    // Peers asked for by name are dialled even in backoff.
+    deferred.retain(|(peer, _)| !extra.iter().any(|e| e.node == peer.node));
     for peer in extra {
         if !known.iter().any(|k| k.node == peer.node) {
             known.push(peer.clone());
