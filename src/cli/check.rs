@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::session::Session;
-use super::{Cx, network, output, print_json};
+use super::{Cx, network, output, print_json, units};
 use crate::home::Access;
 use crate::id::ManifestId;
 use crate::manifest::Manifest;
@@ -197,16 +197,16 @@ pub(super) struct RepairArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     replicas: Option<u16>,
     /// How often the node checks the replicas of every chunk it holds (e.g. 30s, 10m, 1h).
-    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = units::parse_interval)]
     repair_interval: Duration,
     /// Most chunk bytes a repair sends per second (e.g. 32MiB, 500k, 1G).
-    #[arg(long, default_value = "32MiB", value_name = "BYTES", value_parser = parse_rate)]
+    #[arg(long, default_value = "32MiB", value_name = "BYTES", value_parser = units::parse_rate)]
     repair_rate: u64,
     /// How long a known peer stays unreachable before the node repairs without waiting.
-    #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = units::parse_interval, hide = true)]
     unreachable_after: Duration,
     /// Time between two scrub passes over every stored chunk.
-    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = units::parse_interval, hide = true)]
     scrub_interval: Duration,
 }
 
@@ -223,72 +223,9 @@ impl RepairArgs {
     }
 }
 
-/// `30s`, `10m`, `1h`, `2d` (or a bare number of seconds); at least a second.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration: try 30s, 10m or 1h"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => Some(number),
-        "m" | "min" => number.checked_mul(60),
-        "h" => number.checked_mul(3600),
-        "d" => number.checked_mul(86_400),
-        _ => return Err(format!("'{text}': the unit must be s, m, h or d (e.g. 30s, 10m, 1h)")),
-    }
-    .ok_or_else(|| format!("'{text}' is too long a duration"))?;
-    if seconds == 0 {
-        return Err(format!("'{text}': a duration of at least 1s, please"));
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
-/// Bytes per second: `32MiB`, `500k`, `1G`, `1048576` (a trailing `/s` is allowed).
-/// `k`, `M`, `G` are powers of 1000; `KiB`, `MiB`, `GiB` of 1024.
-pub(super) fn parse_rate(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let bare = text.strip_suffix("/s").unwrap_or(text);
-    let split = bare.find(|c: char| !c.is_ascii_digit()).unwrap_or(bare.len());
-    let (number, unit) = bare.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a rate: try 32MiB, 500k or 1G"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "k" | "K" | "kB" | "KB" => 1000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(format!("'{text}': the unit must be one of k, M, G, KiB, MiB, GiB (or none: bytes)")),
-    };
-    match number.checked_mul(scale) {
-        Some(0) => Err(format!("'{text}': a rate of at least 1 byte a second, please")),
-        Some(rate) => Ok(rate),
-        None => Err(format!("'{text}' is too large a rate")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_and_rates_parse_as_documented() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("m").is_err());
-        assert_eq!(parse_rate("32MiB"), Ok(32 << 20));
-        assert_eq!(parse_rate("500k/s"), Ok(500_000));
-        assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
-        assert_eq!(parse_rate("4096"), Ok(4096));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("3 furlongs").is_err());
-        assert!(parse_rate("99999999999999GiB").is_err());
-    }
 
     #[test]
     fn the_defaults_are_the_nodes() {

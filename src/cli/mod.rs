@@ -11,6 +11,7 @@ mod network;
 mod output;
 mod session;
 mod storage;
+mod units;
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::node::{self, StoragePolicy};
+use super::units;
+use crate::node::StoragePolicy;
 
 /// How a node keeps its store (flattened into `serve`'s options).
 #[derive(Debug, clap::Args)]
@@ -10,13 +11,13 @@ pub(super) struct StorageArgs {
     /// Keep chunks and manifests no pin needs for this long after they were
     /// last written or asked about, so that a push in flight is never
     /// collected: a whole number and s, m, h or d (0s, 90s, 10m, 1h, 2d)
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = node::parse_duration)]
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = units::parse_duration)]
     gc_grace: Duration,
     /// Store at most this many chunk bytes: a node at its quota refuses new
     /// chunks (pushes place them on the next node). Bytes, or a number and
     /// a unit: K, M, G, T are powers of 1000, KiB, MiB, GiB, TiB of 1024
     /// (500MiB, 10G)
-    #[arg(long, value_name = "SIZE", value_parser = node::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     max_storage: Option<u64>,
 }
 

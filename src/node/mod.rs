@@ -59,7 +59,7 @@ use admission::{Admission, Decision};
 use members::Members;
 
 pub use admission::{MAX_PENDING, MAX_PENDING_PER_IP};
-pub use gc::{DEFAULT_GC_GRACE, StoragePolicy, gc_period, parse_duration, parse_size};
+pub use gc::{DEFAULT_GC_GRACE, StoragePolicy, gc_period};
 pub use members::{BUDGET_SHARE, MAX_CONNECTIONS_PER_NODE, MAX_MEMBER_CONNECTIONS, MEMBER_IDLE_TIMEOUT};
 pub use repair::{
     DEFAULT_REPAIR_INTERVAL, DEFAULT_REPAIR_RATE, DEFAULT_REPLICAS, Health, IDS_PER_BATCH, PINS_PER_BATCH,
