@@ -21,7 +21,7 @@ use super::push::{Destination, Published};
 use super::record;
 use super::swarm::Swarm;
 use crate::crypto::OwnerKeys;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, ManifestId, NodeId};
 use crate::wire::ErrorCode;
 
 /// Push to peers: R replicas per chunk.
@@ -40,6 +40,16 @@ pub struct Replicate<'a> {
 }
 
 impl<'a> Replicate<'a> {
+    /// Takes back the pins of a version that failed to publish, from the
+    /// members that took them (best effort: what fails is only a leak).
+    fn unpin(&self, manifest: ManifestId, pinned: &HashSet<usize>) {
+        let only: HashSet<NodeId> = pinned.iter().map(|&i| self.swarm.member(i).node()).collect();
+        let retracted = record::send_unpins(self.swarm, self.owner, &[manifest], Some(&only));
+        for (node, why) in retracted.unconfirmed {
+            tracing::info!("the pin of unpublished manifest {manifest} stays on {}: {why}", node.short(16));
+        }
+    }
+
     /// Replication to `replicas` peers per chunk (capped by the swarm's size).
     /// `previous` are chunks likely to be there already (the name's previous
     /// version); every live peer is asked about them in batched `Has` requests.
@@ -204,9 +214,54 @@ impl Destination for Replicate<'_> {
                 }
             }
         }
+        // A pin keeps only what the node still holds: one whose --gc-grace
+        // is shorter than this push took may have collected a chunk before
+        // the pin arrived. So each holder is asked about its chunks, now
+        // pinned, and a chunk it lacks is no replica.
+        let mut on_node: Vec<(usize, Vec<ChunkId>)> = Vec::new();
+        for &index in &pinned {
+            let mut ids: Vec<ChunkId> = version
+                .chunks
+                .iter()
+                .zip(&holders)
+                .filter(|(_, holders)| holders.contains(&index))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                on_node.push((index, ids));
+            }
+        }
+        let checks =
+            on_node.iter().map(|(index, ids)| swarm.with_retry(*index, move |peer| async move { peer.has(ids).await }));
+        let mut lost: HashSet<(usize, ChunkId)> = HashSet::new();
+        for ((index, ids), result) in on_node.iter().zip(swarm.client().run_all(checks)) {
+            let node = swarm.member(*index).node().short(16);
+            match result {
+                Ok(present) => {
+                    let missing: Vec<ChunkId> =
+                        ids.iter().zip(present).filter(|(_, here)| !here).map(|(id, _)| *id).collect();
+                    if !missing.is_empty() {
+                        failures.push(format!(
+                            "{node} no longer has {} it acknowledged: it collected them before the pin arrived (its \
+                             --gc-grace is shorter than this push took); run the push again",
+                            if missing.len() == 1 { "1 chunk".to_owned() } else { format!("{} chunks", missing.len()) }
+                        ));
+                    }
+                    lost.extend(missing.into_iter().map(|id| (*index, id)));
+                }
+                Err(e) => {
+                    failures.push(format!("{node}, asked what it holds after the pin: {e}"));
+                    lost.extend(ids.iter().map(|id| (*index, *id)));
+                }
+            }
+        }
         for (id, holders) in version.chunks.iter().zip(&holders) {
-            let kept = holders.iter().filter(|i| pinned.contains(i)).count();
+            let kept = holders.iter().filter(|i| pinned.contains(i) && !lost.contains(&(**i, *id))).count();
             if kept < self.replicas {
+                // The version is not recorded: its pins would keep its chunks for ever.
+                self.unpin(version.manifest, &pinned);
                 return Err(TransferError::Replication {
                     chunk: *id,
                     acked: kept,
