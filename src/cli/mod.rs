@@ -787,8 +787,9 @@ fn connect(session: &Session, home: &Path, link: &Link, extra: &[KnownPeer]) -> 
 }
 
 /// Sends each removal some nodes did not confirm to those of them in
-/// `swarm`, and forgets the nodes that confirm it, or that the home no
-/// longer knows. Best effort: a read-only home only sends.
+/// `swarm`, and forgets the nodes that confirm it, or that the home has
+/// not known for [`pending::GIVE_UP_AFTER_MS`]. Best effort: a read-only
+/// home only sends.
 fn retry_pending(session: &Session, home: &Path, swarm: &Swarm) {
     let owner = session.keys().owner_keys();
     let Ok(pending) = pending::load(home) else { return };
@@ -815,7 +816,10 @@ fn retry_pending(session: &Session, home: &Path, swarm: &Swarm) {
                     entry.nodes.retain(|node| !nodes.contains(node));
                 }
             }
-            entry.nodes.retain(|node| known.contains(node));
+            // A node the home no longer knows is given up on only after a
+            // while: it may be learned again, and it still holds the pin.
+            let fresh = transfer::unix_time_ms().saturating_sub(entry.since_ms) < pending::GIVE_UP_AFTER_MS;
+            entry.nodes.retain(|node| fresh || known.contains(node));
         }
     });
     if let Err(e) = updated {

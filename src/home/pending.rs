@@ -5,7 +5,8 @@
 //! removal; so each version's unconfirmed nodes are written here, and every
 //! later command that reaches peers sends the unpins again to those that
 //! answer, until each has confirmed (docs/FORMAT.md, "pending-unpins.json").
-//! A node forgotten from the peer table is dropped from the list.
+//! A node the peer table no longer has is dropped from an entry once the
+//! entry is [`GIVE_UP_AFTER_MS`] old.
 //!
 //! Commands of one home may run at once: every change is a read, modify
 //! and atomic rewrite under an exclusive flock of the file's own lock.
@@ -18,6 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ManifestId, NodeId, OwnerId};
+
+/// How long a removal waits for a node the home no longer knows (30 days).
+pub const GIVE_UP_AFTER_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// The file, in the home.
 pub const PENDING_FILE: &str = "pending-unpins.json";

@@ -178,7 +178,7 @@ pub(super) async fn watch_peers(state: Arc<NodeState>) {
     let mut reported: HashSet<NodeId> = HashSet::new();
     loop {
         tokio::time::sleep(every).await;
-        let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).dial_list();
+        let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).verified_peers();
         let answers: Vec<(NodeId, bool)> = futures_util::stream::iter(known)
             .map(|peer| {
                 let state = Arc::clone(&state);
@@ -320,7 +320,7 @@ pub(crate) async fn repair_pass(state: &Arc<NodeState>) -> PassReport {
 
 /// Connects to every known peer (a few at once); those that answer are live.
 async fn dial_live(state: &Arc<NodeState>) -> Live {
-    let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).dial_list();
+    let known = state.table.lock().unwrap_or_else(PoisonError::into_inner).verified_peers();
     let me = state.net.node_id();
     let peers: Vec<Peer> = futures_util::stream::iter(known.into_iter().filter(|p| p.node != me))
         .map(|peer| {
@@ -438,9 +438,10 @@ async fn send_to(
     for pin in batch.iter().filter(|p| p.record.chunks.iter().any(|id| wanted.contains(id))) {
         let (owner, manifest) = (pin.record.owner, pin.record.manifest);
         let Some((frame, chunks)) = signed_pin(state, pin) else {
-            // No signed pin to forward: the chunks still go (docs/FORMAT.md).
-            debug!("repair: no signature held for the pin of {manifest}: sending its chunks to {short} without it");
-            covered.extend(pin.record.chunks.iter().filter(|id| wanted.contains(id)));
+            // No signed pin to forward: without one the receiver would only
+            // collect the chunks after its grace, and every pass would send
+            // them again. They stay where they are (docs/FORMAT.md).
+            debug!("repair: no signature held for the pin of {manifest}: not sending its chunks to {short}");
             continue;
         };
         let envelope = blocking(state, move |s| {
@@ -543,7 +544,7 @@ pub(super) async fn fetch_quarantined(state: Arc<NodeState>) {
 /// Fetches chunk `id` from the live peers, best-placed first, until one
 /// sends bytes that hash to it, and stores it. Returns whether it did.
 pub(crate) async fn fetch_again(state: &Arc<NodeState>, id: ChunkId) -> bool {
-    let mut known = state.table.lock().unwrap_or_else(PoisonError::into_inner).dial_list();
+    let mut known = state.table.lock().unwrap_or_else(PoisonError::into_inner).verified_peers();
     let me = state.net.node_id();
     known.retain(|p| p.node != me);
     let nodes: Vec<NodeId> = known.iter().map(|p| p.node).collect();

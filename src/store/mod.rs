@@ -395,7 +395,12 @@ impl Store {
         if path.is_file() {
             let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
             let same_len = fs::metadata(&path).is_ok_and(|m| m.len() == len);
-            if same_len && hashes_to(&path, id) && touch(&path).is_ok() {
+            if same_len && hashes_to(&path, id) {
+                // A good copy stays, even if its time cannot be set (the
+                // check after a push's pin finds it if it is collected).
+                if let Err(e) = touch(&path) {
+                    tracing::warn!("refreshing the time of chunk {}: {e}", id.short(16));
+                }
                 return Ok(false);
             }
             if path.is_file() {

@@ -8,8 +8,9 @@
 //!
 //! - Reading ([`Catalog::log`]): each of the best-ranked members is asked
 //!   for what it holds past the home's copy; every answer is verified (the
-//!   owner's signature, the hash chain). The longest valid copy wins, a
-//!   member's over the home's on a tie. A copy that went apart from it
+//!   owner's signature, the hash chain). The longest member copy wins (on
+//!   a tie, the one whose last entry has the lowest hash, whichever members
+//!   answered), and the home's copy if it carries that one further. A copy that went apart from it
 //!   (two machines of the owner appended while they could not see each
 //!   other) is not dropped: the versions and removals only it has are
 //!   appended again on top of the winner, in their order ("rebased"), so no
@@ -51,10 +52,19 @@ pub struct NetworkLog<'a> {
     /// Whether the home's copy of the log may be rewritten (push, rm);
     /// read-only commands only read it.
     persist: bool,
-    /// What the last read found: which members agree with the result, best first.
-    agreeing: Mutex<Vec<usize>>,
+    /// What the last read found.
+    synced: Mutex<Synced>,
     /// What went wrong with members along the way, for the summary.
     notes: Mutex<Vec<String>>,
+}
+
+/// What the last read found: the members whose copies agree with the
+/// result (best first), how long the result was, and whose log it is.
+#[derive(Clone, Default)]
+struct Synced {
+    holders: Vec<usize>,
+    len: u64,
+    owner: Option<OwnerKeys>,
 }
 
 /// One member's copy of the log, as read.
@@ -68,7 +78,7 @@ impl<'a> NetworkLog<'a> {
     /// Wraps `inner`, the home's records; with `persist`, reads also bring
     /// the home's copy of the log up to date.
     pub fn new(inner: &'a dyn Catalog, swarm: &'a Swarm, persist: bool) -> Self {
-        Self { inner, swarm, persist, agreeing: Mutex::new(Vec::new()), notes: Mutex::new(Vec::new()) }
+        Self { inner, swarm, persist, synced: Mutex::default(), notes: Mutex::new(Vec::new()) }
     }
 
     /// What went wrong with members' copies (unreachable, refused, altered),
@@ -149,11 +159,12 @@ impl<'a> NetworkLog<'a> {
         let valid: Vec<(usize, &Vec<LogEntry>)> =
             copies.iter().filter_map(|c| c.entries.as_ref().map(|e| (c.member, e))).collect();
 
-        // The longest member copy (the best-ranked on a tie), then the
-        // home's if it carries that one further.
-        let longest = valid.iter().map(|(_, e)| e.len()).max();
+        // The longest member copy (on a tie, the one whose last entry has
+        // the lowest hash: the same choice whichever members answered),
+        // then the home's if it carries that one further.
+        let rank = |entries: &Vec<LogEntry>| (entries.len(), std::cmp::Reverse(entries.last().map(LogEntry::hash)));
         let mut base: Vec<LogEntry> =
-            valid.iter().find(|(_, e)| Some(e.len()) == longest).map(|(_, e)| (*e).clone()).unwrap_or_default();
+            valid.iter().map(|(_, e)| *e).max_by_key(|e| rank(e)).cloned().unwrap_or_default();
         if is_prefix(&base, &local) {
             base = local.clone();
         }
@@ -191,7 +202,8 @@ impl<'a> NetworkLog<'a> {
         let holders: Vec<usize> = agreeing.iter().copied().take(LOG_HOLDERS).collect();
         catch_up.retain(|(member, _)| holders.contains(member));
         self.append_to(&catch_up, &chain);
-        *self.agreeing.lock().unwrap_or_else(PoisonError::into_inner) = holders;
+        *self.synced.lock().unwrap_or_else(PoisonError::into_inner) =
+            Synced { holders, len: chain.len() as u64, owner: Some(owner.clone()) };
 
         if self.persist && chain != local {
             let common = local.iter().zip(&chain).take_while(|(a, b)| a == b).count();
@@ -238,36 +250,54 @@ impl Catalog for NetworkLog<'_> {
     /// The entries go to the primary holder, which must take them, then to
     /// the other holders, then into the home's records.
     fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
-        let holders = self.agreeing.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if !change.entries.is_empty() {
-            let mut kept = false;
-            let mut refusals = Vec::new();
-            for (i, &member) in holders.iter().enumerate() {
-                match self.swarm.client().run(self.append(member, change.entries)) {
-                    Ok(()) => {
-                        kept = true;
-                        // The primary took them: the rest only follow.
-                        let rest: Vec<(usize, usize)> = holders[i + 1..].iter().map(|&m| (m, 0)).collect::<Vec<_>>();
-                        let calls = rest.iter().map(|&(m, _)| self.append(m, change.entries));
-                        for (&(m, _), result) in rest.iter().zip(self.swarm.client().run_all(calls)) {
-                            if let Err(e) = result {
-                                let short = self.swarm.member(m).node().short(16);
-                                self.note(format!("{short} did not take the new log entries: {e}"));
-                            }
-                        }
-                        break;
-                    }
-                    // Another command of this owner appended first: read again and retry.
-                    Err(e) if e.remote_code() == Some(ErrorCode::LOG_CONFLICT.0) => {
+        let Synced { holders, len, owner } = self.synced.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if change.entries.is_empty() {
+            return self.inner.record(change);
+        }
+        let mut refusals = Vec::new();
+        let mut primary = None;
+        for (i, &member) in holders.iter().enumerate() {
+            let short = self.swarm.member(member).node().short(16);
+            match self.swarm.client().run(self.append(member, change.entries)) {
+                Ok(()) => {
+                    primary = Some(i);
+                    break;
+                }
+                Err(e) if e.remote_code() == Some(ErrorCode::LOG_CONFLICT.0) => {
+                    // A real conflict means the holder's copy moved on since
+                    // it was read; a holder that refuses without holding more
+                    // is not believed, and the next one is asked.
+                    let moved_on = owner.as_ref().is_none_or(|owner| {
+                        let peer = self.swarm.member(member).peer();
+                        let newer = self.swarm.client().run(read_chain(&peer, owner, len, None));
+                        newer.is_ok_and(|more| !more.is_empty())
+                    });
+                    if moved_on {
                         return Err(TransferError::Node { source: e });
                     }
-                    // Unreachable or failing: the next holder becomes the primary.
-                    Err(e) => refusals.push(e.to_string()),
+                    self.note(format!("{short} refused the new log entries though it holds nothing newer"));
+                    refusals.push(format!("{short}: {e}"));
+                }
+                // Unreachable or failing: the next holder becomes the primary.
+                Err(e) => refusals.push(format!("{short}: {e}")),
+            }
+        }
+        match primary {
+            Some(i) => {
+                // The primary took them: the rest only follow.
+                let rest: Vec<(usize, usize)> = holders[i + 1..].iter().map(|&m| (m, 0)).collect();
+                let calls = rest.iter().map(|&(m, _)| self.append(m, change.entries));
+                for (&(m, _), result) in rest.iter().zip(self.swarm.client().run_all(calls)) {
+                    if let Err(e) = result {
+                        let short = self.swarm.member(m).node().short(16);
+                        self.note(format!("{short} did not take the new log entries: {e}"));
+                    }
                 }
             }
-            if !kept && !holders.is_empty() {
+            None if !holders.is_empty() => {
                 return Err(TransferError::LogUnpublished { reasons: refusals.join("; ") });
             }
+            None => {}
         }
         self.inner.record(change)
     }

@@ -158,6 +158,14 @@ pub fn push(
     let mut history = history;
     let mut attempts = 0;
     loop {
+        if history.by_manifest(&manifest_id).is_some() {
+            // An earlier attempt's entry was taken after all (by a holder
+            // whose reply was lost, or before the home's own commit found
+            // another command's entry first): the log has the version once,
+            // and only the home's records still need it.
+            record::keep_version(catalog, owner, manifest_id, &envelope, &chunk_ids, &outcome.sealed)?;
+            break;
+        }
         let entry = history.append(owner, record.clone(), rand::random())?;
         let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
         match record::record_version(catalog, destination, owner, &version, &outcome.sealed) {
@@ -348,4 +356,68 @@ fn seal_and_store(
     let id = seal_chunk(&key, buf);
     let written = destination.put(&id, buf)?;
     Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::manifest::log::LogEntry;
+    use crate::store::{Store, StoreError};
+    use crate::transfer::catalog::Change;
+
+    /// A log whose first append is taken and yet reported as a conflict, as
+    /// when the primary holder stored the entry but its reply was lost and
+    /// the next holder, lagging, refused it.
+    struct TakenButRefused<'a> {
+        store: &'a Store,
+        log: Mutex<Vec<LogEntry>>,
+        refused: Mutex<bool>,
+    }
+
+    impl Catalog for TakenButRefused<'_> {
+        fn log(&self, _owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+            Ok(self.log.lock().unwrap().clone())
+        }
+
+        fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
+            self.store.sealed(tag)
+        }
+
+        fn manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, TransferError> {
+            self.store.manifest(id)
+        }
+
+        fn record(&self, change: Change<'_>) -> Result<(), TransferError> {
+            self.log.lock().unwrap().extend(change.entries.iter().cloned());
+            let mut refused = self.refused.lock().unwrap();
+            if !*refused && !change.entries.is_empty() {
+                *refused = true;
+                return Err(TransferError::Store(StoreError::LogConflict { owner: change.entries[0].owner, held: 0 }));
+            }
+            Ok(())
+        }
+
+        fn adopt_log(&self, _owner: &OwnerKeys, _from: u64, _entries: &[LogEntry]) -> Result<(), TransferError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_retried_push_whose_entry_was_taken_records_one_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let owner = OwnerKeys::derive(&[7; 32]);
+        let catalog = TakenButRefused { store: &store, log: Mutex::new(Vec::new()), refused: Mutex::new(false) };
+        let options = PushOptions {
+            chunker: crate::chunk::ChunkerConfig::default(),
+            parallelism: Parallelism::for_network(),
+            allow_same: false,
+        };
+        let report = push(&catalog, &store, &owner, "f", &[5u8; 100_000][..], &options, &|_| {}).unwrap();
+        let history = History::replay(&owner, catalog.log(&owner).unwrap()).unwrap();
+        let versions: Vec<_> = history.versions_of("f").map(|v| (v.number, v.manifest)).collect();
+        assert_eq!(versions, vec![(1, report.manifest())], "one push, one version");
+    }
 }

@@ -65,6 +65,20 @@ pub fn record_version(
     })
 }
 
+/// Keeps in the home's records a version whose log entry is in the log
+/// already: its manifest and pin, with no new entry.
+pub fn keep_version(
+    catalog: &dyn Catalog,
+    owner: &OwnerKeys,
+    manifest: ManifestId,
+    envelope: &[u8],
+    chunks: &[ChunkId],
+    sealed: &[([u8; 32], ChunkId)],
+) -> Result<(), TransferError> {
+    let pin = PinRecord { owner: owner.owner_id(), manifest, chunks: chunks.to_vec() };
+    catalog.record(Change { entries: &[], version: Some((envelope, &pin)), unpins: &[], sealed })
+}
+
 /// What a retraction reached.
 #[derive(Debug, Default)]
 pub struct Retracted {

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -37,19 +38,18 @@ pub struct Replicate<'a> {
     holders: Mutex<HashMap<ChunkId, Vec<usize>>>,
     /// Sent chunks' buffers, for reuse.
     buffers: Recycler,
+    /// When the chunks acked so far were last asked about ([`Replicate::keep_alive`]).
+    refreshed: Mutex<Instant>,
 }
 
-impl<'a> Replicate<'a> {
-    /// Takes back the pins of a version that failed to publish, from the
-    /// members that took them (best effort: what fails is only a leak).
-    fn unpin(&self, manifest: ManifestId, pinned: &HashSet<usize>) {
-        let only: HashSet<NodeId> = pinned.iter().map(|&i| self.swarm.member(i).node()).collect();
-        let retracted = record::send_unpins(self.swarm, self.owner, &[manifest], Some(&only));
-        for (node, why) in retracted.unconfirmed {
-            tracing::info!("the pin of unpublished manifest {manifest} stays on {}: {why}", node.short(16));
-        }
-    }
+/// How often a push asks its peers about the chunks they acked, so that
+/// none is collected before the pin arrives: well under the default
+/// `--gc-grace` (1 h). A node whose grace is shorter than this can still
+/// collect some; the check after the pin then fails the push, and a rerun
+/// sends them again.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
 
+impl<'a> Replicate<'a> {
     /// Replication to `replicas` peers per chunk (capped by the swarm's size).
     /// `previous` are chunks likely to be there already (the name's previous
     /// version); every live peer is asked about them in batched `Has` requests.
@@ -70,7 +70,15 @@ impl<'a> Replicate<'a> {
                 }
             }
         }
-        Self { swarm, owner, replicas, said_held, holders: Mutex::new(HashMap::new()), buffers: Recycler::default() }
+        Self {
+            swarm,
+            owner,
+            replicas,
+            said_held,
+            holders: Mutex::new(HashMap::new()),
+            buffers: Recycler::default(),
+            refreshed: Mutex::new(Instant::now()),
+        }
     }
 
     /// The members a chunk is placed on, if every one of them said it has it.
@@ -149,6 +157,48 @@ impl<'a> Replicate<'a> {
     fn holders_of(&self, id: &ChunkId, sent: &HashMap<ChunkId, Vec<usize>>) -> Vec<usize> {
         sent.get(id).cloned().or_else(|| self.placed_and_held(id)).unwrap_or_default()
     }
+
+    /// Takes back the pins of a version that failed to publish, from the
+    /// members that took them (best effort: what fails is only a leak).
+    fn unpin(&self, manifest: ManifestId, pinned: &HashSet<usize>) {
+        let only: HashSet<NodeId> = pinned.iter().map(|&i| self.swarm.member(i).node()).collect();
+        let retracted = record::send_unpins(self.swarm, self.owner, &[manifest], Some(&only));
+        for (node, why) in retracted.unconfirmed {
+            tracing::info!("the pin of unpublished manifest {manifest} stays on {}: {why}", node.short(16));
+        }
+    }
+
+    /// Every [`KEEP_ALIVE`], asks each member about the chunks it acked in
+    /// this push: a node counts a chunk as new again when asked (`Has`), so
+    /// its live collection spares them until the pin arrives, however long
+    /// the push takes.
+    fn keep_alive(&self) {
+        {
+            let mut last = self.refreshed.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed() < KEEP_ALIVE {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let mut by_member: HashMap<usize, Vec<ChunkId>> = HashMap::new();
+        for (id, holders) in self.holders.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            for &index in holders {
+                by_member.entry(index).or_default().push(*id);
+            }
+        }
+        let by_member: Vec<(usize, Vec<ChunkId>)> = by_member.into_iter().collect();
+        let asks = by_member
+            .iter()
+            .map(|(index, ids)| self.swarm.with_retry(*index, move |peer| async move { peer.has(ids).await }));
+        for ((index, _), result) in by_member.iter().zip(self.swarm.client().run_all(asks)) {
+            if let Err(e) = result {
+                tracing::debug!(
+                    "keeping {}'s chunks of this push alive: {e}",
+                    self.swarm.member(*index).node().short(16)
+                );
+            }
+        }
+    }
 }
 
 impl Destination for Replicate<'_> {
@@ -166,6 +216,7 @@ impl Destination for Replicate<'_> {
         let shared = Bytes::from(std::mem::take(ciphertext));
         let result = self.replicate(id, &shared);
         *ciphertext = self.buffers.reclaim(shared, capacity);
+        self.keep_alive();
         result
     }
 
