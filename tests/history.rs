@@ -10,23 +10,12 @@ use std::time::Duration;
 
 use common::{Node, Server, client, random_bytes};
 
-/// Three storage nodes of one network, and its join token.
+/// Three storage nodes of one network, and its join token. The first
+/// node knows the others, so a client that joined through it learns of all
+/// three on its first command.
 fn network() -> (Vec<Server>, String) {
-    let first = Server::start();
-    let token = first.invite();
-    let mut servers = vec![first];
-    for _ in 0..2 {
-        let node = Node::new();
-        node.ok(&["init", "--join", &token]);
-        let bootstrap = servers[0].node_addr();
-        servers.push(Server::start_in(node, "127.0.0.1:0", &[&bootstrap]));
-    }
-    // The first node knows the others, so a client that joined through it
-    // learns of all three on its first command.
-    let table = servers[0].node.home.join("peers.json");
-    common::wait_until(Duration::from_secs(20), "the first node knows the other two", || {
-        common::verified_peers(&table).len() == 2
-    });
+    let servers = common::three_nodes();
+    let token = servers[0].invite();
     (servers, token)
 }
 

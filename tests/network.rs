@@ -11,26 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{Node, Server, client, client_pointed_at, random_bytes, wait_until};
 
-/// Three nodes that know each other through the first one's bootstrap.
-fn three_nodes() -> Vec<Server> {
-    let a = Server::start();
-    let token = a.invite();
-    let mut servers = vec![a];
-    for _ in 0..2 {
-        let node = Node::new();
-        node.ok(&["init", "--join", &token]);
-        servers.push(Server::start_in(node, "127.0.0.1:0", &[&servers[0].node_addr()]));
-    }
-    // Peer exchange: the first node hears of the others when they dial it,
-    // and dials them back to verify their addresses.
-    let peers_file = servers[0].node.home.join("peers.json");
-    wait_until(Duration::from_secs(20), "the first node has verified the other two", || {
-        let verified = common::verified_peers(&peers_file);
-        servers[1..].iter().all(|s| verified.contains(&s.id))
-    });
-    servers
-}
-
 /// How many copies of each chunk the servers hold between them.
 fn replica_counts(servers: &[&Server]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -44,7 +24,7 @@ fn replica_counts(servers: &[&Server]) -> HashMap<String, usize> {
 
 #[test]
 fn three_nodes_keep_two_replicas_and_survive_a_killed_node() {
-    let mut servers = three_nodes();
+    let mut servers = common::three_nodes();
     let me = client(&servers[0].invite());
     let data = random_bytes(6 << 20, 1);
     let file = me.write("data.bin", &data);
@@ -84,7 +64,7 @@ fn a_node_killed_during_a_push_never_yields_a_false_success() {
     // after that can have its three durable copies, so the push must fail;
     // a success here would be a false one. (With fewer replicas than nodes,
     // the outcome would hang on which chunks the killed node had acked.)
-    let mut servers = three_nodes();
+    let mut servers = common::three_nodes();
     let me = client(&servers[0].invite());
     let data = random_bytes(8 << 20, 2);
     let mut push = me

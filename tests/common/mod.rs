@@ -320,6 +320,26 @@ impl Drop for Server {
     }
 }
 
+/// Three nodes that know each other through the first one's bootstrap.
+pub fn three_nodes() -> Vec<Server> {
+    let a = Server::start();
+    let token = a.invite();
+    let mut servers = vec![a];
+    for _ in 0..2 {
+        let node = Node::new();
+        node.ok(&["init", "--join", &token]);
+        servers.push(Server::start_in(node, "127.0.0.1:0", &[&servers[0].node_addr()]));
+    }
+    // Peer exchange: the first node hears of the others when they dial it,
+    // and dials them back to verify their addresses.
+    let peers_file = servers[0].node.home.join("peers.json");
+    wait_until(Duration::from_secs(20), "the first node has verified the other two", || {
+        let verified = verified_peers(&peers_file);
+        servers[1..].iter().all(|s| verified.contains(&s.id))
+    });
+    servers
+}
+
 /// A client home with small chunks that knows one peer, `node` at `addr`,
 /// and nothing else: not by a join token but by its peer table, so the
 /// address can be a relay or an impostor. It holds `network_of`'s network
