@@ -6,6 +6,7 @@
 //! - [`id`]: 32-byte addresses ([`id::ChunkId`], [`id::ManifestId`], …), hex and prefixes.
 //! - [`chunk`]: streaming FastCDC with an owner-keyed gear table.
 //! - [`crypto`]: key derivation, convergent chunk sealing, manifest envelope, signatures.
+//! - [`erasure`]: Reed-Solomon shards of a sealed chunk (K data + M parity), any K rebuild it.
 //! - [`manifest`]: the manifest of one version and the signed per-owner version log.
 //! - [`wire`]: protocol frames ↔ bytes, with hard limits (docs/PROTOCOL.md).
 //! - [`token`]: join tokens and share tickets, with a version and a checksum.
@@ -49,6 +50,7 @@
 pub mod chunk;
 pub mod cli;
 pub mod crypto;
+pub mod erasure;
 pub mod home;
 pub mod id;
 pub mod manifest;
