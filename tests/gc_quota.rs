@@ -126,7 +126,7 @@ fn a_pass_spares_chunks_within_the_grace_and_those_a_push_was_told_are_here() {
     let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
     let (signal, envelope) = Manifest::new("signal".into(), Vec::new()).seal(&owner, &fresh);
     rt.block_on(peer.put_manifest(signal, Bytes::from(envelope))).unwrap();
-    rt.block_on(peer.pin(signed_pin(&owner, signal, &[]), &[])).unwrap();
+    rt.block_on(peer.pin(signed_pin(&owner, signal, &[], None), &[])).unwrap();
     let signal_file = server.node.home.join("store/manifests").join(signal.to_string());
     make_old(&signal_file);
 
@@ -139,7 +139,7 @@ fn a_pass_spares_chunks_within_the_grace_and_those_a_push_was_told_are_here() {
 
     // The push's pin arrives: the chunk is kept for good.
     let version = ManifestId([9; 32]);
-    rt.block_on(peer.pin(signed_pin(&owner, version, &ids[..1]), &ids[..1])).unwrap();
+    rt.block_on(peer.pin(signed_pin(&owner, version, &ids[..1], None), &ids[..1])).unwrap();
     let mut back = Vec::new();
     assert!(rt.block_on(peer.get_chunk(ids[0], &mut back)).unwrap());
     assert_eq!(back, asked);

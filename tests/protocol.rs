@@ -58,6 +58,7 @@ fn pin_of(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId], signer: &
         manifest,
         chunks: chunks.len() as u32,
         signature: signer.sign(wire::PIN_DOMAIN, &message),
+        erasure: None,
     }
 }
 

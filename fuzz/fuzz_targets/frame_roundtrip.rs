@@ -1,5 +1,6 @@
 //! An arbitrary frame → encode → decode gives the same frame back. Frames
-//! that break a payload limit must be refused by the encoder, and only those.
+//! that break a payload limit, or whose fields disagree (an erasure `Pin`
+//! listing part of a stripe), must be refused by the encoder, and only those.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +14,9 @@ fuzz_target!(|frame: Frame| {
         }
         Err(EncodeError::LimitExceeded { limit, .. }) => {
             assert!(frame.payload_len() > limit, "only an over-limit payload is refused");
+            assert!(bytes.is_empty(), "a refused frame writes nothing");
+        }
+        Err(EncodeError::Inconsistent(_)) => {
             assert!(bytes.is_empty(), "a refused frame writes nothing");
         }
         Err(e) => panic!("a bounded frame failed to encode: {e}"),

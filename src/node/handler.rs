@@ -383,8 +383,8 @@ impl Request {
                     .map(|id| ChunkId(id.try_into().expect("chunks_exact yields 32 bytes")))
                     .collect();
                 drop(payload);
-                let message = wire::pin_message(&pin.owner, &pin.manifest, &chunks);
-                crypto::verify(&pin.owner, wire::PIN_DOMAIN, &message, &pin.signature).map_err(|_| {
+                let (domain, message) = wire::pin_signing(&pin.owner, &pin.manifest, &chunks, pin.erasure);
+                crypto::verify(&pin.owner, domain, &message, &pin.signature).map_err(|_| {
                     Refusal::new(
                         ErrorCode::BAD_SIGNATURE,
                         format!("pin of {} is not signed by its owner", pin.manifest),
@@ -392,7 +392,8 @@ impl Request {
                 })?;
                 let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks };
                 let signature = pin.signature.to_bytes();
-                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signature)?)).await? {
+                let code = pin.erasure.map(|e| [e.data(), e.parity()]);
+                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signature, code)?)).await? {
                     Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
                     Pinned::Revoked => Err(Refusal::new(
                         ErrorCode::UNPINNED,

@@ -508,18 +508,23 @@ fn signed_pin(state: &NodeState, pin: &StoredPin) -> Option<(wire::Pin, Vec<Chun
     let (owner, manifest) = (pin.record.owner, pin.record.manifest);
     match &pin.signed {
         Some(signed) => {
+            let erasure = match signed.erasure {
+                Some([data, parity]) => Some(wire::Stripes::new(data, parity)?),
+                None => None,
+            };
             let frame = wire::Pin {
                 owner,
                 manifest,
                 chunks: u32::try_from(signed.chunks.len()).ok()?,
                 signature: Signature::from_bytes(&signed.signature),
+                erasure,
             };
             Some((frame, signed.chunks.clone()))
         }
         None => {
             let keys = state.home.keys().owner_keys();
             (keys.owner_id() == owner).then(|| {
-                let frame = crate::transfer::record::signed_pin(&keys, manifest, &pin.record.chunks);
+                let frame = crate::transfer::record::signed_pin(&keys, manifest, &pin.record.chunks, None);
                 (frame, pin.record.chunks.clone())
             })
         }

@@ -4,8 +4,8 @@
 //! Tables (docs/FORMAT.md, "Metadata database"):
 //! - `log`: (OwnerId, seq) → encoded `LogEntry`
 //! - `owner_pins`: (OwnerId, ManifestId) → the chunk ids that pin keeps (32 bytes each)
-//! - `pin_signatures`: (OwnerId, ManifestId) → the owner's 64-byte signature of the `Pin` and
-//!   the chunk ids as signed, so repair can hand the exact signed pin to a new holder
+//! - `pin_signatures`: (OwnerId, ManifestId) → the owner's 64-byte signature of the `Pin`,
+//!   for an erasure pin K and M (one byte each), and the chunk (or shard) ids as signed, so repair can hand the exact signed pin to a new holder
 //! - `unpinned`: (OwnerId, ManifestId) → (): the owner unpinned it; it is never pinned again
 //! - `refs`: ChunkId → number of pins that need it (rows at zero are deleted)
 //! - `owner_refs`: (OwnerId, ChunkId) → number of that owner's pins that need it
@@ -82,8 +82,11 @@ pub struct StoredPin {
 pub struct SignedPin {
     /// The owner's signature over `wire::pin_message(owner, manifest, chunks)`.
     pub signature: [u8; 64],
-    /// The chunk ids in the order (and with the repeats) signed.
+    /// The chunk ids in the order (and with the repeats) signed: for an
+    /// erasure-coded manifest, the shard ids, K + M per stripe.
     pub chunks: Vec<ChunkId>,
+    /// For an erasure-coded manifest, K and M as signed (`wire::Pin::erasure`).
+    pub erasure: Option<[u8; 2]>,
 }
 
 /// What [`Meta::pin`] did.
@@ -519,14 +522,23 @@ impl Meta {
     /// [`Meta::pin`] for a pin that came with its owner's signature over
     /// `pin.chunks` as they are (checked by the caller), which is kept with
     /// it. A pin held already without a signature gains this one.
-    pub fn pin_signed(&self, pin: &PinRecord, signature: &[u8; 64]) -> Result<Pinned, StoreError> {
+    pub fn pin_signed(
+        &self,
+        pin: &PinRecord,
+        signature: &[u8; 64],
+        erasure: Option<[u8; 2]>,
+    ) -> Result<Pinned, StoreError> {
         let txn = self.write()?;
         let pinned = self.pin_in(&txn, pin)?;
         if pinned != Pinned::Revoked {
             let key = (pin.owner.as_bytes(), pin.manifest.as_bytes());
             let mut signatures = txn.open_table(PIN_SIGNATURES).map_err(self.err())?;
             if signatures.get(key).map_err(self.err())?.is_none() {
-                let value = [signature.as_slice(), &encode_ids(&pin.chunks)].concat();
+                let code: &[u8] = match &erasure {
+                    Some(code) => code,
+                    None => &[],
+                };
+                let value = [signature.as_slice(), code, &encode_ids(&pin.chunks)].concat();
                 signatures.insert(key, value.as_slice()).map_err(self.err())?;
             }
         }
@@ -856,7 +868,12 @@ impl Meta {
             let reason = format!("a pin signature row of {} bytes is shorter than a signature", bytes.len());
             return Err(StoreError::Corrupt { path: self.path.clone(), reason });
         };
-        Ok(SignedPin { signature: *signature, chunks: self.decode_ids(ids)? })
+        // An erasure pin's row has K and M (two bytes) before the ids.
+        let (erasure, ids) = match ids.len() % 32 {
+            2 => (Some([ids[0], ids[1]]), &ids[2..]),
+            _ => (None, ids),
+        };
+        Ok(SignedPin { signature: *signature, chunks: self.decode_ids(ids)?, erasure })
     }
 
     fn decode_ids(&self, bytes: &[u8]) -> Result<Vec<ChunkId>, StoreError> {
@@ -949,11 +966,11 @@ mod tests {
     fn a_signed_pin_keeps_its_signature_until_unpinned_and_pins_are_walked_in_batches() {
         let (_dir, meta) = meta();
         let (signed, plain, other) = (pin(1, 1, &[2, 1, 2]), pin(1, 2, &[3]), pin(2, 1, &[1]));
-        assert_eq!(meta.pin_signed(&signed, &[7; 64]).unwrap(), Pinned::New);
+        assert_eq!(meta.pin_signed(&signed, &[7; 64], None).unwrap(), Pinned::New);
         assert_eq!(meta.pin(&plain).unwrap(), Pinned::New);
-        assert_eq!(meta.pin_signed(&other, &[9; 64]).unwrap(), Pinned::New);
+        assert_eq!(meta.pin_signed(&other, &[9; 64], Some([4, 2])).unwrap(), Pinned::New);
         // A second signature of a held pin does not replace the first.
-        assert_eq!(meta.pin_signed(&signed, &[8; 64]).unwrap(), Pinned::AlreadyHeld);
+        assert_eq!(meta.pin_signed(&signed, &[8; 64], None).unwrap(), Pinned::AlreadyHeld);
 
         let mut walked = Vec::new();
         let mut after = None;
@@ -966,23 +983,23 @@ mod tests {
         }
         let got: Vec<_> = walked
             .iter()
-            .map(|p| (p.record.clone(), p.signed.as_ref().map(|s| (s.signature, s.chunks.clone()))))
+            .map(|p| (p.record.clone(), p.signed.as_ref().map(|s| (s.signature, s.chunks.clone(), s.erasure))))
             .collect();
         let distinct = |p: &PinRecord| PinRecord { chunks: p.distinct_chunks(), ..p.clone() };
         assert_eq!(
             got,
             vec![
-                (distinct(&signed), Some(([7; 64], signed.chunks.clone()))),
+                (distinct(&signed), Some(([7; 64], signed.chunks.clone(), None))),
                 (plain.clone(), None),
-                (other.clone(), Some(([9; 64], other.chunks.clone())))
+                (other.clone(), Some(([9; 64], other.chunks.clone(), Some([4, 2]))))
             ],
-            "the signed list keeps its order and repeats"
+            "the signed list keeps its order and repeats, and an erasure pin its code"
         );
         assert_eq!(meta.pins_after(None, 10, 10).unwrap().len(), 3);
 
         assert!(meta.unpin(&signed.owner, &signed.manifest).unwrap());
         assert!(meta.is_unpinned(&signed.owner, &signed.manifest).unwrap());
-        assert_eq!(meta.pin_signed(&signed, &[7; 64]).unwrap(), Pinned::Revoked, "a tombstone stays");
+        assert_eq!(meta.pin_signed(&signed, &[7; 64], None).unwrap(), Pinned::Revoked, "a tombstone stays");
         let left: Vec<_> = meta.pins_after(None, 10, 10).unwrap().into_iter().map(|p| p.record).collect();
         assert_eq!(left, vec![plain, other]);
         assert_eq!(meta.pin_count().unwrap(), 2);

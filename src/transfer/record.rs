@@ -25,17 +25,19 @@ use std::collections::HashSet;
 use crate::id::{ChunkId, ManifestId, NodeId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::store::PinRecord;
-use crate::wire::{self, Pin, Unpin};
+use crate::wire::{self, Pin, Stripes, Unpin};
 
-/// `owner`'s signed pin of `manifest`, which needs `chunks`.
-pub fn signed_pin(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId]) -> Pin {
+/// `owner`'s signed pin of `manifest`, which needs `chunks`: whole chunks,
+/// or with `erasure`, the shards of each stripe in turn.
+pub fn signed_pin(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId], erasure: Option<Stripes>) -> Pin {
     let owner_id = owner.owner_id();
-    let message = wire::pin_message(&owner_id, &manifest, chunks);
+    let (domain, message) = wire::pin_signing(&owner_id, &manifest, chunks, erasure);
     Pin {
         owner: owner_id,
         manifest,
         chunks: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
-        signature: owner.sign(wire::PIN_DOMAIN, &message),
+        signature: owner.sign(domain, &message),
+        erasure,
     }
 }
 

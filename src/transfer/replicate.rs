@@ -233,7 +233,7 @@ impl Destination for Replicate<'_> {
         targets.sort_unstable();
         targets.dedup();
 
-        let pin = record::signed_pin(self.owner, version.manifest, version.chunks);
+        let pin = record::signed_pin(self.owner, version.manifest, version.chunks, None);
         let envelope = Bytes::copy_from_slice(version.envelope);
         let entry = version.entry.encode();
         let entry_hash = version.entry.hash();

@@ -125,6 +125,10 @@ pub enum EncodeError {
         /// The limit broken.
         limit: u64,
     },
+    /// Fields that must agree do not (an erasure `Pin` whose id count is
+    /// not a multiple of K + M).
+    #[error("{0:?} frame's fields do not agree")]
+    Inconsistent(FrameType),
 }
 
 /// `Error.code` values (docs/PROTOCOL.md, "Error codes"). Unknown codes are
@@ -439,6 +443,68 @@ pub struct Pin {
     #[serde(with = "codec::signature")]
     #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub signature: Signature,
+    /// For an erasure-coded manifest, its code: the ids that follow are
+    /// shard ids, K + M per chunk, each chunk's shards in shard order, so
+    /// `chunks` is a multiple of K + M. `None`: the ids are whole chunks.
+    pub erasure: Option<Stripes>,
+}
+
+/// Most shards per stripe in a `Pin` (the same as `erasure::MAX_SHARDS`; a test holds them equal).
+pub const MAX_STRIPE_SHARDS: u8 = 32;
+
+/// The erasure code of a `Pin`: K data and M parity shards per stripe.
+/// Decoding refuses K = 0, M = 0 and K + M over [`MAX_STRIPE_SHARDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "(u8, u8)", into = "(u8, u8)")]
+pub struct Stripes {
+    data: u8,
+    parity: u8,
+}
+
+impl Stripes {
+    /// K data and M parity shards per stripe, if the decoder would take them.
+    pub fn new(data: u8, parity: u8) -> Option<Self> {
+        let fits = data >= 1 && parity >= 1 && u16::from(data) + u16::from(parity) <= u16::from(MAX_STRIPE_SHARDS);
+        fits.then_some(Self { data, parity })
+    }
+
+    /// K.
+    pub fn data(&self) -> u8 {
+        self.data
+    }
+
+    /// M.
+    pub fn parity(&self) -> u8 {
+        self.parity
+    }
+
+    /// K + M: shard ids per stripe.
+    pub fn total(&self) -> u32 {
+        u32::from(self.data) + u32::from(self.parity)
+    }
+}
+
+impl TryFrom<(u8, u8)> for Stripes {
+    type Error = &'static str;
+
+    fn try_from((data, parity): (u8, u8)) -> Result<Self, Self::Error> {
+        Stripes::new(data, parity).ok_or("an erasure code needs K >= 1, M >= 1, K + M <= 32")
+    }
+}
+
+impl From<Stripes> for (u8, u8) {
+    fn from(s: Stripes) -> Self {
+        (s.data, s.parity)
+    }
+}
+
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Stripes {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let data = u.int_in_range(1..=MAX_STRIPE_SHARDS - 1)?;
+        let parity = u.int_in_range(1..=MAX_STRIPE_SHARDS - data)?;
+        Ok(Stripes { data, parity })
+    }
 }
 
 /// Fields of `Unpin`.
@@ -609,6 +675,28 @@ pub fn pin_message(owner: &OwnerId, manifest: &ManifestId, chunks: &[ChunkId]) -
     message
 }
 
+/// The signature domain of a `Pin` of an erasure-coded manifest.
+pub const ERASURE_PIN_DOMAIN: &str = "p2pfs erasure pin v1";
+
+/// What a `Pin`'s owner signs, and under which domain: [`pin_message`]
+/// under [`PIN_DOMAIN`] for whole chunks; for shards, the same followed by
+/// K and M (one byte each) under [`ERASURE_PIN_DOMAIN`].
+pub fn pin_signing(
+    owner: &OwnerId,
+    manifest: &ManifestId,
+    ids: &[ChunkId],
+    erasure: Option<Stripes>,
+) -> (&'static str, Vec<u8>) {
+    let mut message = pin_message(owner, manifest, ids);
+    match erasure {
+        None => (PIN_DOMAIN, message),
+        Some(stripes) => {
+            message.extend_from_slice(&[stripes.data, stripes.parity]);
+            (ERASURE_PIN_DOMAIN, message)
+        }
+    }
+}
+
 /// What an `Unpin`'s owner signs: `owner ‖ manifest`.
 pub fn unpin_message(owner: &OwnerId, manifest: &ManifestId) -> Vec<u8> {
     [owner.as_bytes().as_slice(), manifest.as_bytes()].concat()
@@ -654,11 +742,23 @@ impl Frame {
         (declared > limit).then_some(u64::from(limit))
     }
 
+    /// Whether fields that depend on each other agree: an erasure `Pin`
+    /// lists whole stripes.
+    fn consistent(&self) -> bool {
+        match self {
+            Frame::Pin(Pin { chunks, erasure: Some(stripes), .. }) => chunks % stripes.total() == 0,
+            _ => true,
+        }
+    }
+
     /// Appends this frame's bytes to `out`. On error `out` is unchanged.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let frame = self.frame_type();
         if let Some(limit) = self.payload_limit_broken() {
             return Err(EncodeError::LimitExceeded { frame, limit });
+        }
+        if !self.consistent() {
+            return Err(EncodeError::Inconsistent(frame));
         }
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
@@ -710,6 +810,9 @@ pub fn decode(bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
     })?;
     if let Some(limit) = frame.payload_limit_broken() {
         return Err(DecodeError::LimitExceeded { frame: frame_type, limit });
+    }
+    if !frame.consistent() {
+        return Err(DecodeError::Malformed(frame_type));
     }
     Ok(Some((frame, total)))
 }
@@ -791,6 +894,7 @@ pub fn sample_frames() -> Vec<Frame> {
             manifest: ManifestId(id),
             chunks: 3,
             signature: Signature::from_bytes(&[9; 64]),
+            erasure: Stripes::new(2, 1),
         }),
         Frame::Unpin(Unpin {
             owner: OwnerId(id),
@@ -912,8 +1016,39 @@ mod tests {
             manifest: ManifestId([0; 32]),
             chunks: MAX_PIN_CHUNKS,
             signature: Signature::from_bytes(&[0; 64]),
+            erasure: None,
         });
         assert_eq!(pin.payload_len(), u64::from(MAX_PIN_CHUNKS) * 32);
+    }
+
+    #[test]
+    fn an_erasure_pin_lists_whole_stripes_of_a_code_within_the_limits() {
+        assert_eq!(usize::from(MAX_STRIPE_SHARDS), crate::erasure::MAX_SHARDS);
+        let pin = |chunks, erasure| {
+            Frame::Pin(Pin {
+                owner: OwnerId([1; 32]),
+                manifest: ManifestId([2; 32]),
+                chunks,
+                signature: Signature::from_bytes(&[3; 64]),
+                erasure,
+            })
+        };
+        let whole = encoded(&pin(12, Stripes::new(4, 2)));
+        assert!(matches!(decode(&whole), Ok(Some(_))));
+        assert_eq!(pin(13, Stripes::new(4, 2)).encode(&mut Vec::new()), Err(EncodeError::Inconsistent(FrameType::Pin)));
+        // The same frame with 13 ids declared: refused by the decoder too.
+        let mut partial = whole.clone();
+        let at = partial.len() - 3 - 65 - 1;
+        assert_eq!(partial[at], 12, "the id count's varint");
+        partial[at] = 13;
+        assert_eq!(decode(&partial), Err(DecodeError::Malformed(FrameType::Pin)));
+        for (k, m) in [(0, 2), (4, 0), (30, 3)] {
+            assert_eq!(Stripes::new(k, m), None);
+            let mut bad = whole.clone();
+            let n = bad.len();
+            bad[n - 2..].copy_from_slice(&[k, m]);
+            assert_eq!(decode(&bad), Err(DecodeError::Malformed(FrameType::Pin)), "{k}+{m}");
+        }
     }
 
     #[test]
