@@ -26,7 +26,7 @@ use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::LogEntry;
 use crate::net::stream::{self, FrameReader, Pace, StreamError, write_frame};
 use crate::net::{Peer, owner_proof_holds};
-use crate::store::{Appended, PinRecord, Pinned, StoreError};
+use crate::store::{Appended, PinRecord, Pinned, SignedPin, StoreError};
 use crate::wire::{
     self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, Log, ManifestData,
     NotFound, OwnerBytes, Peers, Pong, Status,
@@ -390,10 +390,18 @@ impl Request {
                         format!("pin of {} is not signed by its owner", pin.manifest),
                     )
                 })?;
-                let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks };
-                let signature = pin.signature.to_bytes();
-                let code = pin.erasure.map(|e| [e.data(), e.parity()]);
-                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signature, code)?)).await? {
+                // An erasure pin signs each stripe's chunk id too; it keeps the shards.
+                let kept = match pin.erasure {
+                    Some(stripes) => stripes.kept(&chunks),
+                    None => chunks.clone(),
+                };
+                let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks: kept };
+                let signed = SignedPin {
+                    signature: pin.signature.to_bytes(),
+                    chunks,
+                    erasure: pin.erasure.map(|e| [e.data(), e.parity()]),
+                };
+                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signed)?)).await? {
                     Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
                     Pinned::Revoked => Err(Refusal::new(
                         ErrorCode::UNPINNED,

@@ -519,26 +519,23 @@ impl Meta {
         Ok(pinned)
     }
 
-    /// [`Meta::pin`] for a pin that came with its owner's signature over
-    /// `pin.chunks` as they are (checked by the caller), which is kept with
-    /// it. A pin held already without a signature gains this one.
-    pub fn pin_signed(
-        &self,
-        pin: &PinRecord,
-        signature: &[u8; 64],
-        erasure: Option<[u8; 2]>,
-    ) -> Result<Pinned, StoreError> {
+    /// [`Meta::pin`] for a pin that came with its owner's signed `Pin`
+    /// (checked by the caller), which is kept with it: `signed.chunks` are
+    /// the ids as signed (for an erasure pin, each stripe's chunk id and
+    /// then its shards; `pin.chunks` are the shards alone). A pin held
+    /// already without a signature gains this one.
+    pub fn pin_signed(&self, pin: &PinRecord, signed: &SignedPin) -> Result<Pinned, StoreError> {
         let txn = self.write()?;
         let pinned = self.pin_in(&txn, pin)?;
         if pinned != Pinned::Revoked {
             let key = (pin.owner.as_bytes(), pin.manifest.as_bytes());
             let mut signatures = txn.open_table(PIN_SIGNATURES).map_err(self.err())?;
             if signatures.get(key).map_err(self.err())?.is_none() {
-                let code: &[u8] = match &erasure {
+                let code: &[u8] = match &signed.erasure {
                     Some(code) => code,
                     None => &[],
                 };
-                let value = [signature.as_slice(), code, &encode_ids(&pin.chunks)].concat();
+                let value = [signed.signature.as_slice(), code, &encode_ids(&signed.chunks)].concat();
                 signatures.insert(key, value.as_slice()).map_err(self.err())?;
             }
         }
@@ -962,15 +959,19 @@ mod tests {
         assert_eq!(meta.pin(&never).unwrap(), Pinned::New);
     }
 
+    fn signature(pin: &PinRecord, byte: u8, erasure: Option<[u8; 2]>) -> SignedPin {
+        SignedPin { signature: [byte; 64], chunks: pin.chunks.clone(), erasure }
+    }
+
     #[test]
     fn a_signed_pin_keeps_its_signature_until_unpinned_and_pins_are_walked_in_batches() {
         let (_dir, meta) = meta();
         let (signed, plain, other) = (pin(1, 1, &[2, 1, 2]), pin(1, 2, &[3]), pin(2, 1, &[1]));
-        assert_eq!(meta.pin_signed(&signed, &[7; 64], None).unwrap(), Pinned::New);
+        assert_eq!(meta.pin_signed(&signed, &signature(&signed, 7, None)).unwrap(), Pinned::New);
         assert_eq!(meta.pin(&plain).unwrap(), Pinned::New);
-        assert_eq!(meta.pin_signed(&other, &[9; 64], Some([4, 2])).unwrap(), Pinned::New);
+        assert_eq!(meta.pin_signed(&other, &signature(&other, 9, Some([4, 2]))).unwrap(), Pinned::New);
         // A second signature of a held pin does not replace the first.
-        assert_eq!(meta.pin_signed(&signed, &[8; 64], None).unwrap(), Pinned::AlreadyHeld);
+        assert_eq!(meta.pin_signed(&signed, &signature(&signed, 8, None)).unwrap(), Pinned::AlreadyHeld);
 
         let mut walked = Vec::new();
         let mut after = None;
@@ -999,7 +1000,11 @@ mod tests {
 
         assert!(meta.unpin(&signed.owner, &signed.manifest).unwrap());
         assert!(meta.is_unpinned(&signed.owner, &signed.manifest).unwrap());
-        assert_eq!(meta.pin_signed(&signed, &[7; 64], None).unwrap(), Pinned::Revoked, "a tombstone stays");
+        assert_eq!(
+            meta.pin_signed(&signed, &signature(&signed, 7, None)).unwrap(),
+            Pinned::Revoked,
+            "a tombstone stays"
+        );
         let left: Vec<_> = meta.pins_after(None, 10, 10).unwrap().into_iter().map(|p| p.record).collect();
         assert_eq!(left, vec![plain, other]);
         assert_eq!(meta.pin_count().unwrap(), 2);

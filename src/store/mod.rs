@@ -355,14 +355,9 @@ impl Store {
 
     /// [`Store::pin`] for a pin that came with its owner's signature, kept
     /// with it ([`meta::Meta::pin_signed`]).
-    pub fn pin_signed(
-        &self,
-        pin: &PinRecord,
-        signature: &[u8; 64],
-        erasure: Option<[u8; 2]>,
-    ) -> Result<Pinned, StoreError> {
+    pub fn pin_signed(&self, pin: &PinRecord, signed: &SignedPin) -> Result<Pinned, StoreError> {
         let _shared = self.shared();
-        self.db.pin_signed(pin, signature, erasure)
+        self.db.pin_signed(pin, signed)
     }
 
     /// Holds `len` bytes for a chunk about to be stored, if the chunk bytes

@@ -126,7 +126,7 @@ pub enum EncodeError {
         limit: u64,
     },
     /// Fields that must agree do not (an erasure `Pin` whose id count is
-    /// not a multiple of K + M).
+    /// not a multiple of K + M + 1).
     #[error("{0:?} frame's fields do not agree")]
     Inconsistent(FrameType),
 }
@@ -444,8 +444,10 @@ pub struct Pin {
     #[cfg_attr(feature = "arbitrary", arbitrary(with = codec::signature::arbitrary))]
     pub signature: Signature,
     /// For an erasure-coded manifest, its code: the ids that follow are
-    /// shard ids, K + M per chunk, each chunk's shards in shard order, so
-    /// `chunks` is a multiple of K + M. `None`: the ids are whole chunks.
+    /// stripes, each a chunk's id (which ranks the nodes its shards belong
+    /// on; no node holds it) then its K + M shard ids in shard order, so
+    /// `chunks` is a multiple of K + M + 1 and the pin keeps the shards.
+    /// `None`: the ids are whole chunks, all kept.
     pub erasure: Option<Stripes>,
 }
 
@@ -478,9 +480,20 @@ impl Stripes {
         self.parity
     }
 
-    /// K + M: shard ids per stripe.
+    /// K + M: shards per stripe.
     pub fn total(&self) -> u32 {
         u32::from(self.data) + u32::from(self.parity)
+    }
+
+    /// Ids per stripe in a `Pin`: the chunk's, then its K + M shards'.
+    pub fn stride(&self) -> u32 {
+        self.total() + 1
+    }
+
+    /// The ids of a pin's list that the pin keeps: every shard id, not the
+    /// chunk ids that lead each stripe.
+    pub fn kept(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        ids.chunks(self.stride() as usize).flat_map(|stripe| stripe.iter().skip(1).copied()).collect()
     }
 }
 
@@ -743,10 +756,10 @@ impl Frame {
     }
 
     /// Whether fields that depend on each other agree: an erasure `Pin`
-    /// lists whole stripes.
+    /// lists whole stripes (K + M + 1 ids each).
     fn consistent(&self) -> bool {
         match self {
-            Frame::Pin(Pin { chunks, erasure: Some(stripes), .. }) => chunks % stripes.total() == 0,
+            Frame::Pin(Pin { chunks, erasure: Some(stripes), .. }) => chunks % stripes.stride() == 0,
             _ => true,
         }
     }
@@ -892,7 +905,7 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Pin(Pin {
             owner: OwnerId(id),
             manifest: ManifestId(id),
-            chunks: 3,
+            chunks: 4,
             signature: Signature::from_bytes(&[9; 64]),
             erasure: Stripes::new(2, 1),
         }),
@@ -1033,14 +1046,14 @@ mod tests {
                 erasure,
             })
         };
-        let whole = encoded(&pin(12, Stripes::new(4, 2)));
+        let whole = encoded(&pin(14, Stripes::new(4, 2)));
         assert!(matches!(decode(&whole), Ok(Some(_))));
         assert_eq!(pin(13, Stripes::new(4, 2)).encode(&mut Vec::new()), Err(EncodeError::Inconsistent(FrameType::Pin)));
-        // The same frame with 13 ids declared: refused by the decoder too.
+        // The same frame with 12 ids declared: refused by the decoder too.
         let mut partial = whole.clone();
         let at = partial.len() - 3 - 65 - 1;
-        assert_eq!(partial[at], 12, "the id count's varint");
-        partial[at] = 13;
+        assert_eq!(partial[at], 14, "the id count's varint");
+        partial[at] = 12;
         assert_eq!(decode(&partial), Err(DecodeError::Malformed(FrameType::Pin)));
         for (k, m) in [(0, 2), (4, 0), (30, 3)] {
             assert_eq!(Stripes::new(k, m), None);
