@@ -6,6 +6,7 @@
 //! - [`id`]: 32-byte addresses ([`id::ChunkId`], [`id::ManifestId`], …), hex and prefixes.
 //! - [`chunk`]: streaming FastCDC with an owner-keyed gear table.
 //! - [`crypto`]: key derivation, convergent chunk sealing, manifest envelope, signatures.
+//! - [`sealing`]: chunk formats: compression, padding, and the seal around them.
 //! - [`manifest`]: the manifest of one version and the signed per-owner version log.
 //! - [`wire`]: protocol frames ↔ bytes, with hard limits (docs/PROTOCOL.md).
 //! - [`token`]: join tokens and share tickets, with a version and a checksum.
@@ -54,6 +55,7 @@ pub mod id;
 pub mod manifest;
 pub mod net;
 pub mod node;
+pub mod sealing;
 pub mod store;
 pub mod token;
 pub mod transfer;
