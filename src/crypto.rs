@@ -51,6 +51,10 @@ pub enum CryptoError {
     /// A chunk's ciphertext did not authenticate under its key.
     #[error("chunk failed authentication: the bytes or the key are wrong")]
     ChunkAuth,
+    /// A chunk authenticated but what it holds is not a chunk of its format
+    /// (a wrong length, padding, or compressed stream): sealed by a broken writer.
+    #[error("chunk is malformed inside its seal: {0}")]
+    ChunkMalformed(&'static str),
     /// A blob is not a manifest envelope of a version this build reads.
     #[error("not a p2pfs manifest envelope ({0})")]
     EnvelopeMalformed(&'static str),
@@ -216,23 +220,35 @@ pub fn open_manifest_with_file_key(file_key: &FileKey, envelope: &[u8]) -> Resul
     xopen(&file_key.0, header.body_nonce, header_bytes, body)
 }
 
-/// Seals a chunk in place: `buf` holds the plaintext and ends up holding the
-/// ciphertext (plaintext length + [`TAG_LEN`]). Returns the ciphertext's id.
+/// Seals a chunk in chunk format v1, in place: `buf` holds the plaintext and
+/// ends up holding the ciphertext (plaintext length + [`TAG_LEN`]). Returns
+/// the ciphertext's id. New pushes seal with [`crate::sealing::Sealing`].
 pub fn seal_chunk(key: &ChunkKey, buf: &mut Vec<u8>) -> ChunkId {
+    seal_chunk_with(key, CHUNK_AAD, buf)
+}
+
+/// Opens a chunk of format v1 in place: `buf` holds the ciphertext and ends
+/// up holding the plaintext. The caller checks the [`ChunkId`] first; this
+/// checks the tag.
+pub fn open_chunk(key: &ChunkKey, buf: &mut Vec<u8>) -> Result<(), CryptoError> {
+    open_chunk_with(key, CHUNK_AAD, buf)
+}
+
+/// ChaCha20-Poly1305 with nonce 0 under a chunk key, in place.
+pub(crate) fn seal_chunk_with(key: &ChunkKey, aad: &'static [u8], buf: &mut Vec<u8>) -> ChunkId {
     let key = chunk_aead(key);
     // A chunk key encrypts exactly one plaintext, so nonce 0 is never reused
     // with another message under the same key.
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(CHUNK_AAD), buf)
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), buf)
         .expect("ChaCha20-Poly1305 sealing fails only for inputs over 256 GiB; chunks are at most 16 MiB");
     ChunkId::of(buf)
 }
 
-/// Opens a chunk in place: `buf` holds the ciphertext and ends up holding the
-/// plaintext. The caller checks the [`ChunkId`] first; this checks the tag.
-pub fn open_chunk(key: &ChunkKey, buf: &mut Vec<u8>) -> Result<(), CryptoError> {
+/// Opens what [`seal_chunk_with`] sealed, in place.
+pub(crate) fn open_chunk_with(key: &ChunkKey, aad: &'static [u8], buf: &mut Vec<u8>) -> Result<(), CryptoError> {
     let key = chunk_aead(key);
     let len = key
-        .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(CHUNK_AAD), buf)
+        .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), buf)
         .map_err(|_| CryptoError::ChunkAuth)?
         .len();
     buf.truncate(len);

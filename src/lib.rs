@@ -7,6 +7,7 @@
 //! - [`chunk`]: streaming FastCDC with an owner-keyed gear table.
 //! - [`crypto`]: key derivation, convergent chunk sealing, manifest envelope, signatures.
 //! - [`erasure`]: Reed-Solomon shards of a sealed chunk (K data + M parity), any K rebuild it.
+//! - [`sealing`]: chunk formats: compression, padding, and the seal around them.
 //! - [`manifest`]: the manifest of one version and the signed per-owner version log.
 //! - [`wire`]: protocol frames ↔ bytes, with hard limits (docs/PROTOCOL.md).
 //! - [`token`]: join tokens and share tickets, with a version and a checksum.
@@ -56,6 +57,7 @@ pub mod id;
 pub mod manifest;
 pub mod net;
 pub mod node;
+pub mod sealing;
 pub mod store;
 pub mod token;
 pub mod transfer;

@@ -725,6 +725,7 @@ fn idle_members_are_closed_and_a_paused_push_reconnects() {
 fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
     use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
     use p2pfs::manifest::{ChunkRef, Manifest};
+    use p2pfs::sealing::Sealing;
 
     // The victim pushed a file into its own store, then joined a network.
     let victim = Node::with_chunks(common::SMALL_CHUNKS);
@@ -737,12 +738,12 @@ fn a_share_ticket_that_lies_about_a_chunks_length_quarantines_nothing() {
     let real_len = fs::metadata(&chunk).unwrap().len() as u32 - 16;
 
     // The attacker, who saw that chunk id as a storage node, lists it in a
-    // manifest of its own with a wrong length, and shares that.
+    // manifest of its own with a length far too short for it, and shares that.
     let attacker = OwnerKeys::derive(&[9; 32]);
     let file_key = FileKey(rand::random());
     let fresh = EnvelopeRandomness { file_key, wrap_nonce: [1; 24], body_nonce: [2; 24] };
-    let refs = vec![ChunkRef { id: chunk_id, key: ChunkKey([0; 32]), len: real_len + 1 }];
-    let (manifest, envelope) = Manifest::new("bait.bin".into(), refs).seal(&attacker, &fresh);
+    let refs = vec![ChunkRef { id: chunk_id, key: ChunkKey([0; 32]), len: real_len / 2 }];
+    let (manifest, envelope) = Manifest::new("bait.bin".into(), Sealing::current(3), refs).seal(&attacker, &fresh);
     let rt = runtime();
     let (_net, peer) = member_client(&server, &rt);
     rt.block_on(peer.put_manifest(manifest, envelope.into())).unwrap();

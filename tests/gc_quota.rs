@@ -15,6 +15,7 @@ use common::{Node, Server, client, member_client, random_bytes, runtime, wait_un
 use p2pfs::crypto::{EnvelopeRandomness, FileKey, OwnerKeys};
 use p2pfs::id::{ChunkId, ManifestId};
 use p2pfs::manifest::Manifest;
+use p2pfs::sealing::Sealing;
 use p2pfs::transfer::record::{signed_pin, signed_unpin};
 use p2pfs::wire::ErrorCode;
 
@@ -124,7 +125,7 @@ fn a_pass_spares_chunks_within_the_grace_and_those_a_push_was_told_are_here() {
     // A pinned, then unpinned manifest: its unpin calls for a pass, and its
     // file (old) goes in that pass after every chunk was looked at.
     let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
-    let (signal, envelope) = Manifest::new("signal".into(), Vec::new()).seal(&owner, &fresh);
+    let (signal, envelope) = Manifest::new("signal".into(), Sealing::current(3), Vec::new()).seal(&owner, &fresh);
     rt.block_on(peer.put_manifest(signal, Bytes::from(envelope))).unwrap();
     rt.block_on(peer.pin(signed_pin(&owner, signal, &[], None), &[])).unwrap();
     let signal_file = server.node.home.join("store/manifests").join(signal.to_string());

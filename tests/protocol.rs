@@ -8,6 +8,7 @@ use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
 use p2pfs::id::{ChunkId, ManifestId};
 use p2pfs::manifest::{ChunkRef, Manifest};
 use p2pfs::net::stream::FrameReader;
+use p2pfs::sealing::Sealing;
 use p2pfs::wire::{self, ErrorCode, Frame, Pin, Signature, Unpin};
 
 use common::{Server, member_client, runtime};
@@ -48,7 +49,7 @@ fn manifest_of(owner: &OwnerKeys, name: &str, chunks: &[&[u8]]) -> (ManifestId, 
         .map(|c| ChunkRef { id: ChunkId::of(c), key: ChunkKey([3; 32]), len: (c.len() - 16) as u32 })
         .collect();
     let fresh = EnvelopeRandomness { file_key: FileKey(rand::random()), wrap_nonce: [1; 24], body_nonce: [2; 24] };
-    Manifest::new(name.into(), refs).seal(owner, &fresh)
+    Manifest::new(name.into(), Sealing::V1, refs).seal(owner, &fresh)
 }
 
 fn pin_of(owner: &OwnerKeys, manifest: ManifestId, chunks: &[ChunkId], signer: &OwnerKeys) -> Pin {

@@ -348,7 +348,9 @@ fn push_file(
          not sent again"
             .to_owned(),
     );
-    let options = |parallelism| PushOptions { chunker: session.config().chunker, parallelism, allow_same };
+    let config = session.config();
+    let (chunker, sealing) = (config.chunker, config.compression.sealing());
+    let options = |parallelism| PushOptions { chunker, parallelism, sealing, allow_same };
     let mut peer_summary = None;
     let mut resumed_from = 0;
     let report = if networked {

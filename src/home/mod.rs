@@ -93,6 +93,30 @@ pub struct Config {
     /// Chunk size bounds for new pushes.
     #[serde(default)]
     pub chunker: ChunkerConfig,
+    /// How new chunks are compressed.
+    #[serde(default)]
+    pub compression: CompressionConfig,
+}
+
+/// `[compression]` in `config.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// zstd level for chunks that shrink (-7 fastest … 19 smallest); 0 stores every chunk raw.
+    pub level: i8,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self { level: crate::sealing::DEFAULT_LEVEL }
+    }
+}
+
+impl CompressionConfig {
+    /// How new chunks are sealed.
+    pub fn sealing(&self) -> crate::sealing::Sealing {
+        crate::sealing::Sealing::current(self.level)
+    }
 }
 
 impl Config {
@@ -102,7 +126,20 @@ impl Config {
         let text = fs::read_to_string(&config_path).map_err(io_err("reading configuration", &config_path))?;
         let config: Config = toml::from_str(&text)
             .map_err(|e| HomeError::Config { path: config_path.clone(), reason: e.message().to_owned() })?;
-        config.chunker.validate().map_err(|e| HomeError::Config { path: config_path, reason: e.to_string() })?;
+        config
+            .chunker
+            .validate()
+            .map_err(|e| HomeError::Config { path: config_path.clone(), reason: e.to_string() })?;
+        let levels = crate::sealing::LEVELS;
+        if !levels.contains(&config.compression.level) {
+            let reason = format!(
+                "[compression] level = {} is outside {} ..= {} (0 turns compression off)",
+                config.compression.level,
+                levels.start(),
+                levels.end()
+            );
+            return Err(HomeError::Config { path: config_path, reason });
+        }
         Ok(config)
     }
 }
@@ -198,8 +235,17 @@ fn default_config_text() -> String {
          [chunker]\n\
          min_size = {}\n\
          avg_size = {}\n\
-         max_size = {}\n",
-        chunker.min_size, chunker.avg_size, chunker.max_size
+         max_size = {}\n\
+         \n\
+         # zstd level for chunks that shrink: -7 (fastest) to 19 (smallest);\n\
+         # 0 stores every chunk as it is. Chunks that do not shrink are always\n\
+         # stored as they are.\n\
+         [compression]\n\
+         level = {}\n",
+        chunker.min_size,
+        chunker.avg_size,
+        chunker.max_size,
+        crate::sealing::DEFAULT_LEVEL
     )
 }
 

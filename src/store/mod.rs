@@ -43,6 +43,7 @@ pub use meta::{Appended, DEFAULT_PATIENCE, GcReport, OwnerUsage, PinRecord, Pinn
 
 use crate::crypto::TAG_LEN;
 use crate::id::{ChunkId, ManifestId};
+use crate::sealing::max_sealed_len;
 
 /// Largest manifest envelope the store keeps or reads, in bytes
 /// (`manifest::MAX_ENVELOPE_LEN`: one limit for the store, the wire and pins).
@@ -80,14 +81,15 @@ pub enum StoreError {
         /// Where the bad file now is.
         quarantined: PathBuf,
     },
-    /// A chunk's bytes match its id, but not the length the caller expects:
-    /// the manifest that names it is wrong, not the store.
-    #[error("chunk {id} is {actual} bytes, but its manifest says {expected}: the manifest is wrong")]
+    /// A chunk's bytes match its id, but are longer than the caller's
+    /// manifest allows: the manifest that names it is wrong, not the store.
+    #[error("chunk {id} is {actual} bytes, more than the {max} its manifest allows: the manifest is wrong")]
     ChunkLengthMismatch {
         /// The chunk.
         id: ChunkId,
-        /// The ciphertext length the caller's manifest implies.
-        expected: u64,
+        /// The longest the chunk may be, by the plaintext length its
+        /// manifest gives ([`crate::sealing::max_sealed_len`]).
+        max: u64,
         /// The length of the (good) chunk.
         actual: u64,
     },
@@ -171,8 +173,8 @@ fn hashes_to(path: &Path, id: &ChunkId) -> bool {
         && ChunkId(*hasher.finalize().as_bytes()) == *id
 }
 
-/// The largest chunk file: the largest chunk (16 MiB) and its tag.
-pub const MAX_CHUNK_FILE_LEN: u32 = crate::chunk::MAX_CHUNK_SIZE + TAG_LEN as u32;
+/// The largest chunk file: the largest chunk (16 MiB), raw and padded, and its tag.
+pub const MAX_CHUNK_FILE_LEN: u32 = crate::sealing::MAX_SEALED_LEN;
 
 /// The lengths a chunk file can have: a tag, and at most the largest chunk before it.
 const CHUNK_FILE_LENS: std::ops::RangeInclusive<u64> = TAG_LEN as u64..=MAX_CHUNK_FILE_LEN as u64;
@@ -440,17 +442,17 @@ impl Store {
         Ok(())
     }
 
-    /// Reads chunk `id`, which its manifest says is `plaintext_len + 16`
-    /// bytes long, into `buf` and checks its BLAKE3. A file whose bytes do
-    /// not match its id is quarantined; a good chunk of another length is
-    /// the manifest's error, and stays.
+    /// Reads chunk `id`, whose plaintext its manifest says is
+    /// `plaintext_len` bytes, into `buf` and checks its BLAKE3. A file whose
+    /// bytes do not match its id is quarantined; a good chunk too long for
+    /// that plaintext is the manifest's error, and stays.
     pub fn read_chunk(&self, id: &ChunkId, plaintext_len: u32, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         if !self.read_verified(id, buf)? {
             return Err(StoreError::ChunkMissing(*id));
         }
-        let (expected, actual) = (u64::from(plaintext_len) + TAG_LEN as u64, buf.len() as u64);
-        if actual != expected {
-            return Err(StoreError::ChunkLengthMismatch { id: *id, expected, actual });
+        let (max, actual) = (u64::from(max_sealed_len(plaintext_len)), buf.len() as u64);
+        if actual > max {
+            return Err(StoreError::ChunkLengthMismatch { id: *id, max, actual });
         }
         Ok(())
     }
@@ -842,8 +844,8 @@ mod tests {
         let bytes = vec![8u8; 64 + TAG_LEN];
         let id = ChunkId::of(&bytes);
         store.put_chunk(&id, &bytes).unwrap();
-        let err = store.read_chunk(&id, 65, &mut Vec::new()).unwrap_err();
-        assert!(matches!(err, StoreError::ChunkLengthMismatch { expected: 81, actual: 80, .. }), "{err}");
+        let err = store.read_chunk(&id, 32, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, StoreError::ChunkLengthMismatch { max: 56, actual: 80, .. }), "{err}");
         assert!(store.has_chunk(&id), "the good copy stays");
         store.read_chunk(&id, 64, &mut Vec::new()).unwrap();
     }

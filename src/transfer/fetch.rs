@@ -20,9 +20,9 @@ use bytes::Bytes;
 use super::TransferError;
 use super::pull::Source;
 use super::swarm::Swarm;
-use crate::crypto::TAG_LEN;
 use crate::manifest::ChunkRef;
 use crate::net::NetError;
+use crate::sealing::max_sealed_len;
 use crate::store::{Store, StoreError};
 
 /// How long a pull waits for a peer that sent a bad copy of a chunk to take
@@ -74,9 +74,9 @@ impl Source for Fetch<'_> {
             match result {
                 Ok(true) => {
                     member.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                    let (expected, actual) = (u64::from(chunk.len) + TAG_LEN as u64, buf.len() as u64);
-                    if actual != expected {
-                        return Err(StoreError::ChunkLengthMismatch { id: chunk.id, expected, actual }.into());
+                    let (max, actual) = (u64::from(max_sealed_len(chunk.len)), buf.len() as u64);
+                    if actual > max {
+                        return Err(StoreError::ChunkLengthMismatch { id: chunk.id, max, actual }.into());
                     }
                     repair(swarm, &sent_bad, chunk, buf);
                     return Ok(());
@@ -98,9 +98,9 @@ impl Source for Fetch<'_> {
         // Found nowhere: a peer skipped for its backoff may have come back.
         for peer in swarm.spares() {
             if let Ok(true) = swarm.client().run(peer.get_chunk(chunk.id, buf)) {
-                let (expected, actual) = (u64::from(chunk.len) + TAG_LEN as u64, buf.len() as u64);
-                if actual != expected {
-                    return Err(StoreError::ChunkLengthMismatch { id: chunk.id, expected, actual }.into());
+                let (max, actual) = (u64::from(max_sealed_len(chunk.len)), buf.len() as u64);
+                if actual > max {
+                    return Err(StoreError::ChunkLengthMismatch { id: chunk.id, max, actual }.into());
                 }
                 return Ok(());
             }
@@ -140,6 +140,7 @@ fn repair(swarm: &Swarm, sent_bad: &[usize], chunk: &ChunkRef, ciphertext: &[u8]
 mod tests {
     use super::*;
     use crate::crypto::ChunkKey;
+    use crate::crypto::TAG_LEN;
     use crate::home::peers::KnownPeer;
     use crate::home::{self, Home};
     use crate::id::{ChunkId, NodeId};

@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 
-use crate::crypto::{FileKey, OwnerKeys, TAG_LEN, open_chunk, seal_chunk};
+use crate::crypto::{FileKey, OwnerKeys};
 use crate::home::peers::KnownPeer;
 use crate::id::ManifestId;
 use crate::manifest::{ChunkRef, Manifest};
+use crate::sealing::{Sealing, max_sealed_len};
 use crate::store::{Store, StoreError};
 use crate::token::{self, Kind, ShareTicket, TokenError};
 
@@ -176,7 +177,8 @@ fn write_from(
     // Each buffer grows once, on first use, to the largest ciphertext of the
     // file, not step by step as chunk sizes vary (every step a new
     // allocation, and page faults on all of it).
-    let largest = chunks.iter().map(|c| c.len as usize + TAG_LEN).max().unwrap_or(0);
+    let largest = chunks.iter().map(|c| max_sealed_len(c.len) as usize).max().unwrap_or(0);
+    let sealing = manifest.sealing;
     let next_job = AtomicUsize::new(start);
     let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<u8>>(parallelism.buffers);
     for _ in 0..parallelism.buffers {
@@ -197,7 +199,7 @@ fn write_from(
                     let Some(chunk) = chunks.get(index) else { break };
                     buf.clear();
                     buf.reserve(largest);
-                    let result = read_and_open(source, chunk, &mut buf).map(|()| buf);
+                    let result = read_and_open(source, sealing, chunk, &mut buf).map(|()| buf);
                     if done_tx.send((index, result)).is_err() {
                         break;
                     }
@@ -233,10 +235,15 @@ fn write_in_order(
     out.flush().map_err(|source| TransferError::WriteOutput { source })
 }
 
-fn read_and_open(source: &dyn Source, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
-    buf.reserve(chunk.len as usize + TAG_LEN);
+fn read_and_open(
+    source: &dyn Source,
+    sealing: Sealing,
+    chunk: &ChunkRef,
+    buf: &mut Vec<u8>,
+) -> Result<(), TransferError> {
+    buf.reserve(max_sealed_len(chunk.len) as usize);
     source.read(chunk, buf)?;
-    open_chunk(&chunk.key, buf).map_err(|_| TransferError::ChunkAuth(chunk.id))?;
+    sealing.open(&chunk.key, chunk.len, buf).map_err(|_| TransferError::ChunkAuth(chunk.id))?;
     Ok(())
 }
 
@@ -327,10 +334,13 @@ fn verified_prefix(file: &mut File, manifest: &Manifest) -> io::Result<(usize, u
             return Ok((index, offset));
         }
         buf.clear();
-        buf.reserve(chunk.len as usize + TAG_LEN);
+        buf.reserve(max_sealed_len(chunk.len) as usize);
         file.seek(SeekFrom::Start(offset))?;
         Read::by_ref(file).take(u64::from(chunk.len)).read_to_end(&mut buf)?;
-        if seal_chunk(&chunk.key, &mut buf) != chunk.id {
+        // Sealing again gives the chunk's id if the bytes are its plaintext
+        // (and, for a compressed chunk, the same zstd build and level sealed
+        // it; otherwise the chunk is fetched again, which is only slower).
+        if manifest.sealing.seal(&chunk.key, &mut buf) != chunk.id {
             return Ok((index, offset));
         }
         offset = end;

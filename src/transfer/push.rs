@@ -16,10 +16,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::chunk::{Chunker, ChunkerConfig, CutPoints, GearTable};
-use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys, TAG_LEN, seal_chunk};
+use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
 use crate::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
+use crate::sealing::{Sealing, max_sealed_len};
 use crate::store::Store;
 
 use super::catalog::Catalog;
@@ -32,6 +33,8 @@ pub struct PushOptions {
     pub chunker: ChunkerConfig,
     /// Threads and buffers.
     pub parallelism: Parallelism,
+    /// How chunks are sealed (the chunk format and zstd level).
+    pub sealing: Sealing,
     /// Record a new version even when the input is the name's latest
     /// version again, byte for byte.
     pub allow_same: bool,
@@ -121,7 +124,7 @@ pub fn push(
     // A log that cannot be read fails the push before anything is sent.
     History::replay(owner, catalog.log(owner)?)?;
     let cuts = CutPoints::new(options.chunker, GearTable::from_seed(owner.chunker_seed()))?;
-    let outcome = store_chunks(catalog, destination, owner, input, cuts, options.parallelism, progress)?;
+    let outcome = store_chunks(catalog, destination, owner, input, cuts, options, progress)?;
 
     // Judged against the log as it is now: an `rm` may have run meanwhile.
     let history = History::replay(owner, catalog.log(owner)?)?;
@@ -136,7 +139,7 @@ pub fn push(
             elapsed: started.elapsed(),
         });
     }
-    let manifest = Manifest::new(name.to_owned(), outcome.chunks);
+    let manifest = Manifest::new(name.to_owned(), options.sealing, outcome.chunks);
     let fresh = EnvelopeRandomness {
         file_key: FileKey(rand::random()),
         wrap_nonce: rand::random(),
@@ -236,10 +239,11 @@ fn store_chunks(
     owner: &OwnerKeys,
     input: impl Read + Send,
     cuts: CutPoints,
-    parallelism: Parallelism,
+    options: &PushOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Stored, TransferError> {
-    let buffer_capacity = cuts.config().max_size as usize + TAG_LEN;
+    let (parallelism, sealing) = (options.parallelism, options.sealing);
+    let buffer_capacity = max_sealed_len(cuts.config().max_size) as usize;
     let too_many = TransferError::TooManyChunks {
         max_chunks: MAX_CHUNKS,
         max_gib: (MAX_CHUNKS as u64 * u64::from(cuts.config().avg_size)) >> 30,
@@ -290,7 +294,7 @@ fn store_chunks(
                 loop {
                     let job = work_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok((index, mut buf)) = job else { break };
-                    let outcome = seal_and_store(catalog, destination, owner, &mut buf);
+                    let outcome = seal_and_store(catalog, destination, owner, sealing, &mut buf);
                     // The reader may have finished; then the buffer is freed here.
                     let _ = spare_tx.send(buf);
                     if done_tx.send((index, outcome)).is_err() {
@@ -343,17 +347,18 @@ fn seal_and_store(
     catalog: &dyn Catalog,
     destination: &dyn Destination,
     owner: &OwnerKeys,
+    sealing: Sealing,
     buf: &mut Vec<u8>,
 ) -> Result<ChunkOutcome, TransferError> {
     let len = u32::try_from(buf.len()).expect("chunks are at most MAX_CHUNK_SIZE (16 MiB)");
     let key: ChunkKey = owner.chunk_key(buf);
-    let tag = key.lookup_tag();
+    let tag = sealing.lookup_tag(&key);
     if let Some(id) = catalog.sealed(&tag)?
         && destination.holds(&id)
     {
         return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
     }
-    let id = seal_chunk(&key, buf);
+    let id = sealing.seal(&key, buf);
     let written = destination.put(&id, buf)?;
     Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
 }
@@ -413,6 +418,7 @@ mod tests {
         let options = PushOptions {
             chunker: crate::chunk::ChunkerConfig::default(),
             parallelism: Parallelism::for_network(),
+            sealing: Sealing::current(3),
             allow_same: false,
         };
         let report = push(&catalog, &store, &owner, "f", &[5u8; 100_000][..], &options, &|_| {}).unwrap();

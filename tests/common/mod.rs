@@ -191,6 +191,7 @@ pub fn member_client(server: &Server, rt: &tokio::runtime::Runtime) -> (p2pfs::n
 pub fn largest_manifest(owner: &p2pfs::crypto::OwnerKeys) -> (p2pfs::id::ManifestId, Vec<u8>, Vec<p2pfs::id::ChunkId>) {
     use p2pfs::crypto::{ChunkKey, EnvelopeRandomness, FileKey};
     use p2pfs::manifest::{ChunkRef, MAX_CHUNKS, MAX_NAME_LEN, Manifest};
+    use p2pfs::sealing::Sealing;
 
     let chunks: Vec<ChunkRef> = (0..MAX_CHUNKS as u32)
         .map(|i| {
@@ -201,7 +202,7 @@ pub fn largest_manifest(owner: &p2pfs::crypto::OwnerKeys) -> (p2pfs::id::Manifes
         .collect();
     let ids = chunks.iter().map(|c| c.id).collect();
     let fresh = EnvelopeRandomness { file_key: FileKey([5; 32]), wrap_nonce: [6; 24], body_nonce: [7; 24] };
-    let (id, envelope) = Manifest::new("n".repeat(MAX_NAME_LEN), chunks).seal(owner, &fresh);
+    let (id, envelope) = Manifest::new("n".repeat(MAX_NAME_LEN), Sealing::current(3), chunks).seal(owner, &fresh);
     (id, envelope, ids)
 }
 
