@@ -19,8 +19,8 @@ use std::str::FromStr;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 use serde::{Deserialize, Serialize};
 
-/// Most shards (data + parity) one chunk is cut into.
-pub const MAX_SHARDS: usize = 32;
+/// Most shards (data + parity) one chunk is cut into: the manifest's limit.
+pub const MAX_SHARDS: usize = crate::manifest::MAX_SHARDS;
 
 /// What an erasure-coding operation refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(shape.shard_len(16 * 1024 * 1024 + 16), 4 * 1024 * 1024 + 4);
         for len in 1..200 {
             let shard = shape.shard_len(len);
-            assert!(shard % 2 == 0 && shard * 4 >= len && (shard - 2) * 4 < len.max(8), "{len}: {shard}");
+            assert!(shard.is_multiple_of(2) && shard * 4 >= len && (shard - 2) * 4 < len.max(8), "{len}: {shard}");
         }
     }
 

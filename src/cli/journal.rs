@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use crate::id::{self, ChunkId, OwnerId};
-use crate::manifest::MAX_CHUNKS;
+use crate::manifest::{Erasure, MAX_CHUNKS};
 use crate::transfer::TransferError;
 use crate::transfer::push::{Destination, Published};
 
@@ -76,5 +76,9 @@ impl Destination for Journaled<'_> {
 
     fn publish(&self, version: &Published<'_>) -> Result<(), TransferError> {
         self.inner.publish(version)
+    }
+
+    fn erasure(&self, chunks: &[ChunkId]) -> Result<Option<Erasure>, TransferError> {
+        self.inner.erasure(chunks)
     }
 }

@@ -83,6 +83,11 @@ enum Command {
         /// Replicas per chunk when pushing to peers (default 3; capped by the peers reachable).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         replicas: Option<u16>,
+        /// Erasure-code each chunk instead: K data + M parity shards on K+M distinct peers, any K of
+        /// which rebuild it (e.g. 4+2 survives 2 lost nodes storing 1.5x). Default: [push] erasure in
+        /// config.toml.
+        #[arg(long, value_name = "K+M", conflicts_with = "replicas")]
+        erasure: Option<crate::erasure::Shape>,
         /// Record a new version even if the file is the name's latest version again.
         #[arg(long)]
         allow_same: bool,
@@ -208,9 +213,14 @@ fn execute(args: &Args) -> Result<()> {
     match &args.command {
         Command::Init { join: Some(token) } => network::join(&cx, token),
         Command::Init { join: None } => init(&cx),
-        Command::Push { file, name, json, replicas, allow_same } => {
-            push_file(&cx, file, name.as_deref(), *json, *replicas, *allow_same)
-        }
+        Command::Push { file, name, json, replicas, erasure, allow_same } => push_file(
+            &cx,
+            file,
+            name.as_deref(),
+            *json,
+            Placing { replicas: *replicas, erasure: *erasure },
+            *allow_same,
+        ),
         Command::Pull { version, output, force } => pull_file(&cx, version, output.as_deref(), *force),
         Command::Log { name, json } => show_log(&cx, name.as_deref(), *json),
         Command::Ls { json } => list(&cx, *json),
@@ -286,14 +296,21 @@ fn init(cx: &Cx) -> Result<()> {
     Ok(())
 }
 
-fn push_file(
-    cx: &Cx,
-    file: &Path,
-    name: Option<&str>,
-    json: bool,
+/// How `push` was asked to place chunks on peers.
+#[derive(Debug, Clone, Copy)]
+struct Placing {
     replicas: Option<u16>,
-    allow_same: bool,
-) -> Result<()> {
+    erasure: Option<crate::erasure::Shape>,
+}
+
+/// How a push to peers placed its chunks, for the summary.
+enum Placed {
+    Replicas(usize),
+    Erasure(crate::erasure::Shape),
+}
+
+fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Placing, allow_same: bool) -> Result<()> {
+    let Placing { replicas, erasure } = placing;
     let (input, name, total, origin): (Box<dyn Read + Send>, String, Option<u64>, Option<PathBuf>) =
         if file == Path::new("-") {
             let name = name.context("pushing standard input needs a name: add --name NAME")?;
@@ -329,6 +346,14 @@ fn push_file(
              `p2pfs init --join TOKEN` joins a network"
         ));
     }
+    if let (Some(code), false) = (erasure, networked) {
+        cx.warn(format_args!(
+            "--erasure {code} has no effect: this home has no peers, so each chunk is stored once, here. \
+             `p2pfs init --join TOKEN` joins a network"
+        ));
+    }
+    // --replicas asks for replicas even when config.toml sets an erasure code.
+    let erasure = erasure.or_else(|| replicas.is_none().then(|| session.config().push.erasure()).flatten());
     let origins = home::origins::Origins::load(home);
     if let (Some(origin), Some(before)) = (&origin, origins.get(&name))
         && origin != before
@@ -360,19 +385,34 @@ fn push_file(
         let catalog = &NetworkLog::new(session.catalog(), &swarm, true);
         let replicas = usize::from(replicas.unwrap_or(DEFAULT_REPLICAS));
         let journal = journal::Journal::open(home, &owner.owner_id(), &name);
-        let mut previous = previous_chunks(catalog, &owner, &name);
-        previous.extend(&journal.earlier);
-        let destination = Replicate::new(&swarm, &owner, replicas, &previous);
-        // A home whose only peer is its own node has nowhere else to put replicas.
-        let alone = session.served().is_some() && swarm.len() == 1;
-        if destination.replicas < replicas && !alone {
-            cx.warn(format_args!(
-                "only {} of the {replicas} peers wanted are reachable: each chunk gets {}",
-                swarm.len(),
-                output::count(destination.replicas as u64, "copy", "copies")
-            ));
-        }
-        let journaled = journal::Journaled { inner: &destination, journal: &journal };
+        let previous = previous_manifest(catalog, &owner, &name);
+        let replicate;
+        let shards;
+        let (destination, placed): (&dyn push::Destination, Placed) = match erasure {
+            Some(shape) => {
+                let stripes = previous.map(|m| previous_stripes(&m)).unwrap_or_default();
+                shards = transfer::shards::Shards::new(&swarm, &owner, shape, stripes)
+                    .with_context(|| format!("pushing {} to peers", file.display()))?;
+                (&shards, Placed::Erasure(shape))
+            }
+            None => {
+                let mut previous: Vec<crate::id::ChunkId> =
+                    previous.map(|m| m.chunks.iter().map(|c| c.id).collect()).unwrap_or_default();
+                previous.extend(&journal.earlier);
+                replicate = Replicate::new(&swarm, &owner, replicas, &previous);
+                // A home whose only peer is its own node has nowhere else to put replicas.
+                let alone = session.served().is_some() && swarm.len() == 1;
+                if replicate.replicas < replicas && !alone {
+                    cx.warn(format_args!(
+                        "only {} of the {replicas} peers wanted are reachable: each chunk gets {}",
+                        swarm.len(),
+                        output::count(replicate.replicas as u64, "copy", "copies")
+                    ));
+                }
+                (&replicate, Placed::Replicas(replicate.replicas))
+            }
+        };
+        let journaled = journal::Journaled { inner: destination, journal: &journal };
         let report =
             push::push(catalog, &journaled, &owner, &name, input, &options(Parallelism::for_network()), &progress)
                 .with_context(|| format!("pushing {} to peers", file.display()))?;
@@ -381,7 +421,7 @@ fn push_file(
         for note in catalog.notes() {
             tracing::warn!("{note}");
         }
-        peer_summary = Some((destination.replicas, swarm.report(), swarm.unreachable.clone()));
+        peer_summary = Some((placed, swarm.report(), swarm.unreachable.clone()));
         report
     } else {
         let store = session.store().context("a home without peers is opened by this process")?;
@@ -450,9 +490,19 @@ fn push_file(
             );
         }
     }
-    if let Some((replicas, members, unreachable)) = &peer_summary {
-        let copies = if *replicas == 1 { "1 durable copy".to_owned() } else { format!("{replicas} durable replicas") };
-        eprintln!("every chunk has {copies}:");
+    if let Some((placed, members, unreachable)) = &peer_summary {
+        match placed {
+            Placed::Replicas(1) => eprintln!("every chunk has 1 durable copy:"),
+            Placed::Replicas(r) => eprintln!("every chunk has {r} durable replicas ({r}.00x stored):"),
+            Placed::Erasure(shape) => eprintln!(
+                "every chunk is {shape} erasure coded, {:.2}x stored: {} durable shards on {} nodes, any {} \
+                 rebuild it:",
+                shape.overhead(),
+                shape.total(),
+                shape.total(),
+                shape.data()
+            ),
+        }
         network::print_member_report(members, unreachable, false);
     }
     Ok(())
@@ -461,14 +511,23 @@ fn push_file(
 /// Replicas per chunk when `--replicas` is not given.
 const DEFAULT_REPLICAS: u16 = crate::node::DEFAULT_REPLICAS;
 
-/// The chunks of the latest live version of `name`, which a new version
-/// probably shares: peers are asked about them in one batched `Has`.
-fn previous_chunks(catalog: &dyn Catalog, owner: &crate::crypto::OwnerKeys, name: &str) -> Vec<crate::id::ChunkId> {
-    let Ok(history) = transfer::history(catalog, owner) else { return Vec::new() };
-    let Some(latest) = history.versions_of(name).filter(|v| v.is_live()).last() else { return Vec::new() };
-    match pull::open_manifest(catalog, owner, latest.manifest) {
-        Ok(manifest) => manifest.chunks.iter().map(|c| c.id).collect(),
-        Err(_) => Vec::new(),
+/// The manifest of the latest live version of `name`, whose chunks a new
+/// version probably shares: peers are asked about them in one batched `Has`.
+fn previous_manifest(
+    catalog: &dyn Catalog,
+    owner: &crate::crypto::OwnerKeys,
+    name: &str,
+) -> Option<crate::manifest::Manifest> {
+    let history = transfer::history(catalog, owner).ok()?;
+    let latest = history.versions_of(name).filter(|v| v.is_live()).last()?;
+    pull::open_manifest(catalog, owner, latest.manifest).ok()
+}
+
+/// The stripes of an erasure-coded manifest's chunks (none if it is not).
+fn previous_stripes(manifest: &crate::manifest::Manifest) -> Vec<(crate::id::ChunkId, crate::manifest::Stripe)> {
+    match &manifest.erasure {
+        Some(erasure) => manifest.chunks.iter().map(|c| c.id).zip(erasure.stripes.iter().cloned()).collect(),
+        None => Vec::new(),
     }
 }
 
@@ -496,7 +555,13 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
     let target = Target::resolve(catalog, &owner, &wanted)?;
     let label = &target.label;
     let manifest = target.open(catalog, swarm.as_ref(), &owner).with_context(|| format!("pulling {label}"))?;
-    let fetch = swarm.as_ref().map(|swarm| Fetch::new(swarm, session.store()));
+    let fetch = match &swarm {
+        Some(swarm) => Some(Fetch::new(swarm, session.store()).for_manifest(&manifest)?),
+        None => None,
+    };
+    if fetch.is_none() && manifest.erasure.is_some() {
+        bail!("{label} is erasure coded: its shards are on peers, and this home has none to ask");
+    }
     let source: &dyn pull::Source = match (&fetch, session.store()) {
         (Some(fetch), _) => fetch,
         (None, Some(store)) => store,

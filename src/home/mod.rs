@@ -96,6 +96,26 @@ pub struct Config {
     /// How new chunks are compressed.
     #[serde(default)]
     pub compression: CompressionConfig,
+    /// How pushes place chunks on peers.
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// `[push]` in `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Erasure code for pushes to peers, `"K+M"` (e.g. `"4+2"`), instead of
+    /// replicas; `push --replicas N` or `--erasure` overrides it.
+    #[serde(default)]
+    pub erasure: Option<String>,
+}
+
+impl PushConfig {
+    /// The erasure code pushes use by default, if one is set.
+    pub fn erasure(&self) -> Option<crate::erasure::Shape> {
+        self.erasure.as_deref().and_then(|code| code.parse().ok())
+    }
 }
 
 /// `[compression]` in `config.toml`.
@@ -139,6 +159,11 @@ impl Config {
                 levels.end()
             );
             return Err(HomeError::Config { path: config_path, reason });
+        }
+        if let Some(code) = &config.push.erasure
+            && let Err(e) = code.parse::<crate::erasure::Shape>()
+        {
+            return Err(HomeError::Config { path: config_path, reason: format!("[push] erasure: {e}") });
         }
         Ok(config)
     }
@@ -241,7 +266,13 @@ fn default_config_text() -> String {
          # 0 stores every chunk as it is. Chunks that do not shrink are always\n\
          # stored as they are.\n\
          [compression]\n\
-         level = {}\n",
+         level = {}\n\
+         \n\
+         # Pushes to peers store each chunk on 3 nodes (push --replicas N).\n\
+         # An erasure code K+M stores it as K data + M parity shards on K+M\n\
+         # nodes instead: any K rebuild it, (K+M)/K times its size is stored.\n\
+         [push]\n\
+         # erasure = \"4+2\"\n",
         chunker.min_size,
         chunker.avg_size,
         chunker.max_size,

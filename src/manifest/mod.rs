@@ -266,8 +266,9 @@ impl Erasure {
         if self.stripes.len() != chunks {
             return Err(format!("{} stripes for {chunks} chunks", self.stripes.len()));
         }
-        if chunks.saturating_mul(self.width()) > MAX_CHUNKS {
-            return Err(format!("more than {MAX_CHUNKS} shards"));
+        // Its pin lists each chunk's id and then its shards' ids (docs/PROTOCOL.md, "Pin").
+        if chunks.saturating_mul(self.width() + 1) > MAX_CHUNKS {
+            return Err(format!("more than {MAX_CHUNKS} chunk and shard ids"));
         }
         if let Some(bad) = self.stripes.iter().find(|s| s.shards.len() != self.width()) {
             return Err(format!("a stripe has {} shards, not {}", bad.shards.len(), self.width()));

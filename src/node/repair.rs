@@ -286,7 +286,11 @@ pub(crate) async fn repair_pass(state: &Arc<NodeState>) -> PassReport {
         };
         let Some(last) = batch.last() else { break };
         after = Some((last.record.owner, last.record.manifest));
-        repair_batch(state, &live, replicas, &batch, &pacer, &mut report).await;
+        // An erasure pin's blobs are shards, kept by stripe, not by replicas.
+        let (striped, whole): (Vec<StoredPin>, Vec<StoredPin>) =
+            batch.into_iter().partition(|p| p.signed.as_ref().is_some_and(|s| s.erasure.is_some()));
+        repair_batch(state, &live, replicas, &whole, &pacer, &mut report).await;
+        let _ = striped; // TODO restripe
     }
     for peer in &live.peers {
         peer.close(ErrorCode(0), "repair pass done");

@@ -20,7 +20,11 @@ use bytes::Bytes;
 use super::TransferError;
 use super::pull::Source;
 use super::swarm::Swarm;
-use crate::manifest::ChunkRef;
+use std::collections::HashMap;
+
+use crate::erasure::Shape;
+use crate::id::ChunkId;
+use crate::manifest::{ChunkRef, Manifest, Stripe};
 use crate::net::NetError;
 use crate::sealing::max_sealed_len;
 use crate::store::{Store, StoreError};
@@ -33,17 +37,39 @@ pub const REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Fetch<'a> {
     swarm: &'a Swarm,
     local: Option<&'a Store>,
+    /// An erasure-coded manifest's code and stripes, by chunk id.
+    stripes: Option<(Shape, HashMap<ChunkId, &'a Stripe>)>,
 }
 
 impl<'a> Fetch<'a> {
     /// Fetching from `swarm`, and from `local` first when given.
     pub fn new(swarm: &'a Swarm, local: Option<&'a Store>) -> Self {
-        Self { swarm, local }
+        Self { swarm, local, stripes: None }
+    }
+
+    /// Fetching `manifest`'s chunks: if it is erasure coded, each chunk
+    /// from any K of its shards ([`super::shards::gather`]).
+    pub fn for_manifest(mut self, manifest: &'a Manifest) -> Result<Self, TransferError> {
+        if let Some(erasure) = &manifest.erasure {
+            let shape = Shape::new(usize::from(erasure.data), usize::from(erasure.parity))?;
+            let by_id = manifest.chunks.iter().map(|c| c.id).zip(&erasure.stripes).collect();
+            self.stripes = Some((shape, by_id));
+        }
+        Ok(self)
     }
 }
 
 impl Source for Fetch<'_> {
     fn read(&self, chunk: &ChunkRef, buf: &mut Vec<u8>) -> Result<(), TransferError> {
+        if let Some((shape, stripes)) = &self.stripes
+            && let Some(stripe) = stripes.get(&chunk.id)
+        {
+            let (max, actual) = (u64::from(max_sealed_len(chunk.len)), u64::from(stripe.sealed_len));
+            if actual > max {
+                return Err(StoreError::ChunkLengthMismatch { id: chunk.id, max, actual }.into());
+            }
+            return super::shards::gather(self.swarm, *shape, &chunk.id, stripe, buf);
+        }
         if let Some(store) = self.local
             && store.has_chunk(&chunk.id)
         {

@@ -22,6 +22,7 @@ pub mod pull;
 pub mod push;
 pub mod record;
 pub mod replicate;
+pub mod shards;
 pub mod swarm;
 
 use std::io;
@@ -111,6 +112,32 @@ pub enum TransferError {
         /// What that is in GiB at the configured average chunk size.
         max_gib: u64,
     },
+    /// An erasure-coded input has more chunks than one pin may list with their shards.
+    #[error(
+        "the input is {chunks} chunks; erasure coded, one version may have at most {most} (a pin lists each \
+         chunk and its shards): raise [chunker] avg_size in config.toml, use fewer shards, or split the input"
+    )]
+    TooManyStripes {
+        /// Chunks of the input.
+        chunks: usize,
+        /// The most an erasure-coded version may have with this code.
+        most: usize,
+    },
+    /// Fewer peers answered than an erasure-coded push needs.
+    #[error(
+        "--erasure {code} puts each chunk's {width} shards on {width} different nodes, and only {live} answered: \
+         start more nodes, or choose a code with K+M at most {live} (e.g. --erasure {hint}), or use --replicas"
+    )]
+    TooFewNodes {
+        /// The code asked for, K+M.
+        code: String,
+        /// K + M.
+        width: usize,
+        /// Peers that answered.
+        live: usize,
+        /// A code that fits.
+        hint: String,
+    },
     /// No live peer could give a chunk.
     #[error("no peer could give chunk {chunk} ({live} peers still usable): {reasons}")]
     ChunkUnavailable {
@@ -143,6 +170,13 @@ pub enum TransferError {
     /// A share ticket cannot be read.
     #[error(transparent)]
     Token(#[from] crate::token::TokenError),
+    /// A chunk could not be cut into shards or rebuilt from them.
+    #[error(transparent)]
+    Erasure(#[from] crate::erasure::ErasureError),
+    /// Shards that each match their id rebuilt bytes that do not match the
+    /// chunk's: the manifest's stripe for it is wrong.
+    #[error("the shards of chunk {0} rebuild other bytes than the chunk: its manifest's stripe is wrong")]
+    StripeMismatch(ChunkId),
     /// The chunker configuration is invalid.
     #[error(transparent)]
     Chunker(#[from] InvalidChunkerConfig),

@@ -19,9 +19,10 @@ use crate::chunk::{Chunker, ChunkerConfig, CutPoints, GearTable};
 use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogOp, LogRecord, Version};
-use crate::manifest::{ChunkRef, MAX_CHUNKS, Manifest};
+use crate::manifest::{ChunkRef, Erasure, MAX_CHUNKS, Manifest};
 use crate::sealing::{Sealing, max_sealed_len};
 use crate::store::Store;
+use crate::wire::Stripes;
 
 use super::catalog::Catalog;
 use super::{MAX_LOG_RETRIES, Parallelism, TransferError, record, unix_time_ms};
@@ -78,6 +79,13 @@ pub trait Destination: Sync {
     fn publish(&self, _version: &Published<'_>) -> Result<(), TransferError> {
         Ok(())
     }
+
+    /// How `chunks` (a version's, in file order, every one stored) are laid
+    /// out, for the manifest: `None` when they are stored whole, else each
+    /// one's stripe of shards ([`super::shards`]).
+    fn erasure(&self, _chunks: &[ChunkId]) -> Result<Option<Erasure>, TransferError> {
+        Ok(None)
+    }
 }
 
 /// A new version, ready to be published to peers.
@@ -86,10 +94,41 @@ pub struct Published<'a> {
     pub manifest: ManifestId,
     /// Its sealed envelope.
     pub envelope: &'a [u8],
-    /// Its chunks, in file order.
+    /// What its pin lists, as signed: its chunks in file order, or for an
+    /// erasure-coded version each chunk's id followed by its shards' ids
+    /// (`wire::Pin::erasure`).
     pub chunks: &'a [ChunkId],
+    /// The erasure code, if the version is erasure coded.
+    pub erasure: Option<Stripes>,
     /// The owner's log entry recording it.
     pub entry: &'a crate::manifest::log::LogEntry,
+}
+
+impl Published<'_> {
+    /// The blobs its pin keeps: the chunks, or the shards.
+    pub fn kept(&self) -> Vec<ChunkId> {
+        match self.erasure {
+            Some(stripes) => stripes.kept(self.chunks),
+            None => self.chunks.to_vec(),
+        }
+    }
+}
+
+/// What a manifest's pin lists, as signed, and its erasure code
+/// ([`Published::chunks`]).
+pub fn pin_list(manifest: &Manifest) -> (Vec<ChunkId>, Option<Stripes>) {
+    match &manifest.erasure {
+        None => (manifest.chunks.iter().map(|c| c.id).collect(), None),
+        Some(erasure) => {
+            let ids = manifest
+                .chunks
+                .iter()
+                .zip(&erasure.stripes)
+                .flat_map(|(chunk, stripe)| std::iter::once(chunk.id).chain(stripe.shards.iter().copied()))
+                .collect();
+            (ids, Stripes::new(erasure.data, erasure.parity))
+        }
+    }
 }
 
 impl Destination for Store {
@@ -126,10 +165,22 @@ pub fn push(
     let cuts = CutPoints::new(options.chunker, GearTable::from_seed(owner.chunker_seed()))?;
     let outcome = store_chunks(catalog, destination, owner, input, cuts, options, progress)?;
 
+    let chunk_ids: Vec<ChunkId> = outcome.chunks.iter().map(|c| c.id).collect();
+    let erasure = destination.erasure(&chunk_ids)?;
+    if let Some(erasure) = &erasure
+        && chunk_ids.len() * (erasure.width() + 1) > MAX_CHUNKS
+    {
+        return Err(TransferError::TooManyStripes {
+            chunks: chunk_ids.len(),
+            most: MAX_CHUNKS / (erasure.width() + 1),
+        });
+    }
+    let code = erasure.as_ref().map(|e| (e.data, e.parity));
+
     // Judged against the log as it is now: an `rm` may have run meanwhile.
     let history = History::replay(owner, catalog.log(owner)?)?;
     if !options.allow_same
-        && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks)
+        && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks, code)
     {
         return Ok(PushReport {
             version: latest,
@@ -139,7 +190,8 @@ pub fn push(
             elapsed: started.elapsed(),
         });
     }
-    let manifest = Manifest::new(name.to_owned(), options.sealing, outcome.chunks);
+    let mut manifest = Manifest::new(name.to_owned(), options.sealing, outcome.chunks);
+    manifest.erasure = erasure;
     let fresh = EnvelopeRandomness {
         file_key: FileKey(rand::random()),
         wrap_nonce: rand::random(),
@@ -157,7 +209,7 @@ pub fn push(
             new_bytes: outcome.new_bytes,
         },
     };
-    let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    let (pinned, stripes) = pin_list(&manifest);
     let mut history = history;
     let mut attempts = 0;
     loop {
@@ -166,11 +218,13 @@ pub fn push(
             // whose reply was lost, or before the home's own commit found
             // another command's entry first): the log has the version once,
             // and only the home's records still need it.
-            record::keep_version(catalog, owner, manifest_id, &envelope, &chunk_ids, &outcome.sealed)?;
+            let kept = manifest.blobs();
+            record::keep_version(catalog, owner, manifest_id, &envelope, &kept, &outcome.sealed)?;
             break;
         }
         let entry = history.append(owner, record.clone(), rand::random())?;
-        let version = Published { manifest: manifest_id, envelope: &envelope, chunks: &chunk_ids, entry: &entry };
+        let version =
+            Published { manifest: manifest_id, envelope: &envelope, chunks: &pinned, erasure: stripes, entry: &entry };
         match record::record_version(catalog, destination, owner, &version, &outcome.sealed) {
             Ok(()) => break,
             Err(e) if e.is_log_conflict() && attempts < MAX_LOG_RETRIES => {
@@ -198,13 +252,15 @@ impl PushReport {
     }
 }
 
-/// The name's latest live version, if it has exactly `chunks`.
+/// The name's latest live version, if it has exactly `chunks`, stored the
+/// same way (whole, or erasure coded with the same `code`).
 fn same_as_latest(
     catalog: &dyn Catalog,
     owner: &OwnerKeys,
     history: &History,
     name: &str,
     chunks: &[ChunkRef],
+    code: Option<(u8, u8)>,
 ) -> Option<Version> {
     let latest = history.versions_of(name).filter(|v| v.is_live()).last()?;
     if latest.chunks != chunks.len() as u64 {
@@ -212,6 +268,9 @@ fn same_as_latest(
     }
     let envelope = catalog.manifest(&latest.manifest).ok()??;
     let (_, manifest) = Manifest::open(owner, latest.manifest, &envelope).ok()?;
+    if manifest.erasure.as_ref().map(|e| (e.data, e.parity)) != code {
+        return None;
+    }
     let same = manifest.chunks.iter().zip(chunks).all(|(a, b)| a.id == b.id && a.len == b.len);
     same.then(|| latest.clone())
 }

@@ -58,7 +58,7 @@ pub fn record_version(
     sealed: &[([u8; 32], ChunkId)],
 ) -> Result<(), TransferError> {
     destination.publish(version)?;
-    let pin = PinRecord { owner: owner.owner_id(), manifest: version.manifest, chunks: version.chunks.to_vec() };
+    let pin = PinRecord { owner: owner.owner_id(), manifest: version.manifest, chunks: version.kept() };
     catalog.record(Change {
         entries: std::slice::from_ref(version.entry),
         version: Some((version.envelope, &pin)),

@@ -251,6 +251,24 @@ impl Swarm {
             .collect()
     }
 
+    /// Every peer known at the start (members and those that did not
+    /// answer), best-placed first for `id`: each a member's index if it is
+    /// still usable, else `None`. Position i is where a push with all of
+    /// them live put shard i.
+    pub(super) fn ranked_all(&self, id: &[u8; 32]) -> Vec<Option<usize>> {
+        let mut all = self.nodes.clone();
+        all.extend(self.unreachable.iter().map(|(node, _)| *node));
+        placement::rank(&all, id)
+            .into_iter()
+            .map(|i| (i < self.members.len() && !self.members[i].gone.load(Ordering::Relaxed)).then_some(i))
+            .collect()
+    }
+
+    /// Whether member `index` is still usable.
+    pub(super) fn is_live(&self, index: usize) -> bool {
+        !self.members[index].gone.load(Ordering::Relaxed)
+    }
+
     /// Drops a member for the rest of this transfer.
     pub(super) fn drop_member(&self, index: usize, why: &NetError) {
         let member = &self.members[index];
