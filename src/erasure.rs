@@ -22,6 +22,11 @@ use serde::{Deserialize, Serialize};
 /// Most shards (data + parity) one chunk is cut into: the manifest's limit.
 pub const MAX_SHARDS: usize = crate::manifest::MAX_SHARDS;
 
+/// The shortest shard: a storage node keeps no blob shorter than a sealed
+/// chunk can be (its 16-byte tag), so a small chunk's shards are padded up
+/// to this.
+pub const MIN_SHARD_LEN: usize = 16;
+
 /// What an erasure-coding operation refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErasureError {
@@ -105,9 +110,10 @@ impl Shape {
     }
 
     /// The length of each shard of a chunk whose ciphertext is `sealed_len`
-    /// bytes: `sealed_len / K` rounded up, then up to an even number.
+    /// bytes: `sealed_len / K` rounded up, then up to an even number, and
+    /// at least [`MIN_SHARD_LEN`].
     pub fn shard_len(&self, sealed_len: usize) -> usize {
-        let len = sealed_len.div_ceil(self.data()).max(1);
+        let len = sealed_len.div_ceil(self.data()).max(MIN_SHARD_LEN);
         len + (len & 1)
     }
 }
@@ -238,6 +244,19 @@ pub fn rebuild(
     Ok(all.swap_remove(wanted))
 }
 
+/// Rebuilds shard `wanted` of a stripe from any K others, knowing only
+/// the shards (not the chunk's sealed length): the data shards are decoded
+/// as they were cut, padding included, and encoded again. What a storage
+/// node's repair uses; the caller checks the result against the shard's id.
+pub fn restore(shape: Shape, shards: &[(usize, &[u8])], wanted: usize) -> Result<Vec<u8>, ErasureError> {
+    let shard_len = shards.first().map_or(0, |(_, s)| s.len());
+    if shard_len < MIN_SHARD_LEN || !shard_len.is_multiple_of(2) || wanted >= shape.total() {
+        return Err(ErasureError::BadShard { index: wanted, data: shape.data(), parity: shape.parity(), shard_len });
+    }
+    // The padded data shards are a "ciphertext" of K whole shards.
+    rebuild(shape, shard_len * shape.data(), shards, wanted)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -273,13 +292,14 @@ mod tests {
     #[test]
     fn shard_lengths_are_even_and_hold_the_ciphertext() {
         let shape = Shape::new(4, 2).unwrap();
-        assert_eq!(shape.shard_len(1), 2);
-        assert_eq!(shape.shard_len(8), 2);
-        assert_eq!(shape.shard_len(9), 4);
+        assert_eq!(shape.shard_len(1), MIN_SHARD_LEN);
+        assert_eq!(shape.shard_len(64), MIN_SHARD_LEN);
+        assert_eq!(shape.shard_len(65), 18);
         assert_eq!(shape.shard_len(16 * 1024 * 1024 + 16), 4 * 1024 * 1024 + 4);
-        for len in 1..200 {
+        for len in 1..400 {
             let shard = shape.shard_len(len);
-            assert!(shard.is_multiple_of(2) && shard * 4 >= len && (shard - 2) * 4 < len.max(8), "{len}: {shard}");
+            assert!(shard.is_multiple_of(2) && shard >= MIN_SHARD_LEN && shard * 4 >= len, "{len}: {shard}");
+            assert!(shard == MIN_SHARD_LEN || (shard - 2) * 4 < len, "{len}: {shard} is the shortest that holds it");
         }
     }
 
@@ -296,6 +316,7 @@ mod tests {
                 assert_eq!(decode(shape, len, &given).unwrap(), ciphertext, "{len} bytes from {subset:?}");
                 for lost in (0..6).filter(|i| !subset.contains(i)) {
                     assert_eq!(rebuild(shape, len, &given, lost).unwrap(), shards[lost], "shard {lost}");
+                    assert_eq!(restore(shape, &given, lost).unwrap(), shards[lost], "shard {lost}, from shards alone");
                 }
             }
         }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::{Node, Server, client, random_bytes, wait_until};
 
 /// How long the network may take to heal (a debug build, shared cores).
-#[allow(dead_code)] // used by the repair test
 const HEAL_LIMIT: Duration = Duration::from_secs(120);
 
 /// Serve options that keep repair out of the way unless a test wants it.
@@ -187,6 +186,12 @@ fn an_unchanged_re_push_of_an_erasure_coded_file_sends_nothing() {
     me.ok(&["pull", "data.bin", "-o", "back.bin"]);
     assert!(fs::read(me.work.join("back.bin")).unwrap() == changed);
 
+    // A file smaller than its shards would be: each is padded to a blob a node keeps.
+    let tiny = me.write("tiny.txt", b"ten bytes!");
+    me.ok(&["push", "--erasure", "4+2", tiny.to_str().unwrap()]);
+    me.ok(&["pull", "tiny.txt", "-o", "tiny.back"]);
+    assert_eq!(fs::read(me.work.join("tiny.back")).unwrap(), b"ten bytes!");
+
     // A config default works as the flag does, and --replicas overrides it.
     let config = fs::read_to_string(me.home.join("config.toml")).unwrap();
     fs::write(me.home.join("config.toml"), format!("{config}\n[push]\nerasure = \"4+2\"\n")).unwrap();
@@ -207,4 +212,65 @@ fn too_few_nodes_for_the_code_is_a_clear_error() {
     assert!(stderr.contains("K+M"), "{stderr}");
     let stderr = me.fails(&["push", "--erasure", "4+2", "--replicas", "2", file.to_str().unwrap()], 2);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// Restarts `server` on its home and port with `options`.
+fn restart_with(mut server: Server, options: &[&str]) -> Server {
+    server.kill();
+    let addr = server.addr.clone();
+    let node = std::mem::replace(&mut server.node, Node::new());
+    Server::start_with(node, &addr, &[], options)
+}
+
+/// `p2pfs check ARGS` on `home`: exit code, stdout, stderr.
+fn check(home: &Node, args: &[&str]) -> (i32, String, String) {
+    let out = home.run(&[&["check"], args].concat());
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn repair_rebuilds_a_wiped_nodes_shards_and_check_counts_shards() {
+    let mut servers = nodes(6, &QUIET);
+    let me = client(&servers[0].invite());
+    let data = random_bytes(2 << 20, 46);
+    let file = me.write("data.bin", &data);
+    me.ok(&["push", "--erasure", "4+2", file.to_str().unwrap()]);
+    let (code, _, stderr) = check(&me, &[]);
+    assert_eq!(code, 0, "healthy after the push: {stderr}");
+    assert!(stderr.contains("at 6 shards each (4+2 erasure coded)"), "{stderr}");
+
+    // Wipe one node's store while it is down, and bring it back empty.
+    let mut wiped = servers.remove(3);
+    let lost = blob_names(&wiped.node);
+    assert!(lost.len() >= 8, "it held a shard of every chunk: {}", lost.len());
+    wiped.kill();
+    fs::remove_dir_all(wiped.node.home.join("store")).unwrap();
+    let wiped = restart_with(wiped, &QUIET);
+    let (code, stdout, stderr) = check(&me, &[]);
+    assert_eq!(code, 1, "a lost shard per chunk is found: {stderr}");
+    assert_eq!(stdout.trim(), "data.bin@1", "{stderr}");
+    assert!(stderr.contains("under 6 healthy shards") && !stderr.contains("too few shards"), "{stderr}");
+
+    // The others repair every few seconds now: each missing shard is rebuilt
+    // from four others and sent, with the pin, to the node that lacks it.
+    let fast = ["--repair-interval", "2s", "--unreachable-after", "1h"];
+    let mut healers: Vec<Server> = servers.into_iter().map(|s| restart_with(s, &fast)).collect();
+    wait_until(HEAL_LIMIT, "check finds every chunk at 6 shards again", || check(&me, &[]).0 == 0);
+    assert_eq!(blob_names(&wiped.node), lost, "the wiped node holds exactly the shards it held before");
+    let status: serde_json::Value = serde_json::from_str(&wiped.node.ok(&["status", "--json"])).unwrap();
+    assert!(status["pins"].as_u64().unwrap() >= 1, "it keeps them under the owner's pin: {status}");
+
+    // Three nodes down: under K shards of every chunk, and check says so.
+    for server in &mut healers[..3] {
+        server.kill();
+    }
+    let reader = copy_of(&me.home);
+    let (code, _, stderr) = check(&reader, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("too few shards to rebuild"), "{stderr}");
+    drop(wiped);
 }

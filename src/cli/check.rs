@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::session::Session;
 use super::{Cx, network, output, print_json, units};
+use crate::erasure::Shape;
 use crate::home::Access;
 use crate::id::ManifestId;
 use crate::manifest::Manifest;
@@ -77,10 +78,25 @@ pub(super) fn check(cx: &Cx, args: &CheckArgs) -> Result<()> {
     let mut results = Vec::with_capacity(versions.len());
     for version in versions {
         let label = version.label();
-        let chunks = manifest_chunks(&session, &swarm, &owner, version.manifest);
-        let result = match chunks {
-            Ok(chunks) => {
-                let replication = check::check_chunks(&swarm, replicas, &chunks, args.read);
+        let manifest = version_manifest(&session, &swarm, &owner, version.manifest);
+        let result = match manifest {
+            Ok(manifest) => {
+                let replication = match &manifest.erasure {
+                    Some(erasure) => {
+                        let shape = Shape::new(usize::from(erasure.data), usize::from(erasure.parity))?;
+                        let stripes: Vec<(crate::id::ChunkId, &[crate::id::ChunkId])> = manifest
+                            .chunks
+                            .iter()
+                            .zip(&erasure.stripes)
+                            .map(|(c, s)| (c.id, s.shards.as_slice()))
+                            .collect();
+                        check::check_stripes(&swarm, shape, &stripes, args.read)
+                    }
+                    None => {
+                        let chunks: Vec<crate::id::ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+                        check::check_chunks(&swarm, replicas, &chunks, args.read)
+                    }
+                };
                 VersionHealth {
                     version: label,
                     manifest: version.manifest,
@@ -109,8 +125,8 @@ pub(super) fn check(cx: &Cx, args: &CheckArgs) -> Result<()> {
     let unhealthy = results.iter().filter(|r| !r.healthy).count();
     if unhealthy > 0 {
         bail!(
-            "{} of {} checked {} fewer than {replicas} healthy replicas of every chunk (listed on stdout); a \
-             node's repair brings them back within its --repair-interval",
+            "{} of {} checked {} a chunk under its healthy replicas (or shards, if erasure coded) (listed on \
+             stdout); a node's repair brings them back within its --repair-interval",
             unhealthy,
             output::count(results.len() as u64, "version", "versions"),
             if unhealthy == 1 { "has" } else { "have" }
@@ -125,19 +141,19 @@ pub(super) fn check(cx: &Cx, args: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The chunk ids of a version: its manifest from this home, or a peer.
-fn manifest_chunks(
+/// A version's manifest: from this home, or a peer.
+fn version_manifest(
     session: &Session,
     swarm: &transfer::swarm::Swarm,
     owner: &crate::crypto::OwnerKeys,
     id: ManifestId,
-) -> Result<Vec<crate::id::ChunkId>> {
+) -> Result<Manifest> {
     let envelope = match session.catalog().manifest(&id)? {
         Some(envelope) => envelope,
         None => swarm.fetch_manifest(&id)?,
     };
     let (_, manifest) = Manifest::open(owner, id, &envelope).map_err(TransferError::from)?;
-    Ok(manifest.chunks.iter().map(|c| c.id).collect())
+    Ok(manifest)
 }
 
 /// One version's result, for people, on stderr.
@@ -147,12 +163,14 @@ fn describe(cx: &Cx, result: &VersionHealth, read: bool) {
         cx.say(format_args!("{}: not checked: {error}", result.version));
         return;
     }
+    let (one, many) = if r.erasure.is_some() { ("shard", "shards") } else { ("replica", "replicas") };
     if result.healthy {
         cx.say(format_args!(
-            "{}: ok, {} at {} each{}",
+            "{}: ok, {} at {} each{}{}",
             result.version,
             output::count(r.chunks, "chunk", "chunks"),
-            output::count(r.replicas as u64, "replica", "replicas"),
+            output::count(r.replicas as u64, one, many),
+            r.erasure.as_ref().map(|code| format!(" ({code} erasure coded)")).unwrap_or_default(),
             if read {
                 format!(" ({} read and verified)", output::count(r.copies_read, "copy", "copies"))
             } else {
@@ -162,11 +180,16 @@ fn describe(cx: &Cx, result: &VersionHealth, read: bool) {
         return;
     }
     cx.say(format_args!(
-        "{}: {} of {} under {} healthy replicas{}",
+        "{}: {} of {} under {} healthy {many}{}{}",
         result.version,
         r.under_replicated,
         output::count(r.chunks, "chunk", "chunks"),
         r.replicas,
+        if r.lost > 0 {
+            format!(", {} with too few shards to rebuild it (lost until a node holding one comes back)", r.lost)
+        } else {
+            String::new()
+        },
         if r.bad_copies > 0 {
             format!("; {} bad", output::count(r.bad_copies, "copy", "copies"))
         } else {

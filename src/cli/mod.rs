@@ -448,6 +448,12 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
             "chunks_stored": report.chunks_stored,
             "chunks_sealed": report.chunks_sealed,
             "seconds": report.elapsed.as_secs_f64(),
+            // Chunk (or shard) bytes sent to peers, all of them together.
+            "bytes_sent": peer_summary.as_ref().map(|(_, members, _)| members.iter().map(|m| m.bytes_sent).sum::<u64>()),
+            "layout": peer_summary.as_ref().map(|(placed, _, _)| match placed {
+                Placed::Replicas(r) => format!("{r} replicas"),
+                Placed::Erasure(shape) => format!("{shape} erasure"),
+            }),
         }))?;
     } else {
         println!("{}", report.manifest());
@@ -955,6 +961,12 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         })).collect::<Vec<_>>(),
         "owners_omitted": owners_omitted,
     });
+    // How a push to peers places chunks by default, and what that stores per byte.
+    let placement = match session.config().push.erasure() {
+        Some(shape) => serde_json::json!({ "erasure": shape.to_string(), "overhead": shape.overhead() }),
+        None => serde_json::json!({ "replicas": DEFAULT_REPLICAS, "overhead": f64::from(DEFAULT_REPLICAS) }),
+    };
+    status["placement"] = placement;
     if let Some(node) = &node_status {
         status["pins"] = node.pins.into();
         status["repair"] = serde_json::json!({
@@ -997,6 +1009,15 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     }
     if owners_omitted > 0 {
         println!("owner      … and {owners_omitted} more");
+    }
+    match session.config().push.erasure() {
+        Some(shape) => println!(
+            "pushes     {shape} erasure coded to peers, {:.2}x stored ([push] erasure in config.toml)",
+            shape.overhead()
+        ),
+        None => println!(
+            "pushes     {DEFAULT_REPLICAS} replicas to peers, {DEFAULT_REPLICAS}.00x stored (push --erasure K+M stores less)"
+        ),
     }
     if let Some(node) = &node_status {
         println!("pins       {}", node.pins);

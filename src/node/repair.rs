@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::NodeState;
 use crate::crypto::Signature;
+use crate::erasure::{self, Shape};
 use crate::id::{ChunkId, NodeId};
 use crate::net::Peer;
 use crate::store::StoredPin;
@@ -290,7 +291,7 @@ pub(crate) async fn repair_pass(state: &Arc<NodeState>) -> PassReport {
         let (striped, whole): (Vec<StoredPin>, Vec<StoredPin>) =
             batch.into_iter().partition(|p| p.signed.as_ref().is_some_and(|s| s.erasure.is_some()));
         repair_batch(state, &live, replicas, &whole, &pacer, &mut report).await;
-        let _ = striped; // TODO restripe
+        repair_stripes(state, &live, &striped, &pacer, &mut report).await;
     }
     for peer in &live.peers {
         peer.close(ErrorCode(0), "repair pass done");
@@ -504,6 +505,235 @@ async fn send_to(
         report.sent += 1;
         report.bytes += len;
     }
+}
+
+/// One stripe of an erasure pin held here: the chunk's id (which ranks the
+/// nodes), its shards' ids in shard order, and the pin it came with.
+struct HeldStripe<'a> {
+    chunk: ChunkId,
+    shape: Shape,
+    shards: &'a [ChunkId],
+    pin: &'a StoredPin,
+}
+
+/// Repairs the stripes of erasure pins (`pins`, each with its signed list):
+/// for each stripe this node holds a shard of, its K + M shards should sit
+/// on K + M distinct nodes among the stripe's top K + M live nodes. The
+/// top nodes, and every node ranked above this one, are asked (`Has`)
+/// which shards they hold; only the best-ranked live holder of any shard
+/// acts. Each shard held on no top node goes to a top node holding none:
+/// copied if a live node has it, else rebuilt from K shards (fetched,
+/// verified by their ids, decoded and encoded again, the result checked
+/// against the shard's id), after the manifest and the signed pin.
+async fn repair_stripes(
+    state: &Arc<NodeState>,
+    live: &Live,
+    pins: &[StoredPin],
+    pacer: &Pacer,
+    report: &mut PassReport,
+) {
+    report.pins += pins.len() as u64;
+    let mut stripes: Vec<HeldStripe<'_>> = Vec::new();
+    for pin in pins {
+        let Some(signed) = &pin.signed else { continue };
+        let Some([data, parity]) = signed.erasure else { continue };
+        let Ok(shape) = Shape::new(usize::from(data), usize::from(parity)) else { continue };
+        for stripe in signed.chunks.chunks_exact(shape.total() + 1) {
+            stripes.push(HeldStripe { chunk: stripe[0], shape, shards: &stripe[1..], pin });
+        }
+    }
+    let mut wanted: Vec<ChunkId> = stripes.iter().flat_map(|s| s.shards.iter().copied()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let Some(held) = blocking(state, move |s| {
+        wanted.into_iter().filter(|id| s.home.store().has_chunk(id)).collect::<HashSet<ChunkId>>()
+    })
+    .await
+    else {
+        return;
+    };
+    stripes.retain(|s| s.shards.iter().any(|id| held.contains(id)));
+    report.chunks += stripes.iter().map(|s| s.shards.iter().filter(|id| held.contains(id)).count() as u64).sum::<u64>();
+
+    // Whom to ask about each stripe: its top K + M, and whoever ranks above this node.
+    let mut asks: HashMap<usize, HashSet<ChunkId>> = HashMap::new();
+    let rankings: Vec<Vec<usize>> = stripes.iter().map(|s| placement::rank(&live.nodes, s.chunk.as_bytes())).collect();
+    for (stripe, ranking) in stripes.iter().zip(&rankings) {
+        let mine = ranking.iter().position(|&i| i == 0).unwrap_or(0);
+        let reach = stripe.shape.total().max(mine).min(ranking.len());
+        for &index in &ranking[..reach] {
+            if index != 0 {
+                asks.entry(index).or_default().extend(stripe.shards.iter().copied());
+            }
+        }
+    }
+    let answers: HashMap<usize, HashSet<ChunkId>> = futures_util::stream::iter(asks)
+        .map(|(index, ids)| async move {
+            let ids: Vec<ChunkId> = ids.into_iter().collect();
+            match live.peer(index).has(&ids).await {
+                Ok(present) => {
+                    Some((index, ids.into_iter().zip(present).filter(|(_, p)| *p).map(|(id, _)| id).collect()))
+                }
+                Err(e) => {
+                    debug!("repair: asking {} which shards it holds: {e}", live.nodes[index].short(16));
+                    None
+                }
+            }
+        })
+        .buffer_unordered(DIAL_CONCURRENCY)
+        .filter_map(|a| async move { a })
+        .collect()
+        .await;
+    let holds = |index: usize, id: &ChunkId| {
+        if index == 0 { held.contains(id) } else { answers.get(&index).is_some_and(|h| h.contains(id)) }
+    };
+
+    for (stripe, ranking) in stripes.iter().zip(&rankings) {
+        let width = stripe.shape.total();
+        let top = &ranking[..width.min(ranking.len())];
+        // Each top node counts for one shard at most: distinct nodes.
+        let mut placed: Vec<Option<usize>> = vec![None; width];
+        let mut used: HashSet<usize> = HashSet::new();
+        for (shard, id) in stripe.shards.iter().enumerate() {
+            if let Some(&node) = top.iter().find(|&&n| !used.contains(&n) && holds(n, id)) {
+                placed[shard] = Some(node);
+                used.insert(node);
+            }
+        }
+        if placed.iter().any(Option::is_none) {
+            report.under_replicated += 1;
+        } else {
+            continue;
+        }
+        let mine = ranking.iter().position(|&i| i == 0).unwrap_or(0);
+        if ranking[..mine].iter().any(|&n| stripe.shards.iter().any(|id| holds(n, id))) {
+            continue;
+        }
+        let mut free = top.iter().copied().filter(|n| !used.contains(n) && (*n == 0 || answers.contains_key(n)));
+        for shard in (0..width).filter(|&i| placed[i].is_none()) {
+            let Some(target) = free.next() else { break };
+            if target == 0 {
+                // This node is among the top and lacks a shard: rebuild it here.
+                if let Some(bytes) = shard_bytes(state, live, stripe, shard, &holds).await {
+                    let id = stripe.shards[shard];
+                    match blocking(state, move |s| s.home.store().put_chunk(&id, &bytes)).await {
+                        Some(Ok(_)) => report.sent += 1,
+                        Some(Err(e)) => warn!("repair: storing rebuilt shard {id}: {e}"),
+                        None => {}
+                    }
+                }
+                continue;
+            }
+            if !pin_on(state, live, target, stripe.pin).await {
+                continue;
+            }
+            let Some(bytes) = shard_bytes(state, live, stripe, shard, &holds).await else { continue };
+            let len = bytes.len() as u64;
+            pacer.take(len).await;
+            match live.peer(target).put_chunk(stripe.shards[shard], Bytes::from(bytes)).await {
+                Ok(()) => {
+                    report.sent += 1;
+                    report.bytes += len;
+                }
+                Err(e) => debug!("repair: sending a shard to {}: {e}", live.nodes[target].short(16)),
+            }
+        }
+    }
+}
+
+/// Gives node `target` the manifest and the signed pin of `pin`; whether it took the pin.
+async fn pin_on(state: &Arc<NodeState>, live: &Live, target: usize, pin: &StoredPin) -> bool {
+    let peer = live.peer(target);
+    let short = live.nodes[target].short(16);
+    let manifest = pin.record.manifest;
+    let Some((frame, chunks)) = signed_pin(state, pin) else { return false };
+    let envelope = blocking(state, move |s| {
+        let store = s.home.store();
+        store.manifest_len(&manifest).and_then(|_| store.read_manifest(&manifest).ok())
+    })
+    .await
+    .flatten();
+    if let Some(envelope) = envelope
+        && let Err(e) = peer.put_manifest(manifest, Bytes::from(envelope)).await
+    {
+        debug!("repair: sending manifest {manifest} to {short}: {e}");
+    }
+    match peer.pin(frame, &chunks).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("repair: pinning {manifest} on {short}: {e}");
+            false
+        }
+    }
+}
+
+/// Shard `shard` of `stripe`: read here, or fetched from a live node that
+/// has it, or rebuilt from K others; verified against its id either way.
+async fn shard_bytes(
+    state: &Arc<NodeState>,
+    live: &Live,
+    stripe: &HeldStripe<'_>,
+    shard: usize,
+    holds: &impl Fn(usize, &ChunkId) -> bool,
+) -> Option<Vec<u8>> {
+    let want = stripe.shards[shard];
+    if let Some(bytes) = fetch_shard(state, live, want, holds).await {
+        return Some(bytes);
+    }
+    let mut given: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (index, id) in stripe.shards.iter().enumerate() {
+        if given.len() == stripe.shape.data() {
+            break;
+        }
+        if index != shard
+            && let Some(bytes) = fetch_shard(state, live, *id, holds).await
+        {
+            given.push((index, bytes));
+        }
+    }
+    let parts: Vec<(usize, &[u8])> = given.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+    match erasure::restore(stripe.shape, &parts, shard) {
+        Ok(bytes) if ChunkId::of(&bytes) == want => Some(bytes),
+        Ok(_) => {
+            warn!("repair: shard {shard} of chunk {} rebuilt to other bytes than its id", stripe.chunk.short(16));
+            None
+        }
+        Err(e) => {
+            debug!("repair: rebuilding shard {shard} of chunk {}: {e}", stripe.chunk.short(16));
+            None
+        }
+    }
+}
+
+/// Blob `id` from this node's store or a live node that says it holds it,
+/// verified against its id.
+async fn fetch_shard(
+    state: &Arc<NodeState>,
+    live: &Live,
+    id: ChunkId,
+    holds: &impl Fn(usize, &ChunkId) -> bool,
+) -> Option<Vec<u8>> {
+    if holds(0, &id) {
+        let local = blocking(state, move |s| {
+            let mut buf = Vec::new();
+            match s.home.store().read_chunk_unverified(&id, &mut buf) {
+                Ok(true) if ChunkId::of(&buf) == id => Some(buf),
+                _ => None,
+            }
+        })
+        .await
+        .flatten();
+        if local.is_some() {
+            return local;
+        }
+    }
+    for index in (1..live.nodes.len()).filter(|&i| holds(i, &id)) {
+        let mut buf = Vec::new();
+        if let Ok(true) = live.peer(index).get_chunk(id, &mut buf).await {
+            return Some(buf);
+        }
+    }
+    None
 }
 
 /// The owner's signed `Pin` of `pin` and the chunk ids it signed: as held,

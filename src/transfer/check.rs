@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::swarm::Swarm;
+use crate::erasure::Shape;
 use crate::id::{ChunkId, NodeId};
 use crate::net::NetError;
 
@@ -53,6 +54,14 @@ pub struct Replication {
     pub bad_copies: u64,
     /// The first [`MAX_LISTED`] chunks under `replicas`.
     pub listed: Vec<ChunkHealth>,
+    /// For an erasure-coded version, its code (`K+M`): `replicas` is then
+    /// K + M, the shards each chunk should have on distinct nodes, and
+    /// `healthy` in a [`ChunkHealth`] counts shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<String>,
+    /// Erasure-coded chunks with fewer than K healthy shards: lost until
+    /// a node that held one comes back.
+    pub lost: u64,
 }
 
 impl Replication {
@@ -73,6 +82,101 @@ pub fn check_chunks(swarm: &Swarm, replicas: usize, chunks: &[ChunkId], read: bo
         check_batch(swarm, replicas, batch, read, &mut report);
     }
     report
+}
+
+/// Checks each stripe of an erasure-coded version (a chunk's id and its
+/// K + M shard ids, in shard order): how many of its shards live peers
+/// hold, each peer counted for one shard of a stripe at most (a stripe
+/// with fewer than K + M is under-replicated, with fewer than K lost);
+/// with `read`, each shard counted is fetched and verified by its id.
+pub fn check_stripes(swarm: &Swarm, shape: Shape, stripes: &[(ChunkId, &[ChunkId])], read: bool) -> Replication {
+    let mut report =
+        Replication { replicas: shape.total(), erasure: Some(shape.to_string()), ..Replication::default() };
+    let per_batch = (CHECK_BATCH / shape.total()).max(1);
+    for batch in stripes.chunks(per_batch) {
+        check_stripe_batch(swarm, shape, batch, read, &mut report);
+    }
+    report
+}
+
+fn check_stripe_batch(
+    swarm: &Swarm,
+    shape: Shape,
+    batch: &[(ChunkId, &[ChunkId])],
+    read: bool,
+    report: &mut Replication,
+) {
+    let ids: Vec<ChunkId> = batch.iter().flat_map(|(_, shards)| shards.iter().copied()).collect();
+    let live = swarm.live_members();
+    let ids = &ids;
+    let answers = swarm
+        .client()
+        .run_all(live.iter().map(|&i| swarm.with_retry(i, move |peer| async move { peer.has(ids).await })));
+    let mut holders: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+    for (&index, answer) in live.iter().zip(answers) {
+        match answer {
+            Ok(flags) => {
+                for (id, _) in ids.iter().zip(flags).filter(|(_, p)| *p) {
+                    holders.entry(*id).or_default().push(index);
+                }
+            }
+            Err(e) => swarm.drop_member(index, &e),
+        }
+    }
+    for (chunk, shards) in batch {
+        // Each node counts for one shard at most, best-placed nodes first.
+        let ranked = swarm.ranked(chunk.as_bytes());
+        let mut used: Vec<usize> = Vec::new();
+        let mut placed: Vec<(ChunkId, usize)> = Vec::new();
+        for shard in shards.iter() {
+            let on = holders.get(shard).map(Vec::as_slice).unwrap_or_default();
+            if let Some(&node) = ranked.iter().find(|n| on.contains(n) && !used.contains(n)) {
+                used.push(node);
+                placed.push((*shard, node));
+            }
+        }
+        let mut verdict =
+            ChunkHealth { chunk: *chunk, healthy: placed.len(), missing_on: Vec::new(), bad_on: Vec::new() };
+        if read {
+            let fetches = placed.iter().map(|&(shard, index)| {
+                swarm.with_retry(index, move |peer| async move {
+                    let mut buf = Vec::new();
+                    peer.get_chunk(shard, &mut buf).await
+                })
+            });
+            for (&(shard, index), result) in placed.iter().zip(swarm.client().run_all(fetches)) {
+                let node = swarm.member(index).node();
+                match result {
+                    Ok(true) => report.copies_read += 1,
+                    Ok(false) => {
+                        verdict.healthy -= 1;
+                        verdict.missing_on.push(node);
+                    }
+                    Err(e) => {
+                        tracing::warn!("shard {} on {}: {e}", shard, node.short(16));
+                        report.bad_copies += 1;
+                        verdict.healthy -= 1;
+                        verdict.bad_on.push(node);
+                    }
+                }
+            }
+        }
+        // The best-placed live nodes holding no shard of it.
+        let width = shape.total();
+        verdict
+            .missing_on
+            .extend(ranked.iter().take(width).filter(|n| !used.contains(n)).map(|&n| swarm.member(n).node()));
+        report.chunks += 1;
+        if verdict.healthy < shape.data() {
+            report.lost += 1;
+        }
+        if verdict.healthy < width {
+            report.under_replicated += 1;
+            if report.listed.len() < MAX_LISTED {
+                report.listed.push(verdict);
+            }
+        }
+    }
 }
 
 fn check_batch(swarm: &Swarm, replicas: usize, batch: &[ChunkId], read: bool, report: &mut Replication) {
