@@ -62,6 +62,7 @@ fn protocol_doc_limits_are_the_constants_in_the_code() {
         ("MAX_CHUNK_PAYLOAD", wire::MAX_CHUNK_PAYLOAD.into()),
         ("MAX_MANIFEST_PAYLOAD", wire::MAX_MANIFEST_PAYLOAD.into()),
         ("MAX_PIN_CHUNKS", wire::MAX_PIN_CHUNKS.into()),
+        ("MAX_STRIPE_SHARDS", wire::MAX_STRIPE_SHARDS.into()),
         ("MAX_HAS_IDS", wire::MAX_HAS_IDS as u64),
         ("MAX_PEERS", wire::MAX_PEERS as u64),
         ("MAX_PEER_ADDRS", wire::MAX_PEER_ADDRS as u64),
@@ -84,6 +85,7 @@ fn wire_limits_agree_with_the_formats_they_carry() {
     assert_eq!(wire::MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE + crypto::TAG_LEN as u32);
     assert_eq!(wire::MAX_LOG_ENTRY_LEN, MAX_LOG_ENTRY_LEN);
     assert_eq!(wire::MAX_PIN_CHUNKS as usize, manifest::MAX_CHUNKS);
+    assert_eq!(usize::from(wire::MAX_STRIPE_SHARDS), manifest::MAX_SHARDS);
     assert_eq!(u64::from(wire::MAX_MANIFEST_PAYLOAD), p2pfs::store::MAX_MANIFEST_LEN);
     assert_eq!(wire::MAX_MANIFEST_PAYLOAD as usize, manifest::MAX_ENVELOPE_LEN);
     assert_eq!(wire::ALPN, format!("p2pfs/{}", wire::PROTOCOL_VERSION).as_bytes());
