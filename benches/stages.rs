@@ -80,11 +80,8 @@ fn sealing(c: &mut Criterion) {
 
 fn compressing(c: &mut Criterion) {
     let noise = random(CHUNK);
-    let words: Vec<u8> = random(CHUNK / 4)
-        .iter()
-        .flat_map(|b| format!("word{} ", b % 97).into_bytes())
-        .take(CHUNK)
-        .collect();
+    let words: Vec<u8> =
+        random(CHUNK / 4).iter().flat_map(|b| format!("word{} ", b % 97).into_bytes()).take(CHUNK).collect();
     let key = ChunkKey([5; 32]);
     let mut group = c.benchmark_group("chunk_format");
     group.throughput(Throughput::Bytes(CHUNK as u64));
