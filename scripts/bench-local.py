@@ -2,6 +2,7 @@
 """End-to-end local benchmark: push and pull through the real binary.
 
 Usage:  python3 scripts/bench-local.py [--size-mib 1024] [--runs 3] [--dir DIR] [--rss-size-mib 4096]
+                                      [--tar-dirs /usr/share] [--baseline-rev REV] [--only compression]
 
 Builds the release binary, makes a file of random bytes, and measures, in the
 same run so the figures compare:
@@ -13,7 +14,14 @@ same run so the figures compare:
     same file unchanged, push with 1 MiB overwritten in the middle, and pull;
   * the same push and pull with the home on tmpfs (/dev/shm), which shows the
     CPU pipeline without the disk;
-  * peak RSS (from /usr/bin/time -v) of push and pull of a --rss-size-mib file.
+  * peak RSS (from /usr/bin/time -v) of push and pull of a --rss-size-mib file;
+  * compression: a tar of --tar-dirs (made now, from this machine's files)
+    stored by p2pfs, by `zstd -3` and by `restic backup` (repository v2,
+    --compression auto): stored bytes and throughput, each p2pfs push right
+    beside a restic backup of the same tar;
+  * with --baseline-rev (e.g. the commit before a change): that revision is
+    built too, and pushes of the random data alternate between the two
+    binaries (home on tmpfs and on disk), so "before" and "after" share the run.
 Each figure is the median of --runs runs. MB/s are decimal megabytes/second.
 This is a benchmark, not a test: it asserts nothing and the machine is noisy.
 """
@@ -108,12 +116,106 @@ def bench_p2pfs(results, label, home, data, edited, runs, out_dir):
     drop_file(home)
 
 
+def tree_bytes(path):
+    """Apparent size of every file under path."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def bench_compression(work, runs, tar_dirs):
+    """Stored size and push speed on real files: p2pfs, zstd -3, restic."""
+    tar = os.path.join(work, "files.tar")
+    print(f"making a tar of {' '.join(tar_dirs)}", flush=True)
+    subprocess.run(["tar", "-cf", tar, "--ignore-failed-read", "-C", "/"] + [d.lstrip("/") for d in tar_dirs],
+                   check=False, stderr=subprocess.DEVNULL)
+    size = os.path.getsize(tar)
+    print(f"compression: a {size / 2**20:.0f} MiB tar; {runs} runs each, medians", flush=True)
+    zstd_out = os.path.join(work, "files.tar.zst")
+    zstd_s = [run(["zstd", "-3", "-q", "-f", "-T1", tar, "-o", zstd_out])[0] for _ in range(runs)]
+    zstd_bytes = os.path.getsize(zstd_out)
+    drop_file(zstd_out)
+
+    home = os.path.join(work, "tar-home")
+    env = p2pfs_env(home)
+    repo = os.path.join(work, "restic-tar")
+    renv = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=repo)
+    have_restic = shutil.which("restic") is not None
+    push_s, restic_s, ratios, stored, restic_bytes = [], [], [], 0, 0
+    for _ in range(runs):
+        drop_file(home)
+        subprocess.run([BIN, "init", "-q"], env=env, check=True)
+        seconds = run([BIN, "push", "-q", tar, "--name", "files.tar"], env)[0]
+        push_s.append(seconds)
+        store = os.path.join(home, "store")
+        stored = tree_bytes(os.path.join(store, "chunks")) + tree_bytes(os.path.join(store, "manifests"))
+        if have_restic:
+            drop_file(repo)
+            subprocess.run(["restic", "init", "-q", "--repository-version", "2"], env=renv, check=True,
+                           stdout=subprocess.DEVNULL)
+            r = run(["restic", "backup", "-q", "--compression", "auto", tar], renv)[0]
+            restic_s.append(r)
+            ratios.append(r / seconds)
+            restic_bytes = tree_bytes(repo)
+    drop_file(home)
+    drop_file(repo)
+
+    mb = lambda secs: size / statistics.median(secs) / 1e6
+    print(f"  zstd -3 (one thread)        {zstd_bytes / 2**20:8.1f} MiB   {mb(zstd_s):6.0f} MB/s")
+    if have_restic:
+        print(f"  restic backup (auto)        {restic_bytes / 2**20:8.1f} MiB   {mb(restic_s):6.0f} MB/s")
+    print(f"  p2pfs push (disk)           {stored / 2**20:8.1f} MiB   {mb(push_s):6.0f} MB/s   (chunk and manifest files)")
+    print(f"  stored: p2pfs / zstd -3 = {stored / zstd_bytes:.3f}x", end="")
+    if have_restic:
+        print(f", p2pfs / restic = {stored / restic_bytes:.3f}x")
+        print(f"  push throughput: p2pfs / restic backup = {statistics.median(ratios):.2f}x (median of per-run ratios)")
+    else:
+        print("\n  (restic not installed: apt-get install restic, to compare)")
+    drop_file(tar)
+
+
+def build_baseline(rev, work):
+    """Builds `rev` in a worktree of its own; returns its binary."""
+    tree = os.path.join(work, "baseline-tree")
+    target = os.path.join(ROOT, "target", "bench-baseline")
+    subprocess.run(["git", "worktree", "add", "-f", "--detach", tree, rev], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "p2pfs"], cwd=tree, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=target))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
+    return os.path.join(target, "release", "p2pfs")
+
+
+def bench_before_after(baseline, data, size, runs, homes):
+    """Push of random data by the baseline binary and this one, alternating."""
+    for label, home in homes:
+        times = {"before": [], "after": []}
+        for _ in range(runs):
+            for which, binary in (("before", baseline), ("after", BIN)):
+                env = p2pfs_env(home)
+                drop_file(home)
+                subprocess.run([binary, "init", "-q"], env=env, check=True)
+                times[which].append(run([binary, "push", "-q", data, "--name", "f"], env)[0])
+                drop_file(home)
+        before, after = (statistics.median(times[k]) for k in ("before", "after"))
+        ratio = statistics.median(b / a for a, b in zip(times["after"], times["before"]))
+        print(f"  random data, {label}: before {size / before / 1e6:.0f} MB/s, after {size / after / 1e6:.0f} MB/s, "
+              f"after/before throughput {ratio:.3f}x (median of per-run ratios)", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-size-mib", type=int, default=4096)
     parser.add_argument("--dir", default=os.path.join(ROOT, "target", "bench"))
+    parser.add_argument("--tar-dirs", nargs="+", default=["/usr/share"])
+    parser.add_argument("--baseline-rev", help="a git revision to compare random-data pushes with")
+    parser.add_argument("--only", choices=["compression", "before-after"], help="run one part only")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -128,6 +230,20 @@ def main():
     with open(edited, "r+b") as f:
         f.seek(size // 2)
         f.write(os.urandom(1 << 20))
+
+    if args.baseline_rev:
+        print(f"building {args.baseline_rev} for comparison", flush=True)
+        baseline = build_baseline(args.baseline_rev, work)
+        print(f"random data pushed by {args.baseline_rev} (before) and this tree (after), {args.runs} runs:")
+        homes = [("disk", os.path.join(work, "ab-home"))]
+        if os.path.isdir("/dev/shm"):
+            homes.insert(0, ("tmpfs", "/dev/shm/p2pfs-bench-ab"))
+        bench_before_after(baseline, data, size, args.runs, homes)
+    if args.only != "before-after":
+        bench_compression(work, args.runs, args.tar_dirs)
+    if args.only:
+        shutil.rmtree(work)
+        return
 
     results = Results(size)
     print(f"{args.runs} runs each, medians; {os.cpu_count()} cores", flush=True)

@@ -349,6 +349,17 @@ mod tests {
     }
 
     proptest! {
+        /// What is inside the seal comes from the owner alone, but opening
+        /// still checks it: no layout, however wrong, panics or writes past
+        /// the length the manifest gives.
+        #[test]
+        fn unframing_arbitrary_bytes_never_panics(inner in proptest::collection::vec(any::<u8>(), 0..2048), len in 0usize..4096) {
+            let mut buf = inner;
+            if let Ok(()) = with_scratch(|scratch| unframe(len, &mut buf, scratch)) {
+                prop_assert!(buf.len() <= len.max(2048));
+            }
+        }
+
         #[test]
         fn chunks_round_trip(len in 1usize..400_000, seed in any::<u8>(), compressible in any::<bool>(), level in -2i8..6) {
             let plaintext = if compressible { text(len) } else { noise(len, seed) };

@@ -82,7 +82,9 @@ fn protocol_doc_limits_are_the_constants_in_the_code() {
 fn wire_limits_agree_with_the_formats_they_carry() {
     use p2pfs::{crypto, manifest, wire};
     // `wire` may use only `id`, so it states these limits itself.
-    assert_eq!(wire::MAX_CHUNK_PAYLOAD, MAX_CHUNK_SIZE + crypto::TAG_LEN as u32);
+    assert_eq!(wire::MAX_CHUNK_PAYLOAD, p2pfs::sealing::max_sealed_len(MAX_CHUNK_SIZE));
+    assert_eq!(wire::MAX_CHUNK_PAYLOAD, p2pfs::sealing::MAX_SEALED_LEN);
+    assert!(wire::MAX_CHUNK_PAYLOAD > MAX_CHUNK_SIZE + crypto::TAG_LEN as u32);
     assert_eq!(wire::MAX_LOG_ENTRY_LEN, MAX_LOG_ENTRY_LEN);
     assert_eq!(wire::MAX_PIN_CHUNKS as usize, manifest::MAX_CHUNKS);
     assert_eq!(usize::from(wire::MAX_STRIPE_SHARDS), manifest::MAX_SHARDS);

@@ -446,6 +446,8 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
             // What this push added: nothing, when unchanged.
             "new_bytes": if report.unchanged { 0 } else { v.new_bytes },
             "chunks_stored": report.chunks_stored,
+            // The new chunks' bytes as stored: compressed and padded.
+            "stored_bytes": report.sealed_bytes,
             "chunks_sealed": report.chunks_sealed,
             "seconds": report.elapsed.as_secs_f64(),
             // Chunk (or shard) bytes sent to peers, all of them together.
@@ -477,12 +479,13 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
     } else {
         let reused_chunks = v.chunks - report.chunks_stored;
         eprintln!(
-            "pushed {}: {} in {}; {} new ({}), {} reused ({}); {:.2} s, {}",
+            "pushed {}: {} in {}; {} new ({}, {} stored), {} reused ({}); {:.2} s, {}",
             v.label(),
             output::size(v.size),
             output::count(v.chunks, "chunk", "chunks"),
             output::size(v.new_bytes),
             output::count(report.chunks_stored, "chunk", "chunks"),
+            output::size(report.sealed_bytes),
             output::size(v.size - v.new_bytes),
             output::count(reused_chunks, "chunk", "chunks"),
             report.elapsed.as_secs_f64(),

@@ -353,3 +353,65 @@ pub fn partial_path(path: &Path, manifest_id: &ManifestId) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.p2pfs-partial", manifest_id.short(16)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MANIFEST_VERSION;
+
+    /// A store holding `parts` sealed as `sealing` says, and their manifest
+    /// in the layout of that format's time.
+    fn stored(sealing: Sealing, parts: &[Vec<u8>]) -> (tempfile::TempDir, Store, Manifest) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let owner = OwnerKeys::derive(&[8; 32]);
+        let chunks = parts
+            .iter()
+            .map(|part| {
+                let key = owner.chunk_key(part);
+                let mut buf = part.clone();
+                let id = sealing.seal(&key, &mut buf);
+                store.put_chunk(&id, &buf).unwrap();
+                ChunkRef { id, key, len: part.len() as u32 }
+            })
+            .collect();
+        let mut manifest = Manifest::new("f".into(), sealing, chunks);
+        if sealing == Sealing::V1 {
+            manifest.version = 1;
+        }
+        (dir, store, manifest)
+    }
+
+    fn parts() -> Vec<Vec<u8>> {
+        let words: Vec<u8> = b"an old store, still read ".iter().copied().cycle().take(300_000).collect();
+        vec![words.clone(), (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect(), words[..1000].to_vec()]
+    }
+
+    #[test]
+    fn version_1_chunks_and_manifests_still_read() {
+        let (_dir, store, manifest) = stored(Sealing::V1, &parts());
+        let body = manifest.encode();
+        assert_eq!(body[0], 1, "laid out as manifest v1");
+        let decoded = Manifest::decode(ManifestId([0; 32]), &body).unwrap();
+        let mut out = Vec::new();
+        write_to(&store, &decoded, &mut out, Parallelism::for_this_machine(), &|_| {}).unwrap();
+        assert_eq!(out, parts().concat());
+    }
+
+    #[test]
+    fn a_pull_resumes_after_the_chunks_its_partial_file_holds_in_either_format() {
+        for sealing in [Sealing::V1, Sealing::current(3)] {
+            let (dir, store, manifest) = stored(sealing, &parts());
+            assert!(sealing == Sealing::V1 || manifest.version == MANIFEST_VERSION);
+            let path = dir.path().join("out.bin");
+            let id = ManifestId([1; 32]);
+            // An earlier pull wrote the first two chunks and half the third.
+            let whole = parts().concat();
+            fs::write(partial_path(&path, &id), &whole[..300_000 + 200_000 + 500]).unwrap();
+            let outcome =
+                write_to_path(&store, &manifest, &id, &path, Parallelism::for_this_machine(), false, &|_| {}).unwrap();
+            assert_eq!(outcome.resumed_chunks, 2, "{sealing:?}");
+            assert_eq!(fs::read(&path).unwrap(), whole);
+        }
+    }
+}

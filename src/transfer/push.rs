@@ -53,6 +53,8 @@ pub struct PushReport {
     pub chunks_sealed: u64,
     /// Chunks written to the store (new to it).
     pub chunks_stored: u64,
+    /// Their sealed bytes: what the new plaintext takes, compressed and padded.
+    pub sealed_bytes: u64,
     /// Wall time of the push.
     pub elapsed: Duration,
 }
@@ -187,6 +189,7 @@ pub fn push(
             unchanged: true,
             chunks_sealed: outcome.sealed.len() as u64,
             chunks_stored: outcome.stored,
+            sealed_bytes: outcome.sealed_bytes,
             elapsed: started.elapsed(),
         });
     }
@@ -241,6 +244,7 @@ pub fn push(
         unchanged: false,
         chunks_sealed: outcome.sealed.len() as u64,
         chunks_stored: outcome.stored,
+        sealed_bytes: outcome.sealed_bytes,
         elapsed: started.elapsed(),
     })
 }
@@ -281,6 +285,7 @@ struct Stored {
     sealed: Vec<([u8; 32], ChunkId)>,
     new_bytes: u64,
     stored: u64,
+    sealed_bytes: u64,
 }
 
 /// What a worker did with one chunk.
@@ -290,6 +295,8 @@ struct ChunkOutcome {
     sealed_tag: Option<[u8; 32]>,
     /// Whether its file was written now.
     written: bool,
+    /// Its sealed length, when sealed here.
+    sealed_len: u64,
 }
 
 fn store_chunks(
@@ -380,7 +387,7 @@ fn collect(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Stored, TransferError> {
     let mut slots: Vec<Option<ChunkRef>> = Vec::new();
-    let mut stored = Stored { chunks: Vec::new(), sealed: Vec::new(), new_bytes: 0, stored: 0 };
+    let mut stored = Stored { chunks: Vec::new(), sealed: Vec::new(), new_bytes: 0, stored: 0, sealed_bytes: 0 };
     let mut written = HashSet::new();
     for (index, outcome) in done_rx {
         let outcome = outcome?;
@@ -395,6 +402,7 @@ fn collect(
         if outcome.written && written.insert(outcome.chunk.id) {
             stored.new_bytes += u64::from(outcome.chunk.len);
             stored.stored += 1;
+            stored.sealed_bytes += outcome.sealed_len;
         }
         progress(u64::from(outcome.chunk.len));
     }
@@ -415,11 +423,12 @@ fn seal_and_store(
     if let Some(id) = catalog.sealed(&tag)?
         && destination.holds(&id)
     {
-        return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false });
+        return Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: None, written: false, sealed_len: 0 });
     }
     let id = sealing.seal(&key, buf);
+    let sealed_len = buf.len() as u64;
     let written = destination.put(&id, buf)?;
-    Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written })
+    Ok(ChunkOutcome { chunk: ChunkRef { id, key, len }, sealed_tag: Some(tag), written, sealed_len })
 }
 
 #[cfg(test)]

@@ -46,7 +46,8 @@ pub const HEADER_LEN: usize = 6;
 /// Largest `length` of a frame (version + type + body).
 pub const MAX_FRAME_LEN: usize = 128 * 1024;
 /// Largest chunk ciphertext after `PutChunk`/`ChunkData`: a raw chunk of 16 MiB, padded, and its tag.
-pub const MAX_CHUNK_PAYLOAD: u32 = crate::sealing::MAX_SEALED_LEN;
+/// (`sealing::MAX_SEALED_LEN`; a test checks they agree).
+pub const MAX_CHUNK_PAYLOAD: u32 = 16 * 1024 * 1024 + 512 * 1024 + 16;
 /// Largest manifest envelope after `PutManifest`/`ManifestData`: room for a
 /// manifest of `MAX_PIN_CHUNKS` chunks with the longest name (18 MiB).
 pub const MAX_MANIFEST_PAYLOAD: u32 = 18 * 1024 * 1024;
