@@ -171,6 +171,19 @@ pub fn encode(shape: Shape, ciphertext: &[u8]) -> Result<Vec<Vec<u8>>, ErasureEr
 /// shards (`(index, bytes)`, index in `0..K+M`; more are ignored). The
 /// caller checks the result against the chunk's id.
 pub fn decode(shape: Shape, sealed_len: usize, shards: &[(usize, &[u8])]) -> Result<Vec<u8>, ErasureError> {
+    let mut out = Vec::new();
+    decode_into(shape, sealed_len, shards, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out` (cleared first), so a caller can reuse one buffer.
+pub fn decode_into(
+    shape: Shape,
+    sealed_len: usize,
+    shards: &[(usize, &[u8])],
+    out: &mut Vec<u8>,
+) -> Result<(), ErasureError> {
+    out.clear();
     let shard_len = shape.shard_len(sealed_len);
     if sealed_len == 0 || sealed_len > shard_len * shape.data() {
         return Err(ErasureError::Length(sealed_len));
@@ -186,7 +199,7 @@ pub fn decode(shape: Shape, sealed_len: usize, shards: &[(usize, &[u8])]) -> Res
     if got < shape.data() {
         return Err(ErasureError::TooFewShards { got, data: shape.data() });
     }
-    let mut out = Vec::with_capacity(shard_len * shape.data());
+    out.reserve(shard_len * shape.data());
     if have[..shape.data()].iter().all(Option::is_some) {
         for shard in have[..shape.data()].iter().flatten() {
             out.extend_from_slice(shard);
@@ -220,7 +233,7 @@ pub fn decode(shape: Shape, sealed_len: usize, shards: &[(usize, &[u8])]) -> Res
         }
     }
     out.truncate(sealed_len);
-    Ok(out)
+    Ok(())
 }
 
 /// Rebuilds shard `wanted` of a stripe from any K others: decode, then

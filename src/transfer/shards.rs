@@ -25,7 +25,7 @@ use super::record;
 use super::replicate::KEEP_ALIVE;
 use super::swarm::Swarm;
 use crate::crypto::OwnerKeys;
-use crate::erasure::{self, Shape};
+use crate::erasure::{self, MAX_SHARDS, Shape};
 use crate::id::{ChunkId, ManifestId, NodeId};
 use crate::manifest::{Erasure, Stripe};
 use crate::wire::ErrorCode;
@@ -413,6 +413,9 @@ pub(super) fn gather(
         return Err(TransferError::StripeMismatch(*id));
     }
     let order = swarm.ranked_all(id.as_bytes());
+    // Shard buffers are this thread's, reused from chunk to chunk (a new
+    // allocation for each would fault in fresh pages every time).
+    let mut spare = SHARD_BUFFERS.with_borrow_mut(std::mem::take);
     let mut got: Vec<Option<Vec<u8>>> = vec![None; width];
     let mut asked: HashSet<(usize, usize)> = HashSet::new();
     let mut reasons = Vec::new();
@@ -440,14 +443,40 @@ pub(super) fn gather(
             }
             break;
         }
-        let fetches = candidates.iter().map(|&(shard, member)| {
-            let shard_id = stripe.shards[shard];
-            swarm.with_retry(member, move |peer| async move {
-                let mut out = Vec::new();
-                peer.get_chunk(shard_id, &mut out).await.map(|found| found.then_some(out))
+        let fetches: Vec<_> = candidates
+            .iter()
+            .map(|&(shard, member)| {
+                let shard_id = stripe.shards[shard];
+                let out = std::cell::RefCell::new(spare.pop().unwrap_or_default());
+                async move {
+                    let result = swarm
+                        .with_retry(member, |peer| {
+                            let out = &out;
+                            async move {
+                                let mut buf = out.take();
+                                let found = peer.get_chunk(shard_id, &mut buf).await;
+                                out.replace(buf);
+                                found
+                            }
+                        })
+                        .await;
+                    (result, out.into_inner())
+                }
             })
-        });
-        for (&(shard, index), result) in candidates.iter().zip(swarm.client().run_all(fetches)) {
+            .collect();
+        let results: Vec<Result<Option<Vec<u8>>, crate::net::NetError>> = swarm
+            .client()
+            .run_all(fetches)
+            .into_iter()
+            .map(|(result, buf)| match result {
+                Ok(true) => Ok(Some(buf)),
+                other => {
+                    spare.push(buf);
+                    other.map(|_| None)
+                }
+            })
+            .collect();
+        for (&(shard, index), result) in candidates.iter().zip(results) {
             asked.insert((shard, index));
             let member = swarm.member(index);
             match result {
@@ -466,20 +495,27 @@ pub(super) fn gather(
         }
     }
     let given: Vec<(usize, &[u8])> = got.iter().enumerate().filter_map(|(i, s)| s.as_deref().map(|s| (i, s))).collect();
-    if given.len() < data {
-        return Err(TransferError::ChunkUnavailable {
+    let result = if given.len() < data {
+        Err(TransferError::ChunkUnavailable {
             chunk: *id,
             live: swarm.live(),
             reasons: format!("{} of the {data} shards needed were found: {}", given.len(), reasons.join("; ")),
-        });
-    }
-    let ciphertext = erasure::decode(shape, stripe.sealed_len as usize, &given)?;
-    if ChunkId::of(&ciphertext) != *id {
-        return Err(TransferError::StripeMismatch(*id));
-    }
-    buf.clear();
-    buf.extend_from_slice(&ciphertext);
-    Ok(())
+        })
+    } else {
+        erasure::decode_into(shape, stripe.sealed_len as usize, &given, buf).map_err(TransferError::from).and_then(
+            |()| if ChunkId::of(buf) == *id { Ok(()) } else { Err(TransferError::StripeMismatch(*id)) },
+        )
+    };
+    drop(given);
+    spare.extend(got.into_iter().flatten());
+    spare.truncate(MAX_SHARDS);
+    SHARD_BUFFERS.with_borrow_mut(|pool| *pool = spare);
+    result
+}
+
+thread_local! {
+    /// A pull worker's shard buffers, kept between chunks.
+    static SHARD_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Up to `wanted` (shard, member) pairs not asked yet for the shards still
