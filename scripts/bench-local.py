@@ -40,8 +40,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "p2pfs")
 
 
+LAST_CPU = [0.0]
+
+
 def run(cmd, env=None, stdout=subprocess.DEVNULL):
-    """Runs cmd; returns (seconds, peak RSS in KiB)."""
+    """Runs cmd; returns (seconds, peak RSS in KiB). Its CPU seconds (user +
+    system) are left in LAST_CPU[0]."""
     timed = ["/usr/bin/time", "-v"] + cmd
     start = time.perf_counter()
     proc = subprocess.run(timed, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
@@ -49,6 +53,8 @@ def run(cmd, env=None, stdout=subprocess.DEVNULL):
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    LAST_CPU[0] = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1))
+                      for kind in ("User", "System"))
     return elapsed, rss
 
 
@@ -194,17 +200,27 @@ def bench_before_after(baseline, data, size, runs, homes):
     """Push of random data by the baseline binary and this one, alternating."""
     for label, home in homes:
         times = {"before": [], "after": []}
+        cpu = {"before": [], "after": []}
+        again = {"before": [], "after": []}
         for _ in range(runs):
             for which, binary in (("before", baseline), ("after", BIN)):
                 env = p2pfs_env(home)
                 drop_file(home)
                 subprocess.run([binary, "init", "-q"], env=env, check=True)
                 times[which].append(run([binary, "push", "-q", data, "--name", "f"], env)[0])
+                cpu[which].append(LAST_CPU[0] / (size / 2**30))
+                again[which].append(run([binary, "push", "-q", data, "--name", "f"], env)[0])
                 drop_file(home)
         before, after = (statistics.median(times[k]) for k in ("before", "after"))
         ratio = statistics.median(b / a for a, b in zip(times["after"], times["before"]))
+        cpu_before, cpu_after = (statistics.median(cpu[k]) for k in ("before", "after"))
         print(f"  random data, {label}: before {size / before / 1e6:.0f} MB/s, after {size / after / 1e6:.0f} MB/s, "
-              f"after/before throughput {ratio:.3f}x (median of per-run ratios)", flush=True)
+              f"after/before throughput {ratio:.3f}x (median of per-run ratios); "
+              f"CPU {cpu_before:.2f} -> {cpu_after:.2f} core-s per GiB", flush=True)
+        a_before, a_after = (statistics.median(again[k]) for k in ("before", "after"))
+        a_ratio = statistics.median(b / a for a, b in zip(again["after"], again["before"]))
+        print(f"  unchanged re-push, {label}: before {a_before:.2f} s, after {a_after:.2f} s, "
+              f"after/before throughput {a_ratio:.3f}x", flush=True)
 
 
 def main():
