@@ -502,9 +502,9 @@ pub(super) fn gather(
             reasons: format!("{} of the {data} shards needed were found: {}", given.len(), reasons.join("; ")),
         })
     } else {
-        erasure::decode_into(shape, stripe.sealed_len as usize, &given, buf).map_err(TransferError::from).and_then(
-            |()| if ChunkId::of(buf) == *id { Ok(()) } else { Err(TransferError::StripeMismatch(*id)) },
-        )
+        erasure::decode_into(shape, stripe.sealed_len as usize, &given, buf)
+            .map_err(TransferError::from)
+            .and_then(|()| if ChunkId::of(buf) == *id { Ok(()) } else { Err(TransferError::StripeMismatch(*id)) })
     };
     drop(given);
     spare.extend(got.into_iter().flatten());
