@@ -1036,6 +1036,22 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_pin_is_signed_apart_from_a_plain_one_and_keeps_only_its_shards() {
+        let (owner, manifest) = (OwnerId([1; 32]), ManifestId([2; 32]));
+        let ids: Vec<ChunkId> = (0..8u8).map(|i| ChunkId([i; 32])).collect();
+        let code = Stripes::new(2, 1);
+        let (plain_domain, plain) = pin_signing(&owner, &manifest, &ids, None);
+        let (domain, message) = pin_signing(&owner, &manifest, &ids, code);
+        assert_eq!((plain_domain, plain.clone()), (PIN_DOMAIN, pin_message(&owner, &manifest, &ids)));
+        assert_eq!(domain, ERASURE_PIN_DOMAIN);
+        assert_eq!(message, [plain.as_slice(), &[2, 1]].concat(), "K and M are signed");
+        assert_ne!(pin_signing(&owner, &manifest, &ids, Stripes::new(1, 2)).1, message);
+        // Two stripes of 1 chunk id + 3 shard ids: the pin keeps the shards.
+        let kept = code.unwrap().kept(&ids);
+        assert_eq!(kept, [&ids[1..4], &ids[5..8]].concat());
+    }
+
+    #[test]
     fn an_erasure_pin_lists_whole_stripes_of_a_code_within_the_limits() {
         assert_eq!(usize::from(MAX_STRIPE_SHARDS), crate::erasure::MAX_SHARDS);
         let pin = |chunks, erasure| {
