@@ -6,7 +6,9 @@ on 127.0.0.1 and one client home, in the same run:
     seconds, MB/s, chunk bytes sent to peers (the push's own count) and
     bytes stored on the nodes (chunk files, all nodes);
   * the same push again, unchanged (dedup: nothing is sent);
-  * pull of each version.
+  * pull of each version;
+  * CPU seconds per GiB of push and pull (client and nodes together: on a
+    machine with few cores, they share them, and CPU decides the speed).
 
     cargo build --release && python3 scripts/bench-erasure.py [--size-mib 256] [--runs 3] [--tmpfs]
 
@@ -22,6 +24,7 @@ import argparse
 import filecmp
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -92,6 +95,20 @@ class Server:
         return {p["node"] for p in table.get("peers", []) if p.get("addrs")}
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(servers):
+    """CPU seconds (user + system) the nodes and this script's children have used so far."""
+    total = 0.0
+    for s in servers:
+        with open(f"/proc/{s.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + children.ru_utime + children.ru_stime
+
+
 def write_random(path, size):
     with open(path, "wb") as f:
         left = size
@@ -129,16 +146,18 @@ def main():
         os.makedirs(work)
 
         modes = [("R=3", ["--replicas", "3"]), ("4+2", ["--erasure", "4+2"])]
-        figures = {label: {"push": [], "again": [], "pull": [], "sent": [], "stored": []} for label, _ in modes}
+        figures = {label: {"push": [], "again": [], "pull": [], "sent": [], "stored": [], "push_cpu": [], "pull_cpu": []}
+                   for label, _ in modes}
         for i in range(args.runs):
             for label, flags in modes:
                 data = os.path.join(work, "data.bin")
                 write_random(data, size)
                 name = f"{label}-{i}"
                 before = sum(s.stored() for s in servers)
-                started = time.monotonic()
+                started, cpu = time.monotonic(), cpu_seconds(servers)
                 report = json.loads(run(binary, client, "push", "--json", "--name", name, *flags, data).stdout)
                 figures[label]["push"].append(time.monotonic() - started)
+                figures[label]["push_cpu"].append(cpu_seconds(servers) - cpu)
                 figures[label]["stored"].append(sum(s.stored() for s in servers) - before)
                 figures[label]["sent"].append(report["bytes_sent"])
                 started = time.monotonic()
@@ -146,9 +165,10 @@ def main():
                 figures[label]["again"].append(time.monotonic() - started)
                 assert again["unchanged"] and again["bytes_sent"] == 0, again
                 out = os.path.join(work, "back.bin")
-                started = time.monotonic()
+                started, cpu = time.monotonic(), cpu_seconds(servers)
                 run(binary, client, "pull", "-q", name, "-o", out)
                 figures[label]["pull"].append(time.monotonic() - started)
+                figures[label]["pull_cpu"].append(cpu_seconds(servers) - cpu)
                 if not filecmp.cmp(data, out, shallow=False):
                     sys.exit(f"{name}: the pulled bytes differ")
                 os.remove(out)
@@ -157,12 +177,14 @@ def main():
         mb = size / 1e6
         print(f"{args.size_mib} MiB of random data, {NODES} nodes on 127.0.0.1"
               f"{' (tmpfs)' if args.tmpfs else ''}, medians of {args.runs} runs")
-        print(f"{'':<6} {'push MB/s':>10} {'re-push s':>10} {'pull MB/s':>10} {'sent MiB':>10} "
-              f"{'sent/size':>10} {'stored MiB':>11} {'stored/size':>12}")
+        gib = size / (1 << 30)
+        print(f"{'':<6} {'push MB/s':>10} {'core-s/GiB':>11} {'re-push s':>10} {'pull MB/s':>10} {'core-s/GiB':>11} "
+              f"{'sent MiB':>9} {'sent/size':>10} {'stored MiB':>11} {'stored/size':>12}")
         for label, _ in modes:
             f = {k: statistics.median(v) for k, v in figures[label].items()}
-            print(f"{label:<6} {mb / f['push']:>10.1f} {f['again']:>10.2f} {mb / f['pull']:>10.1f} "
-                  f"{f['sent'] / (1 << 20):>10.0f} {f['sent'] / size:>10.2f} "
+            print(f"{label:<6} {mb / f['push']:>10.1f} {f['push_cpu'] / gib:>11.2f} {f['again']:>10.2f} "
+                  f"{mb / f['pull']:>10.1f} {f['pull_cpu'] / gib:>11.2f} "
+                  f"{f['sent'] / (1 << 20):>9.0f} {f['sent'] / size:>10.2f} "
                   f"{f['stored'] / (1 << 20):>11.0f} {f['stored'] / size:>12.2f}")
         r3 = {k: statistics.median(v) for k, v in figures["R=3"].items()}
         ec = {k: statistics.median(v) for k, v in figures["4+2"].items()}
