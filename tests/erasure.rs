@@ -261,6 +261,9 @@ fn repair_rebuilds_a_wiped_nodes_shards_and_check_counts_shards() {
     let mut healers: Vec<Server> = servers.into_iter().map(|s| restart_with(s, &fast)).collect();
     wait_until(HEAL_LIMIT, "check finds every chunk at 6 shards again", || check(&me, &[]).0 == 0);
     assert_eq!(blob_names(&wiped.node), lost, "the wiped node holds exactly the shards it held before");
+    let (code, _, stderr) = check(&me, &["--read"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("copies read and verified"), "every shard was fetched and verified: {stderr}");
     let status: serde_json::Value = serde_json::from_str(&wiped.node.ok(&["status", "--json"])).unwrap();
     assert!(status["pins"].as_u64().unwrap() >= 1, "it keeps them under the owner's pin: {status}");
 
