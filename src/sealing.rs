@@ -19,9 +19,10 @@
 //! Format v1 (stores written before compression) is the plaintext sealed with
 //! aad "p2pfs chunk v1" and no header; it still opens. Both formats key the
 //! seal with the same convergent chunk key. Pure: no I/O; zstd contexts are
-//! kept per thread and reused, which is what makes compressing many chunks cheap.
+//! kept (one per core, shared by the threads) and reused, which is what makes
+//! compressing many chunks cheap and keeps its memory bounded.
 
-use std::cell::RefCell;
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +199,7 @@ fn worth_compressing(plaintext: &[u8], scratch: &mut Scratch) -> bool {
     shrinks
 }
 
-/// A thread's zstd contexts and buffers, kept between chunks.
+/// zstd contexts and buffers, kept between chunks.
 #[derive(Default)]
 struct Scratch {
     compressor: Option<(i8, zstd::bulk::Compressor<'static>)>,
@@ -240,11 +241,59 @@ impl Scratch {
     }
 }
 
+/// Runs `f` with one of the process's [`Scratch`]es, waiting for one if all
+/// are in use. There are as many as cores: compressing is CPU-bound, so more
+/// at once would not be faster, and each holds a zstd context (a few MiB at
+/// level 3, over 100 MiB at level 19) and a chunk-sized buffer. A push to
+/// peers runs 16 workers; they share these instead of holding 16 contexts.
 fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
-    thread_local! {
-        static SCRATCH: RefCell<Scratch> = RefCell::default();
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    let pool = POOL.get_or_init(|| Pool {
+        free: Mutex::new((Vec::new(), 0)),
+        returned: Condvar::new(),
+        limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    });
+    let mut lent = Lent { scratch: Some(pool.take()), pool };
+    f(lent.scratch.as_mut().expect("held until dropped"))
+}
+
+/// The [`Scratch`]es, and how many exist.
+struct Pool {
+    /// The free ones, and how many were made.
+    free: Mutex<(Vec<Scratch>, usize)>,
+    returned: Condvar,
+    limit: usize,
+}
+
+impl Pool {
+    fn take(&self) -> Scratch {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(scratch) = free.0.pop() {
+                return scratch;
+            }
+            if free.1 < self.limit {
+                free.1 += 1;
+                return Scratch::default();
+            }
+            free = self.returned.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
     }
-    SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
+}
+
+/// A [`Scratch`] on loan; it goes back to the pool even if its user panics.
+struct Lent<'a> {
+    scratch: Option<Scratch>,
+    pool: &'a Pool,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(scratch) = self.scratch.take() {
+            self.pool.free.lock().unwrap_or_else(PoisonError::into_inner).0.push(scratch);
+            self.pool.returned.notify_one();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ fn summaries_count_in_english_and_rates_in_binary_units() {
     let file = node.write("tiny.txt", b"hello");
     let out = node.run(&["push", file.to_str().unwrap()]);
     let stderr = stderr_of(&out);
-    assert!(stderr.contains("in 1 chunk;") && stderr.contains("(1 chunk)"), "{stderr}");
+    assert!(stderr.contains("in 1 chunk;") && stderr.contains("(1 chunk, 26 B stored)"), "{stderr}");
     assert!(stderr.contains("/s") && !stderr.contains("MB/s"), "{stderr}");
     let stderr = stderr_of(&node.run(&["pull", "tiny.txt", "-o", "back.txt"]));
     assert!(stderr.contains("1 verified chunk;") && !stderr.contains("MB/s"), "{stderr}");
