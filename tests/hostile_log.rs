@@ -44,6 +44,11 @@ const CLIENT_RSS_LIMIT_MIB: u64 = 100;
 /// holder for a page or two, a push reads the log twice and checks a refusal.
 const READS_PER_COMMAND: u64 = 16;
 
+/// How long a command may take while the fake never answers the log:
+/// well under `REPLY_TIMEOUT` (30 s), which each read or append would
+/// cost without the log's own deadline.
+const SILENT_HOLDER_COST: Duration = Duration::from_secs(20);
+
 /// What the fake holder does with the owner's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -62,6 +67,10 @@ enum Mode {
     Pocketing,
     /// Acks every append and keeps none: serves an old prefix for ever.
     Frozen,
+    /// Answers no log request at all.
+    Silent,
+    /// Serves what it holds, and never answers an append.
+    SilentOnAppends,
 }
 
 /// What an endless holder's pages hold past its real entries.
@@ -180,6 +189,15 @@ impl Holder {
     async fn answer(self: Arc<Self>, mut send: SendStream, recv: RecvStream) {
         let mut reader = FrameReader::new(recv);
         let Ok(frame) = reader.next_frame().await else { return };
+        let silent = match self.mode() {
+            Mode::Silent => matches!(frame, Frame::GetLog(_) | Frame::AppendLog(_)),
+            Mode::SilentOnAppends => matches!(frame, Frame::AppendLog(_)),
+            _ => false,
+        };
+        if silent {
+            // The stream stays open and nothing comes: the runtime's end ends this.
+            std::future::pending::<()>().await;
+        }
         let reply = match frame {
             Frame::GetLog(get) => {
                 let read = self.reads.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +215,9 @@ impl Holder {
         let held = self.held();
         let tail = |copy: &[Vec<u8>]| copy.iter().skip(from as usize).cloned().collect::<Vec<_>>();
         let (entries, more) = match self.mode() {
-            Mode::Honest | Mode::Refusing | Mode::Pocketing | Mode::Frozen => (tail(&held), false),
+            Mode::Honest | Mode::Refusing | Mode::Pocketing | Mode::Frozen | Mode::Silent | Mode::SilentOnAppends => {
+                (tail(&held), false)
+            }
             Mode::Forging => (tail(&self.forged_copy(&held, read as usize % FORGERIES)), false),
             Mode::Endless(filler) => {
                 let mut page = tail(&held);
@@ -260,10 +280,12 @@ impl Holder {
                 self.appends_refused.fetch_add(1, Ordering::Relaxed);
                 conflict()
             }
-            Mode::Honest | Mode::Forging | Mode::Endless(_) => match self.keep(&entry, bytes) {
-                true => Frame::Ack(Ack { id: entry.hash() }),
-                false => conflict(),
-            },
+            Mode::Honest | Mode::Forging | Mode::Endless(_) | Mode::Silent | Mode::SilentOnAppends => {
+                match self.keep(&entry, bytes) {
+                    true => Frame::Ack(Ack { id: entry.hash() }),
+                    false => conflict(),
+                }
+            }
         }
     }
 
@@ -618,4 +640,34 @@ fn a_holder_frozen_on_an_old_prefix_loses_nothing() {
     assert_eq!(versions(home), expected);
     assert!(pulled(home, "c.bin") == c1);
     assert_whole_on_servers(&net, 5);
+}
+
+#[test]
+fn a_holder_that_never_answers_the_log_holds_a_command_seconds_not_minutes() {
+    let net = Network::start(Mode::Honest);
+    let home = &net.owner_home;
+    let mut expected = vec![push(home, "a.bin", 1, &random_bytes(100_000, 40))];
+    assert_eq!(net.fake.held(), 1);
+
+    for (mode, seed) in [(Mode::Silent, 41), (Mode::SilentOnAppends, 42)] {
+        net.fake.set_mode(mode);
+        let data = random_bytes(100_000, seed);
+        let file = home.write("b.bin", &data);
+        for args in [vec!["ls"], vec!["push", file.to_str().unwrap()]] {
+            let started = Instant::now();
+            let (output, _) = run_watched(home, &args);
+            let took = started.elapsed();
+            eprintln!("p2pfs {args:?} with a holder {mode:?}: {took:?}");
+            assert!(output.status.success(), "p2pfs {args:?}: {}", stderr_of(&output));
+            assert!(took < SILENT_HOLDER_COST, "p2pfs {args:?} with a holder {mode:?} took {took:?}");
+            if args[0] == "push" {
+                let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+                expected.push((format!("b.bin@{}", expected.len()), id));
+            }
+        }
+    }
+    assert_eq!(versions(home), expected);
+    let fresh = net.home_from_key();
+    assert_eq!(versions(&fresh), expected, "a home restored from the key");
+    assert_whole_on_servers(&net, 3);
 }
