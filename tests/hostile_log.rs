@@ -4,9 +4,14 @@
 //! attacker would, while three real `p2pfs serve` nodes and the real `p2pfs`
 //! binary do the owner's work. It forges entries, streams pages without
 //! end, refuses every append (holding nothing newer, or keeping the entry
-//! it refuses), or freezes on an old prefix; each time the owner's commands
-//! finish, show exactly the versions pushed and removed, and a new home
-//! with only the owner key sees the same.
+//! it refuses), freezes on an old prefix, or never answers the log; each
+//! time the owner's commands finish, show exactly the versions pushed and
+//! removed, and a new home with only the owner key sees the same.
+//!
+//! Each test was checked against the client with its defence taken out
+//! (verification of what a holder sends, progress on "more", refusals
+//! believed only from a copy that grew, the longest copy winning, the log's
+//! own deadline): it fails then.
 //!
 //! Every other request (chunks, manifests, pins, peer exchange) the fake
 //! passes on to a real node, so it is an honest member in all but the log,
@@ -94,7 +99,9 @@ struct Holder {
     victim: OwnerId,
     /// A real node that every request other than the log's is passed to.
     backend: Peer,
+    /// `GetLog` requests answered.
     reads: AtomicU64,
+    /// `AppendLog` requests refused as conflicts.
     appends_refused: AtomicU64,
 }
 
