@@ -43,6 +43,8 @@ pub const SAMPLE_ABOVE: usize = 128 * 1024;
 const SAMPLE_SLICES: usize = 4;
 /// Bytes in each slice of the sample.
 const SAMPLE_SLICE: usize = 16 * 1024;
+/// The zstd level samples are compressed at: the fastest of the normal ones.
+const SAMPLE_LEVEL: i8 = 1;
 
 /// The zstd levels a configuration may ask for; 0 means "never compress".
 pub const LEVELS: std::ops::RangeInclusive<i8> = -7..=19;
@@ -194,7 +196,7 @@ fn worth_compressing(plaintext: &[u8], scratch: &mut Scratch) -> bool {
         scratch.sample.extend_from_slice(&plaintext[i * stride..][..SAMPLE_SLICE]);
     }
     let sample = std::mem::take(&mut scratch.sample);
-    let shrinks = scratch.compress(1, &sample).is_some_and(|n| n <= sample.len() - sample.len() / 16);
+    let shrinks = scratch.compress(SAMPLE_LEVEL, &sample).is_some_and(|n| n <= sample.len() - sample.len() / 16);
     scratch.sample = sample;
     shrinks
 }
@@ -202,7 +204,11 @@ fn worth_compressing(plaintext: &[u8], scratch: &mut Scratch) -> bool {
 /// zstd contexts and buffers, kept between chunks.
 #[derive(Default)]
 struct Scratch {
+    /// The context for whole chunks, at the level it was made for.
     compressor: Option<(i8, zstd::bulk::Compressor<'static>)>,
+    /// The context for samples, at level 1: kept apart, so that judging a
+    /// chunk does not cost the whole-chunk context its tables.
+    sampler: Option<zstd::bulk::Compressor<'static>>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
     out: Vec<u8>,
     sample: Vec<u8>,
@@ -213,9 +219,16 @@ impl Scratch {
     /// `None` if it does not fit in `input`'s length (it would not be kept
     /// anyway) or zstd fails.
     fn compress(&mut self, level: i8, input: &[u8]) -> Option<usize> {
-        let compressor = match &mut self.compressor {
-            Some((at, compressor)) if *at == level => compressor,
-            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(i32::from(level)).ok()?)).1,
+        let compressor = if level == SAMPLE_LEVEL {
+            match &mut self.sampler {
+                Some(sampler) => sampler,
+                slot => slot.insert(zstd::bulk::Compressor::new(i32::from(level)).ok()?),
+            }
+        } else {
+            match &mut self.compressor {
+                Some((at, compressor)) if *at == level => compressor,
+                slot => &mut slot.insert((level, zstd::bulk::Compressor::new(i32::from(level)).ok()?)).1,
+            }
         };
         self.out.clear();
         self.out.reserve(input.len());

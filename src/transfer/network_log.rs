@@ -25,9 +25,14 @@
 //!
 //! A hostile member cannot forge an entry (they are signed) nor win with an
 //! older copy (it is shorter); it can only withhold, which costs it its say.
+//! Nor can it hold a command up by not answering: each log request has
+//! [`LOG_REPLY_TIMEOUT`], and a member that misses it is dropped for the
+//! rest of the command, as one that misses any deadline is.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use super::TransferError;
 use super::catalog::{Catalog, Change};
@@ -35,7 +40,7 @@ use super::swarm::Swarm;
 use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::log::{History, LogEntry, LogOp, LogRecord};
-use crate::net::NetError;
+use crate::net::{NetError, Peer};
 use crate::wire::ErrorCode;
 
 /// How many members hold each owner's log.
@@ -43,6 +48,12 @@ pub const LOG_HOLDERS: usize = 3;
 /// How many of the best-ranked members a read asks: the holders, and a few
 /// after them, which held the log before newer members outranked them.
 const LOG_READERS: usize = 2 * LOG_HOLDERS;
+/// How long a member may take to answer one log request (a `GetLog` page,
+/// an `AppendLog`). A node answers either with one small store transaction,
+/// so far sooner; the general `REPLY_TIMEOUT` (30 s) would let one member
+/// that answers everything else but the log hold each of the owner's
+/// commands that long, once per read.
+pub const LOG_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The home's records, with the owner's log kept in step with the members
 /// that hold it (see the module doc).
@@ -132,6 +143,7 @@ impl<'a> NetworkLog<'a> {
                     }
                     Err(e) => {
                         self.note(format!("{short} did not give its copy of the log: {e}"));
+                        self.failed(member, &e);
                         None
                     }
                 }
@@ -202,6 +214,9 @@ impl<'a> NetworkLog<'a> {
         let holders: Vec<usize> = agreeing.iter().copied().take(LOG_HOLDERS).collect();
         catch_up.retain(|(member, _)| holders.contains(member));
         self.append_to(&catch_up, &chain);
+        // One that missed a deadline taking what it lacks is no holder now.
+        let live = self.swarm.live_members();
+        let holders: Vec<usize> = holders.into_iter().filter(|m| live.contains(m)).collect();
         *self.synced.lock().unwrap_or_else(PoisonError::into_inner) =
             Synced { holders, len: chain.len() as u64, owner: Some(owner.clone()) };
 
@@ -220,6 +235,7 @@ impl<'a> NetworkLog<'a> {
             if let Err(e) = result {
                 let short = self.swarm.member(*member).node().short(16);
                 self.note(format!("{short} did not take the log entries it lacks: {e}"));
+                self.failed(*member, &e);
             }
         }
     }
@@ -228,9 +244,18 @@ impl<'a> NetworkLog<'a> {
         for entry in entries {
             let (encoded, hash) = (entry.encode(), entry.hash());
             let encoded = &encoded;
-            self.swarm.with_retry(member, |peer| async move { peer.append_log(encoded.clone(), hash).await }).await?;
+            let append = |peer: Peer| async move { in_time(&peer, peer.append_log(encoded.clone(), hash)).await };
+            self.swarm.with_retry(member, append).await?;
         }
         Ok(())
+    }
+
+    /// Drops `member` for the rest of the command if `e` says it is gone
+    /// or missed a deadline, as the chunk pipelines do.
+    fn failed(&self, member: usize, e: &NetError) {
+        if Swarm::disqualifies(e) {
+            self.swarm.drop_member(member, e);
+        }
     }
 }
 
@@ -279,7 +304,10 @@ impl Catalog for NetworkLog<'_> {
                     refusals.push(format!("{short}: {e}"));
                 }
                 // Unreachable or failing: the next holder becomes the primary.
-                Err(e) => refusals.push(format!("{short}: {e}")),
+                Err(e) => {
+                    self.failed(member, &e);
+                    refusals.push(format!("{short}: {e}"));
+                }
             }
         }
         match primary {
@@ -291,6 +319,7 @@ impl Catalog for NetworkLog<'_> {
                     if let Err(e) = result {
                         let short = self.swarm.member(m).node().short(16);
                         self.note(format!("{short} did not take the new log entries: {e}"));
+                        self.failed(m, &e);
                     }
                 }
             }
@@ -313,7 +342,7 @@ impl Catalog for NetworkLog<'_> {
 /// can so send no more than the owner wrote; the first entry that fails
 /// ends the read with an error.
 async fn read_chain(
-    peer: &crate::net::Peer,
+    peer: &Peer,
     owner: &OwnerKeys,
     from: u64,
     mut prev: Option<[u8; 32]>,
@@ -325,7 +354,7 @@ async fn read_chain(
     let mut entries: Vec<LogEntry> = Vec::new();
     loop {
         let next = from + entries.len() as u64;
-        let (page, more) = peer.get_log_page(owner, next).await?;
+        let (page, more) = in_time(peer, peer.get_log_page(owner, next)).await?;
         let got = page.len();
         for (seq, bytes) in (next..).zip(page) {
             let entry = LogEntry::decode(seq, &bytes).map_err(|e| bad(e.to_string()))?;
@@ -343,6 +372,13 @@ async fn read_chain(
     }
 }
 
+/// A log request to `peer`, which must answer within [`LOG_REPLY_TIMEOUT`].
+async fn in_time<T>(peer: &Peer, request: impl Future<Output = Result<T, NetError>>) -> Result<T, NetError> {
+    tokio::time::timeout(LOG_REPLY_TIMEOUT, request)
+        .await
+        .map_err(|_| NetError::Timeout { node: peer.node_id().short(16), what: "a log request" })?
+}
+
 /// Whether `short` is where `long` starts.
 fn is_prefix(short: &[LogEntry], long: &[LogEntry]) -> bool {
     short.len() <= long.len() && short.iter().zip(long).all(|(a, b)| a == b)
@@ -354,5 +390,18 @@ fn needs_rebase(history: &History, record: &LogRecord) -> bool {
     match &record.op {
         LogOp::Push { manifest, .. } => history.by_manifest(manifest).is_none(),
         LogOp::Remove { manifest } => history.by_manifest(manifest).is_some_and(|v| v.is_live()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_request_gets_less_time_than_other_replies() {
+        // A holder that answers all but the log must cost a command less
+        // than the general reply deadline each time it is asked.
+        assert!(LOG_REPLY_TIMEOUT < crate::net::REPLY_TIMEOUT);
+        assert_eq!(LOG_REPLY_TIMEOUT, Duration::from_secs(5), "docs/PROTOCOL.md, \"Deadlines\"");
     }
 }

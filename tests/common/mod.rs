@@ -208,10 +208,16 @@ pub fn largest_manifest(owner: &p2pfs::crypto::OwnerKeys) -> (p2pfs::id::Manifes
 
 /// The peak resident memory of process `pid` so far (VmHWM), in MiB.
 pub fn peak_rss_mib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib / 1024
+    try_peak_rss_mib(pid).expect("a VmHWM line")
+}
+
+/// [`peak_rss_mib`], or `None` once the process has exited (a zombie has no
+/// memory to report), for sampling a process that may end at any moment.
+pub fn try_peak_rss_mib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Polls `condition` until it holds, failing the test after `limit`.
