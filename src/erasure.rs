@@ -263,7 +263,8 @@ pub fn rebuild(
 /// node's repair uses; the caller checks the result against the shard's id.
 pub fn restore(shape: Shape, shards: &[(usize, &[u8])], wanted: usize) -> Result<Vec<u8>, ErasureError> {
     let shard_len = shards.first().map_or(0, |(_, s)| s.len());
-    if shard_len < MIN_SHARD_LEN || !shard_len.is_multiple_of(2) || wanted >= shape.total() {
+    let longest = shape.shard_len(crate::sealing::MAX_SEALED_LEN as usize);
+    if shard_len < MIN_SHARD_LEN || shard_len > longest || !shard_len.is_multiple_of(2) || wanted >= shape.total() {
         return Err(ErasureError::BadShard { index: wanted, data: shape.data(), parity: shape.parity(), shard_len });
     }
     // The padded data shards are a "ciphertext" of K whole shards.

@@ -197,6 +197,16 @@ fn an_unchanged_re_push_of_an_erasure_coded_file_sends_nothing() {
     fs::write(me.home.join("config.toml"), format!("{config}\n[push]\nerasure = \"4+2\"\n")).unwrap();
     let same = me.push_json(&file, &[]);
     assert_eq!(same["unchanged"], true, "the config's 4+2 is the layout already there: {same}");
+
+    // Another code of the same width (3+3 for 4+2) cuts other shards: the
+    // push sends them, and the version pulls (taking the old stripes for
+    // the new code would record a version nobody can read).
+    let recut = me.push_json(&file, &["--erasure", "3+3"]);
+    assert_eq!(recut["unchanged"], false, "{recut}");
+    assert!(recut["chunks_stored"].as_u64().unwrap() > 0, "3+3 shards were sent: {recut}");
+    let out = me.run(&["pull", recut["manifest"].as_str().unwrap(), "-o", "-"]);
+    assert!(out.status.success() && out.stdout == changed, "{}", String::from_utf8_lossy(&out.stderr));
+
     let replicated = me.push_json(&file, &["--replicas", "2"]);
     assert_eq!(replicated["unchanged"], false, "replicas are another layout: {replicated}");
 }

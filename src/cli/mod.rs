@@ -390,7 +390,7 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
         let shards;
         let (destination, placed): (&dyn push::Destination, Placed) = match erasure {
             Some(shape) => {
-                let stripes = previous.map(|m| previous_stripes(&m)).unwrap_or_default();
+                let stripes = previous.map(|m| previous_stripes(&m, shape)).unwrap_or_default();
                 shards = transfer::shards::Shards::new(&swarm, &owner, shape, stripes)
                     .with_context(|| format!("pushing {} to peers", file.display()))?;
                 (&shards, Placed::Erasure(shape))
@@ -533,10 +533,18 @@ fn previous_manifest(
 }
 
 /// The stripes of an erasure-coded manifest's chunks (none if it is not).
-fn previous_stripes(manifest: &crate::manifest::Manifest) -> Vec<(crate::id::ChunkId, crate::manifest::Stripe)> {
+/// The stripes of the name's previous version, if it was cut by the same
+/// code: a stripe of another code (3+3 for 4+2, the same width) has shards
+/// of another length, and a manifest listing it would not pull.
+fn previous_stripes(
+    manifest: &crate::manifest::Manifest,
+    shape: crate::erasure::Shape,
+) -> Vec<(crate::id::ChunkId, crate::manifest::Stripe)> {
     match &manifest.erasure {
-        Some(erasure) => manifest.chunks.iter().map(|c| c.id).zip(erasure.stripes.iter().cloned()).collect(),
-        None => Vec::new(),
+        Some(erasure) if usize::from(erasure.data) == shape.data() && usize::from(erasure.parity) == shape.parity() => {
+            manifest.chunks.iter().map(|c| c.id).zip(erasure.stripes.iter().cloned()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -236,6 +236,13 @@ impl Manifest {
         if let Some(erasure) = &manifest.erasure {
             erasure.check(manifest.chunks.len()).map_err(malformed)?;
         }
+        // A pull that resumes seals chunks again at this level: keep it to
+        // the levels a home may configure, whose cost is known.
+        if let Sealing::V2 { level } = manifest.sealing
+            && !crate::sealing::LEVELS.contains(&level)
+        {
+            return Err(malformed(format!("zstd level {level} is outside {:?}", crate::sealing::LEVELS)));
+        }
         Ok(manifest)
     }
 
@@ -399,6 +406,9 @@ mod tests {
         assert!(bad(&|e| e.stripes[0].shards.pop().map(drop).unwrap_or(())));
         assert!(bad(&|e| e.stripes.clear()));
         assert!(bad(&|e| e.stripes[0].sealed_len = MAX_SEALED_LEN + 1));
+        let mut hard = manifest.clone();
+        hard.sealing = Sealing::V2 { level: 22 };
+        assert!(Manifest::decode(ManifestId([0; 32]), &hard.encode()).is_err(), "a level no home may configure");
     }
 
     proptest! {

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use super::NodeState;
 use crate::crypto::Signature;
 use crate::erasure::{self, Shape};
-use crate::id::{ChunkId, NodeId};
+use crate::id::{ChunkId, ManifestId, NodeId, OwnerId};
 use crate::net::Peer;
 use crate::store::StoredPin;
 use crate::transfer::placement;
@@ -588,6 +588,7 @@ async fn repair_stripes(
         if index == 0 { held.contains(id) } else { answers.get(&index).is_some_and(|h| h.contains(id)) }
     };
 
+    let mut pinned: HashMap<(usize, OwnerId, ManifestId), bool> = HashMap::new();
     for (stripe, ranking) in stripes.iter().zip(&rankings) {
         let width = stripe.shape.total();
         let top = &ranking[..width.min(ranking.len())];
@@ -615,8 +616,15 @@ async fn repair_stripes(
             if target == 0 {
                 // This node is among the top and lacks a shard: rebuild it here.
                 if let Some(bytes) = shard_bytes(state, live, stripe, shard, &holds).await {
-                    let id = stripe.shards[shard];
-                    match blocking(state, move |s| s.home.store().put_chunk(&id, &bytes)).await {
+                    let (id, quota) = (stripe.shards[shard], state.storage.max_storage);
+                    // The node's quota holds for what repair writes too.
+                    let stored = blocking(state, move |s| {
+                        let store = s.home.store();
+                        let _space = quota.map(|q| store.reserve_chunk_space(bytes.len() as u64, q)).transpose()?;
+                        store.put_chunk(&id, &bytes)
+                    })
+                    .await;
+                    match stored {
                         Some(Ok(_)) => report.sent += 1,
                         Some(Err(e)) => warn!("repair: storing rebuilt shard {id}: {e}"),
                         None => {}
@@ -624,10 +632,23 @@ async fn repair_stripes(
                 }
                 continue;
             }
-            if !pin_on(state, live, target, stripe.pin).await {
+            // The shard first: a stripe that cannot be rebuilt costs no pin.
+            let Some(bytes) = shard_bytes(state, live, stripe, shard, &holds).await else { continue };
+            // One pin per node and version in a pass, however many of its
+            // stripes the node lacks a shard of, and none again after a refusal.
+            let key = (target, stripe.pin.record.owner, stripe.pin.record.manifest);
+            let taken = match pinned.get(&key) {
+                Some(&taken) => taken,
+                None => {
+                    pacer.take(pin_cost(stripe.pin)).await;
+                    let taken = pin_on(state, live, target, stripe.pin).await;
+                    pinned.insert(key, taken);
+                    taken
+                }
+            };
+            if !taken {
                 continue;
             }
-            let Some(bytes) = shard_bytes(state, live, stripe, shard, &holds).await else { continue };
             let len = bytes.len() as u64;
             pacer.take(len).await;
             match live.peer(target).put_chunk(stripe.shards[shard], Bytes::from(bytes)).await {
@@ -639,6 +660,13 @@ async fn repair_stripes(
             }
         }
     }
+}
+
+/// Bytes a [`pin_on`] sends, about: the signed id list (the manifest
+/// envelope, at most as long, goes with it).
+fn pin_cost(pin: &StoredPin) -> u64 {
+    let ids = pin.signed.as_ref().map_or(pin.record.chunks.len(), |s| s.chunks.len()) as u64;
+    2 * 32 * ids
 }
 
 /// Gives node `target` the manifest and the signed pin of `pin`; whether it took the pin.
@@ -681,6 +709,8 @@ async fn shard_bytes(
         return Some(bytes);
     }
     let mut given: Vec<(usize, Vec<u8>)> = Vec::new();
+    // No shard of a real stripe is longer than this; all of one are as long.
+    let longest = stripe.shape.shard_len(crate::sealing::MAX_SEALED_LEN as usize);
     for (index, id) in stripe.shards.iter().enumerate() {
         if given.len() == stripe.shape.data() {
             break;
@@ -688,6 +718,11 @@ async fn shard_bytes(
         if index != shard
             && let Some(bytes) = fetch_shard(state, live, *id, holds).await
         {
+            let first = given.first().map_or(bytes.len(), |(_, b)| b.len());
+            if bytes.len() > longest || bytes.len() != first {
+                debug!("repair: shard {index} of chunk {} is not a shard of its stripe", stripe.chunk.short(16));
+                return None;
+            }
             given.push((index, bytes));
         }
     }

@@ -54,6 +54,11 @@ const LOG_READERS: usize = 2 * LOG_HOLDERS;
 /// that answers everything else but the log hold each of the owner's
 /// commands that long, once per read.
 pub const LOG_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one member's whole copy may take to read, every page of it: a
+/// holder that sends one entry a page, each just inside
+/// [`LOG_REPLY_TIMEOUT`], holds a command this long at most, not 5 s per
+/// entry. An honest node sends up to `MAX_LOG_BATCH` entries a page.
+pub const LOG_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The home's records, with the owner's log kept in step with the members
 /// that hold it (see the module doc).
@@ -115,7 +120,8 @@ impl<'a> NetworkLog<'a> {
             let last = last.clone();
             self.swarm.with_retry(index, move |peer| {
                 let last = last.clone();
-                async move {
+                let short = peer.node_id().short(16);
+                let read = async move {
                     let tail = read_chain(&peer, owner, overlap, None).await?;
                     // It agrees with the home's copy up to its last entry:
                     // what it sent is the rest. Otherwise read it whole.
@@ -124,6 +130,11 @@ impl<'a> NetworkLog<'a> {
                         (Some(last), Some(first)) if first.encode() == *last => Ok((overlap, tail)),
                         _ => Ok((0, read_chain(&peer, owner, 0, None).await?)),
                     }
+                };
+                async move {
+                    tokio::time::timeout(LOG_READ_TIMEOUT, read)
+                        .await
+                        .map_err(|_| NetError::Timeout { node: short, what: "reading the owner's log" })?
                 }
             })
         });
@@ -403,5 +414,6 @@ mod tests {
         // than the general reply deadline each time it is asked.
         assert!(LOG_REPLY_TIMEOUT < crate::net::REPLY_TIMEOUT);
         assert_eq!(LOG_REPLY_TIMEOUT, Duration::from_secs(5), "docs/PROTOCOL.md, \"Deadlines\"");
+        assert_eq!(LOG_READ_TIMEOUT, Duration::from_secs(20), "docs/PROTOCOL.md, \"Deadlines\"");
     }
 }
