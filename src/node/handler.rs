@@ -373,9 +373,10 @@ impl Request {
             }
             Frame::Pin(pin) => {
                 let len = u64::from(pin.chunks) * 32;
-                // The id list is in memory up to three times over while it
-                // is received, sorted and written: count all of it.
-                let _held = self.reserve(len * 3).await?;
+                // The id list is in memory up to four times over while it
+                // is received, signed over, kept as the pin and as signed,
+                // sorted and written: count all of it.
+                let _held = self.reserve(len * 4).await?;
                 let mut payload = Vec::new();
                 reader.payload(len as usize, &mut payload, self.pace(len)).await.map_err(Refusal::payload)?;
                 let chunks: Vec<ChunkId> = payload
