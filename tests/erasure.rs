@@ -19,28 +19,6 @@ const HEAL_LIMIT: Duration = Duration::from_secs(120);
 /// Serve options that keep repair out of the way unless a test wants it.
 const QUIET: [&str; 4] = ["--repair-interval", "1h", "--unreachable-after", "1h"];
 
-/// `n` nodes that have all verified each other, each started with `options`.
-fn nodes(n: usize, options: &[&str]) -> Vec<Server> {
-    let first = Node::new();
-    first.ok(&["init"]);
-    let mut servers = vec![Server::start_with(first, "127.0.0.1:0", &[], options)];
-    let token = servers[0].invite();
-    for _ in 1..n {
-        let node = Node::new();
-        node.ok(&["init", "--join", &token]);
-        let earlier: Vec<String> = servers.iter().map(Server::node_addr).collect();
-        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
-        servers.push(Server::start_with(node, "127.0.0.1:0", &earlier, options));
-    }
-    wait_until(Duration::from_secs(30), "every node has verified every other", || {
-        servers.iter().all(|s| {
-            let verified = common::verified_peers(&s.node.home.join("peers.json"));
-            servers.iter().filter(|o| o.id != s.id).all(|o| verified.contains(&o.id))
-        })
-    });
-    servers
-}
-
 /// The blob (shard) file names a home holds.
 fn blob_names(node: &Node) -> HashSet<String> {
     node.chunk_files().iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect()
@@ -82,7 +60,7 @@ impl Rng {
 
 #[test]
 fn four_plus_two_puts_one_shard_per_node_and_survives_any_two_lost_nodes() {
-    let mut servers = nodes(6, &QUIET);
+    let mut servers = common::verified_nodes(6, &QUIET);
     let me = client(&servers[0].invite());
     let data = random_bytes(2 << 20, 41);
     let file = me.write("data.bin", &data);
@@ -137,7 +115,7 @@ fn four_plus_two_puts_one_shard_per_node_and_survives_any_two_lost_nodes() {
 
 #[test]
 fn a_node_serving_wrong_shard_bytes_is_caught_and_the_pull_still_succeeds() {
-    let servers = nodes(6, &QUIET);
+    let servers = common::verified_nodes(6, &QUIET);
     let me = client(&servers[0].invite());
     let data = random_bytes(1 << 20, 42);
     let file = me.write("data.bin", &data);
@@ -162,7 +140,7 @@ fn a_node_serving_wrong_shard_bytes_is_caught_and_the_pull_still_succeeds() {
 
 #[test]
 fn an_unchanged_re_push_of_an_erasure_coded_file_sends_nothing() {
-    let servers = nodes(6, &QUIET);
+    let servers = common::verified_nodes(6, &QUIET);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(2 << 20, 43));
     let first = me.push_json(&file, &["--erasure", "4+2"]);
@@ -213,7 +191,7 @@ fn an_unchanged_re_push_of_an_erasure_coded_file_sends_nothing() {
 
 #[test]
 fn too_few_nodes_for_the_code_is_a_clear_error() {
-    let servers = nodes(3, &QUIET);
+    let servers = common::verified_nodes(3, &QUIET);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(100_000, 45));
     let stderr = me.fails(&["push", "--erasure", "4+2", file.to_str().unwrap()], 1);
@@ -244,7 +222,7 @@ fn check(home: &Node, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn repair_rebuilds_a_wiped_nodes_shards_and_check_counts_shards() {
-    let mut servers = nodes(6, &QUIET);
+    let mut servers = common::verified_nodes(6, &QUIET);
     let me = client(&servers[0].invite());
     let data = random_bytes(2 << 20, 46);
     let file = me.write("data.bin", &data);

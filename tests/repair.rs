@@ -15,29 +15,6 @@ use common::{Node, Server, client, random_bytes, wait_until};
 /// two cores shared with other work).
 const HEAL_LIMIT: Duration = Duration::from_secs(90);
 
-/// `n` nodes that have all verified each other, each started with `options`
-/// (and each bootstrapping from every earlier one).
-fn nodes(n: usize, options: &[&str]) -> Vec<Server> {
-    let first = Node::new();
-    first.ok(&["init"]);
-    let mut servers = vec![Server::start_with(first, "127.0.0.1:0", &[], options)];
-    let token = servers[0].invite();
-    for _ in 1..n {
-        let node = Node::new();
-        node.ok(&["init", "--join", &token]);
-        let earlier: Vec<String> = servers.iter().map(Server::node_addr).collect();
-        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
-        servers.push(Server::start_with(node, "127.0.0.1:0", &earlier, options));
-    }
-    wait_until(Duration::from_secs(30), "every node has verified every other", || {
-        servers.iter().all(|s| {
-            let verified = common::verified_peers(&s.node.home.join("peers.json"));
-            servers.iter().filter(|o| o.id != s.id).all(|o| verified.contains(&o.id))
-        })
-    });
-    servers
-}
-
 /// Restarts `server` on its home and port with `options`.
 fn restart_with(mut server: Server, options: &[&str]) -> Server {
     server.kill();
@@ -89,7 +66,7 @@ fn logs(servers: &[Server]) -> String {
 #[test]
 fn a_wiped_node_gets_its_replicas_and_pins_back_and_check_sees_both_states() {
     let quiet = ["--replicas", "2", "--repair-interval", "1h", "--unreachable-after", "1h"];
-    let mut servers = nodes(3, &quiet);
+    let mut servers = common::verified_nodes(3, &quiet);
     let me = client(&servers[0].invite());
     let data = random_bytes(3 << 20, 11);
     let file = me.write("data.bin", &data);
@@ -141,7 +118,7 @@ fn a_wiped_node_gets_its_replicas_and_pins_back_and_check_sees_both_states() {
 #[test]
 fn a_corrupt_copy_is_quarantined_by_the_scrub_and_fetched_again() {
     let options = ["--replicas", "2", "--repair-interval", "1h", "--unreachable-after", "1h", "--scrub-interval", "1s"];
-    let servers = nodes(3, &options);
+    let servers = common::verified_nodes(3, &options);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(1 << 20, 12));
     me.ok(&["push", "--replicas", "2", file.to_str().unwrap()]);
@@ -165,7 +142,7 @@ fn a_corrupt_copy_is_quarantined_by_the_scrub_and_fetched_again() {
 #[test]
 fn a_peer_gone_for_long_enough_starts_a_repair_before_the_interval() {
     let options = ["--replicas", "2", "--repair-interval", "1h", "--unreachable-after", "2s"];
-    let mut servers = nodes(3, &options);
+    let mut servers = common::verified_nodes(3, &options);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(2 << 20, 13));
     me.ok(&["push", "--replicas", "2", file.to_str().unwrap()]);
@@ -185,7 +162,7 @@ fn a_peer_gone_for_long_enough_starts_a_repair_before_the_interval() {
 
 #[test]
 fn check_needs_peers_and_fails_on_a_name_it_does_not_know() {
-    let servers = nodes(2, &["--repair-interval", "1h"]);
+    let servers = common::verified_nodes(2, &["--repair-interval", "1h"]);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(300 << 10, 14));
     me.ok(&["push", "--replicas", "2", file.to_str().unwrap()]);
@@ -206,7 +183,7 @@ fn check_needs_peers_and_fails_on_a_name_it_does_not_know() {
 #[test]
 fn repair_never_brings_back_a_version_its_owner_removed() {
     let quiet = ["--replicas", "2", "--repair-interval", "1h", "--unreachable-after", "1h"];
-    let mut servers = nodes(3, &quiet);
+    let mut servers = common::verified_nodes(3, &quiet);
     let me = client(&servers[0].invite());
     let file = me.write("data.bin", &random_bytes(1 << 20, 15));
     me.ok(&["push", "--replicas", "2", file.to_str().unwrap()]);

@@ -233,38 +233,7 @@ impl Destination for Replicate<'_> {
         targets.sort_unstable();
         targets.dedup();
 
-        let pin = record::signed_pin(self.owner, version.manifest, version.chunks, None);
-        let envelope = Bytes::copy_from_slice(version.envelope);
-        let entry = version.entry.encode();
-        let entry_hash = version.entry.hash();
-        let calls = targets.iter().map(|&index| {
-            let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
-            swarm.with_retry(index, move |peer| {
-                let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
-                async move {
-                    peer.put_manifest(version.manifest, envelope).await?;
-                    peer.pin(pin, version.chunks).await?;
-                    match peer.put_head(entry, entry_hash).await {
-                        // A newer head from another machine of this owner is fine.
-                        Err(e) if e.remote_code() == Some(ErrorCode::STALE_HEAD.0) => Ok(()),
-                        other => other,
-                    }
-                }
-            })
-        });
-        let mut pinned = HashSet::new();
-        let mut failures: Vec<String> = Vec::new();
-        for (&index, result) in targets.iter().zip(swarm.client().run_all(calls)) {
-            match result {
-                Ok(()) => {
-                    pinned.insert(index);
-                }
-                Err(e) => {
-                    swarm.drop_member(index, &e);
-                    failures.push(e.to_string());
-                }
-            }
-        }
+        let (pinned, mut failures) = publish_to(swarm, self.owner, version, &targets);
         // A pin keeps only what the node still holds: one whose --gc-grace
         // is shorter than this push took may have collected a chunk before
         // the pin arrived. So each holder is asked about its chunks, now
@@ -370,6 +339,50 @@ impl Recycler {
             .filter(|buf| buf.capacity() >= capacity)
             .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
+}
+
+/// Sends a version's manifest, signed pin and log head to each of
+/// `targets`; returns those that took them all, and why the others did not
+/// (each of which is dropped from the swarm). A newer head from another
+/// machine of this owner is no failure.
+pub(super) fn publish_to(
+    swarm: &Swarm,
+    owner: &OwnerKeys,
+    version: &Published<'_>,
+    targets: &[usize],
+) -> (HashSet<usize>, Vec<String>) {
+    let pin = record::signed_pin(owner, version.manifest, version.chunks, version.erasure);
+    let envelope = Bytes::copy_from_slice(version.envelope);
+    let entry = version.entry.encode();
+    let entry_hash = version.entry.hash();
+    let calls = targets.iter().map(|&index| {
+        let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
+        swarm.with_retry(index, move |peer| {
+            let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
+            async move {
+                peer.put_manifest(version.manifest, envelope).await?;
+                peer.pin(pin, version.chunks).await?;
+                match peer.put_head(entry, entry_hash).await {
+                    Err(e) if e.remote_code() == Some(ErrorCode::STALE_HEAD.0) => Ok(()),
+                    other => other,
+                }
+            }
+        })
+    });
+    let mut pinned = HashSet::new();
+    let mut failures = Vec::new();
+    for (&index, result) in targets.iter().zip(swarm.client().run_all(calls)) {
+        match result {
+            Ok(()) => {
+                pinned.insert(index);
+            }
+            Err(e) => {
+                swarm.drop_member(index, &e);
+                failures.push(e.to_string());
+            }
+        }
+    }
+    (pinned, failures)
 }
 
 #[cfg(test)]

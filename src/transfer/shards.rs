@@ -28,7 +28,6 @@ use crate::crypto::OwnerKeys;
 use crate::erasure::{self, MAX_SHARDS, Shape};
 use crate::id::{ChunkId, ManifestId, NodeId};
 use crate::manifest::{Erasure, Stripe};
-use crate::wire::ErrorCode;
 
 /// Push to peers: K + M shards per chunk, one per node.
 pub struct Shards<'a> {
@@ -304,37 +303,7 @@ impl Destination for Shards<'_> {
         targets.sort_unstable();
         targets.dedup();
 
-        let pin = record::signed_pin(self.owner, version.manifest, version.chunks, version.erasure);
-        let envelope = Bytes::copy_from_slice(version.envelope);
-        let entry = version.entry.encode();
-        let entry_hash = version.entry.hash();
-        let calls = targets.iter().map(|&index| {
-            let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
-            swarm.with_retry(index, move |peer| {
-                let (pin, envelope, entry) = (pin.clone(), envelope.clone(), entry.clone());
-                async move {
-                    peer.put_manifest(version.manifest, envelope).await?;
-                    peer.pin(pin, version.chunks).await?;
-                    match peer.put_head(entry, entry_hash).await {
-                        Err(e) if e.remote_code() == Some(ErrorCode::STALE_HEAD.0) => Ok(()),
-                        other => other,
-                    }
-                }
-            })
-        });
-        let mut pinned = HashSet::new();
-        let mut failures: Vec<String> = Vec::new();
-        for (&index, result) in targets.iter().zip(swarm.client().run_all(calls)) {
-            match result {
-                Ok(()) => {
-                    pinned.insert(index);
-                }
-                Err(e) => {
-                    swarm.drop_member(index, &e);
-                    failures.push(e.to_string());
-                }
-            }
-        }
+        let (pinned, mut failures) = super::replicate::publish_to(swarm, self.owner, version, &targets);
         // A holder whose --gc-grace is shorter than the push may have
         // collected a shard before the pin arrived: each is asked again.
         let mut on_node: HashMap<usize, Vec<ChunkId>> = HashMap::new();

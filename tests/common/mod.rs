@@ -492,3 +492,26 @@ impl Drop for LossyLink {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// `n` nodes that have all verified each other, each started with `options`
+/// (and each bootstrapping from every earlier one).
+pub fn verified_nodes(n: usize, options: &[&str]) -> Vec<Server> {
+    let first = Node::new();
+    first.ok(&["init"]);
+    let mut servers = vec![Server::start_with(first, "127.0.0.1:0", &[], options)];
+    let token = servers[0].invite();
+    for _ in 1..n {
+        let node = Node::new();
+        node.ok(&["init", "--join", &token]);
+        let earlier: Vec<String> = servers.iter().map(Server::node_addr).collect();
+        let earlier: Vec<&str> = earlier.iter().map(String::as_str).collect();
+        servers.push(Server::start_with(node, "127.0.0.1:0", &earlier, options));
+    }
+    wait_until(Duration::from_secs(30), "every node has verified every other", || {
+        servers.iter().all(|s| {
+            let verified = verified_peers(&s.node.home.join("peers.json"));
+            servers.iter().filter(|o| o.id != s.id).all(|o| verified.contains(&o.id))
+        })
+    });
+    servers
+}
