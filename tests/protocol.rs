@@ -239,3 +239,44 @@ async fn ask(peer: &p2pfs::net::Peer, request: &Frame) -> Frame {
     let _ = send.finish();
     FrameReader::new(recv).next_frame().await.unwrap()
 }
+
+#[test]
+fn an_erasure_pin_is_the_owners_alone_and_no_plain_pin_can_pass_for_one() {
+    let server = Server::start();
+    let rt = runtime();
+    let (_net, mallory_conn) = member_client(&server, &rt);
+    let (alice, mallory) = (OwnerKeys::derive(&[1; 32]), OwnerKeys::derive(&[2; 32]));
+    // One stripe of a 1+1 code: the chunk's id, then its two shards.
+    let shards: Vec<Vec<u8>> = vec![vec![5u8; 32], vec![6u8; 32]];
+    for shard in &shards {
+        rt.block_on(mallory_conn.put_chunk(ChunkId::of(shard), Bytes::copy_from_slice(shard))).unwrap();
+    }
+    let ids = [ChunkId([9; 32]), ChunkId::of(&shards[0]), ChunkId::of(&shards[1])];
+    let (manifest, envelope) = manifest_of(&alice, "striped.bin", &[&shards[0]]);
+    rt.block_on(mallory_conn.put_manifest(manifest, envelope.into())).unwrap();
+    let stripes = wire::Stripes::new(1, 1).unwrap();
+    let erasure_pin = |signer: &OwnerKeys| {
+        let (domain, message) = wire::pin_signing(&alice.owner_id(), &manifest, &ids, Some(stripes));
+        Pin {
+            owner: alice.owner_id(),
+            manifest,
+            chunks: ids.len() as u32,
+            signature: signer.sign(domain, &message),
+            erasure: Some(stripes),
+        }
+    };
+
+    // Alice's plain pin of the same ids, made into an erasure pin: its
+    // signature does not cover K and M, so it is refused.
+    let mut recast = pin_of(&alice, manifest, &ids, &alice);
+    recast.erasure = Some(stripes);
+    let err = rt.block_on(mallory_conn.pin(recast, &ids)).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    // Nor can a member sign one in Alice's name.
+    let err = rt.block_on(mallory_conn.pin(erasure_pin(&mallory), &ids)).unwrap_err();
+    assert_eq!(err.remote_code(), Some(ErrorCode::BAD_SIGNATURE.0), "{err}");
+    assert_eq!(rt.block_on(mallory_conn.status()).unwrap().pins, 0, "nothing was pinned");
+    // Alice's own erasure pin is taken.
+    rt.block_on(mallory_conn.pin(erasure_pin(&alice), &ids)).unwrap();
+    assert_eq!(rt.block_on(mallory_conn.status()).unwrap().pins, 1);
+}
