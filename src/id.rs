@@ -152,6 +152,20 @@ impl IdPrefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The lowest and the highest id that start with this prefix: the
+    /// range an index of ids is read in.
+    pub fn byte_range(&self) -> ([u8; ID_LEN], [u8; ID_LEN]) {
+        let (mut low, mut high) = ([0u8; ID_LEN], [0xffu8; ID_LEN]);
+        for (i, c) in self.0.bytes().enumerate() {
+            let nibble = (c as char).to_digit(16).expect("a prefix holds only hex digits") as u8;
+            let shift = if i % 2 == 0 { 4 } else { 0 };
+            let mask = 0xf << shift;
+            low[i / 2] = (low[i / 2] & !mask) | (nibble << shift);
+            high[i / 2] = (high[i / 2] & !mask) | (nibble << shift);
+        }
+        (low, high)
+    }
 }
 
 impl FromStr for IdPrefix {

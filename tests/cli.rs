@@ -103,11 +103,12 @@ fn versions_are_listed_with_new_bytes_and_json() {
     let log: serde_json::Value = serde_json::from_str(&node.ok(&["log", "v.bin", "--json"])).unwrap();
     let versions = log.as_array().unwrap();
     assert_eq!(versions.len(), 2);
-    assert_eq!(versions[0]["manifest"], first.as_str());
-    assert_eq!(versions[1]["manifest"], second.as_str());
-    assert_eq!(versions[0]["new_bytes"], 2 << 20);
-    assert!(versions[1]["new_bytes"].as_u64().unwrap() <= 2 * 256 * 1024, "one edit re-stores a chunk or two");
-    assert_eq!(versions[1]["size"], 2 << 20);
+    // Newest first.
+    assert_eq!(versions[0]["manifest"], second.as_str());
+    assert_eq!(versions[1]["manifest"], first.as_str());
+    assert_eq!(versions[1]["new_bytes"], 2 << 20);
+    assert!(versions[0]["new_bytes"].as_u64().unwrap() <= 2 * 256 * 1024, "one edit re-stores a chunk or two");
+    assert_eq!(versions[0]["size"], 2 << 20);
 
     let table = node.ok(&["log"]);
     assert!(table.contains("v.bin@1") && table.contains("v.bin@2") && table.contains("other@1"), "{table}");

@@ -404,11 +404,13 @@ impl Network {
     }
 }
 
-/// The versions `p2pfs log --json` lists: `name@number` and manifest id, oldest first.
+/// The versions `p2pfs log --json` lists: `name@number` and manifest id,
+/// oldest first (it lists them newest first).
 fn versions(home: &Node) -> Vec<(String, String)> {
     let listed: Vec<serde_json::Value> = serde_json::from_str(&home.ok(&["log", "--json"])).unwrap();
     listed
         .iter()
+        .rev()
         .map(|v| {
             let label = format!("{}@{}", v["name"].as_str().unwrap(), v["number"]);
             (label, v["manifest"].as_str().unwrap().to_owned())

@@ -54,11 +54,12 @@ pub(super) fn check(cx: &Cx, args: &CheckArgs) -> Result<()> {
     let session = cx.session(Access::Read)?;
     let home = cx.existing_home()?;
     let owner = session.keys().owner_keys();
-    let history = transfer::history(session.catalog(), &owner)?;
+    let history = session.index().sync(&owner, session.catalog(), false)?;
     let versions = match &args.version {
         Some(spec) => history.select(spec)?,
-        None => history.versions().iter().filter(|v| v.is_live()).collect(),
+        None => history.live()?,
     };
+    drop(history);
     if !session.networked(home)? {
         bail!(
             "this home has no peers: its chunks are stored once, here, with nothing to replicate. `p2pfs init \

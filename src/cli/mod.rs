@@ -26,12 +26,12 @@ use crate::crypto::CryptoError;
 use crate::home::peers::{KnownPeer, PeerTable};
 use crate::home::{self, Access, InitOutcome, pending};
 use crate::id::{ManifestId, NodeId};
-use crate::manifest::log::History;
 use crate::manifest::log::Version;
 use crate::manifest::{Manifest, ManifestError};
 use crate::store::StoreError;
 use crate::transfer::catalog::Catalog;
 use crate::transfer::fetch::Fetch;
+use crate::transfer::index::{History, HistoryIndex};
 use crate::transfer::network_log::NetworkLog;
 use crate::transfer::pull::{Target, Wanted};
 use crate::transfer::push::PushOptions;
@@ -104,7 +104,7 @@ enum Command {
         #[arg(short, long)]
         force: bool,
     },
-    /// Show the versions of one name, or of every name.
+    /// Show the versions of one name, or of every name, newest first.
     Log {
         /// Show only this name's versions.
         name: Option<String>,
@@ -382,10 +382,10 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
         let link = session.link()?;
         let swarm = connect(&session, home, &link, &[])?;
         // The log its holders keep, brought in step with this home's copy.
-        let catalog = &NetworkLog::new(session.catalog(), &swarm, true);
+        let catalog = &NetworkLog::new(session.catalog(), session.index(), &swarm, true);
         let replicas = usize::from(replicas.unwrap_or(DEFAULT_REPLICAS));
         let journal = journal::Journal::open(home, &owner.owner_id(), &name);
-        let previous = previous_manifest(catalog, &owner, &name);
+        let previous = previous_manifest(catalog, session.index(), &owner, &name);
         let replicate;
         let shards;
         let (destination, placed): (&dyn push::Destination, Placed) = match erasure {
@@ -413,9 +413,17 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
             }
         };
         let journaled = journal::Journaled { inner: destination, journal: &journal };
-        let report =
-            push::push(catalog, &journaled, &owner, &name, input, &options(Parallelism::for_network()), &progress)
-                .with_context(|| format!("pushing {} to peers", file.display()))?;
+        let report = push::push(
+            catalog,
+            session.index(),
+            &journaled,
+            &owner,
+            &name,
+            input,
+            &options(Parallelism::for_network()),
+            &progress,
+        )
+        .with_context(|| format!("pushing {} to peers", file.display()))?;
         resumed_from = journal.earlier.len();
         journal.finish();
         for note in catalog.notes() {
@@ -425,7 +433,8 @@ fn push_file(cx: &Cx, file: &Path, name: Option<&str>, json: bool, placing: Plac
         report
     } else {
         let store = session.store().context("a home without peers is opened by this process")?;
-        push::push(store, store, &owner, &name, input, &options(Parallelism::for_this_machine()), &progress)
+        let options = options(Parallelism::for_this_machine());
+        push::push(store, session.index(), store, &owner, &name, input, &options, &progress)
             .with_context(|| format!("pushing {}", file.display()))?
     };
     interrupt::clear();
@@ -524,11 +533,11 @@ const DEFAULT_REPLICAS: u16 = crate::node::DEFAULT_REPLICAS;
 /// version probably shares: peers are asked about them in one batched `Has`.
 fn previous_manifest(
     catalog: &dyn Catalog,
+    index: &HistoryIndex,
     owner: &crate::crypto::OwnerKeys,
     name: &str,
 ) -> Option<crate::manifest::Manifest> {
-    let history = transfer::history(catalog, owner).ok()?;
-    let latest = history.versions_of(name).filter(|v| v.is_live()).last()?;
+    let latest = index.sync(owner, catalog, true).ok()?.latest(name).ok()??;
     pull::open_manifest(catalog, owner, latest.manifest).ok()
 }
 
@@ -563,13 +572,15 @@ fn pull_file(cx: &Cx, spec: &str, output: Option<&Path>, force: bool) -> Result<
     };
     // A name or version is looked up in the log the peers hold (a new home
     // with only the owner key has no copy of its own yet).
-    let network_log =
-        swarm.as_ref().filter(|_| networked).map(|swarm| NetworkLog::new(session.catalog(), swarm, false));
+    let network_log = swarm
+        .as_ref()
+        .filter(|_| networked)
+        .map(|swarm| NetworkLog::new(session.catalog(), session.index(), swarm, false));
     let catalog: &dyn Catalog = match &network_log {
         Some(log) => log,
         None => session.catalog(),
     };
-    let target = Target::resolve(catalog, &owner, &wanted)?;
+    let target = Target::resolve(catalog, session.index(), &owner, &wanted)?;
     let label = &target.label;
     let manifest = target.open(catalog, swarm.as_ref(), &owner).with_context(|| format!("pulling {label}"))?;
     let fetch = match &swarm {
@@ -653,6 +664,7 @@ fn share(cx: &Cx, spec: &str) -> Result<()> {
     let link = session.networked(cx.existing_home()?)?.then(|| session.link()).transpose()?;
     let (history, swarm) = read_history(cx, &session, link.as_deref())?;
     let version = history.select_one(spec)?;
+    drop(history);
     let envelope = match (session.catalog().manifest(&version.manifest)?, &swarm) {
         (Some(envelope), _) => envelope,
         (None, Some(swarm)) => swarm.fetch_manifest(&version.manifest)?,
@@ -683,13 +695,14 @@ fn output_path(manifest: &Manifest, id: ManifestId, output: Option<&Path>) -> Re
 /// The owner's history for a command that only reads it: the log the
 /// peers hold, when the home has peers and one answers, else this home's
 /// copy (with a warning); and the peers that answered.
-fn read_history(cx: &Cx, session: &Session, link: Option<&Link>) -> Result<(History, Option<Swarm>)> {
+fn read_history<'s>(cx: &Cx, session: &'s Session, link: Option<&Link>) -> Result<(History<'s>, Option<Swarm>)> {
     let owner = session.keys().owner_keys();
-    let Some(link) = link else { return Ok((transfer::history(session.catalog(), &owner)?, None)) };
+    let index = session.index();
+    let Some(link) = link else { return Ok((index.sync(&owner, session.catalog(), false)?, None)) };
     match connect(session, cx.existing_home()?, link, &[]) {
         Ok(swarm) => {
-            let log = NetworkLog::new(session.catalog(), &swarm, false);
-            let history = transfer::history(&log, &owner)?;
+            let log = NetworkLog::new(session.catalog(), index, &swarm, false);
+            let history = index.sync(&owner, &log, false)?;
             for note in log.notes() {
                 tracing::warn!("{note}");
             }
@@ -697,7 +710,7 @@ fn read_history(cx: &Cx, session: &Session, link: Option<&Link>) -> Result<(Hist
         }
         Err(e) => {
             cx.warn(format_args!("showing this home's own copy of the log, which may lag: {e:#}"));
-            Ok((transfer::history(session.catalog(), &owner)?, None))
+            Ok((index.sync(&owner, session.catalog(), false)?, None))
         }
     }
 }
@@ -712,64 +725,91 @@ fn read_session(cx: &Cx) -> Result<(Session, Option<Link>)> {
     Ok((session, link))
 }
 
+/// `p2pfs log [NAME]`: the versions, newest first, read from the index a
+/// page at a time and written as they are read, so the first lines cost
+/// the same however long the history is (and `| head` stops the read).
 fn show_log(cx: &Cx, name: Option<&str>, json: bool) -> Result<()> {
     let (session, link) = read_session(cx)?;
     let (history, _) = read_history(cx, &session, link.as_ref())?;
-    let versions: Vec<&Version> = match name {
-        Some(name) => {
-            let versions: Vec<_> = history.versions_of(name).collect();
-            if versions.is_empty() {
-                bail!("no file named '{name}' in the log; `p2pfs ls` lists what there is");
-            }
-            versions
-        }
-        None => history.versions().iter().collect(),
+    // The label column fits the longest `name@number` there can be.
+    let label_width = match name {
+        Some(name) => match history.versions_of(name)? {
+            0 => bail!("no file named '{name}' in the log; `p2pfs ls` lists what there is"),
+            versions => label_len(name, versions),
+        },
+        None => history.name_rows()?.iter().map(|(name, row)| label_len(name, row.versions)).max().unwrap_or(0),
     };
-    if json {
-        return print_json(&versions);
+    let widths = [label_width.max(7), 23, 8, 6, 8, 16, 0];
+    let mut out = io::stdout().lock();
+    let written = (|| -> Result<()> {
+        match json {
+            true => out.write_all(b"[")?,
+            false => out.write_all(
+                output::row(&["VERSION", "PUSHED", "SIZE", "CHUNKS", "NEW", "ID", ""], &widths).as_bytes(),
+            )?,
+        }
+        let (mut before, mut first) = (None, true);
+        loop {
+            let page = history.page(name, before, transfer::index::PAGE)?;
+            let Some(&(last, _)) = page.last() else { break };
+            for (_, v) in &page {
+                if json {
+                    out.write_all(if first { b"\n  " } else { b",\n  " })?;
+                    serde_json::to_writer(&mut out, v)?;
+                    first = false;
+                    continue;
+                }
+                let cells = [
+                    v.label(),
+                    output::utc_time(v.pushed_ms),
+                    output::size(v.size),
+                    v.chunks.to_string(),
+                    output::size(v.new_bytes),
+                    v.manifest.short(16),
+                    v.removed_ms.map_or(String::new(), |ms| format!("removed {}", output::utc_time(ms))),
+                ];
+                out.write_all(output::row(&cells.each_ref().map(String::as_str), &widths).as_bytes())?;
+            }
+            out.flush()?;
+            before = Some(last);
+        }
+        if json {
+            out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
+        }
+        Ok(out.flush()?)
+    })();
+    match written {
+        // The reader stopped (`| head`): what it wanted was written.
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => Ok(()),
+        other => other,
     }
-    let rows: Vec<Vec<String>> = versions
-        .iter()
-        .map(|v| {
-            vec![
-                v.label(),
-                output::utc_time(v.pushed_ms),
-                output::size(v.size),
-                v.chunks.to_string(),
-                output::size(v.new_bytes),
-                v.manifest.short(16),
-                v.removed_ms.map_or(String::new(), |ms| format!("removed {}", output::utc_time(ms))),
-            ]
-        })
-        .collect();
-    print!("{}", output::table(&["VERSION", "PUSHED", "SIZE", "CHUNKS", "NEW", "ID", ""], &rows));
-    Ok(())
 }
 
+/// The width of `name@N` for the largest N a name with `versions` has.
+fn label_len(name: &str, versions: u32) -> usize {
+    name.chars().count() + 1 + versions.max(1).to_string().len()
+}
+
+/// `p2pfs ls`: each name with a live version, from the index's row per
+/// name (never the versions themselves).
 fn list(cx: &Cx, json: bool) -> Result<()> {
     let (session, link) = read_session(cx)?;
     let (history, _) = read_history(cx, &session, link.as_ref())?;
-    let latest: Vec<(usize, &Version)> = history
-        .live_names()
-        .into_iter()
-        .filter_map(|name| {
-            let live: Vec<&Version> = history.versions_of(name).filter(|v| v.is_live()).collect();
-            live.last().map(|latest| (live.len(), *latest))
-        })
-        .collect();
+    let latest = history.names()?;
     if json {
         let entries: Vec<_> = latest
             .iter()
-            .map(|(count, v)| serde_json::json!({ "name": v.name, "versions": count, "latest": v }))
+            .map(|n| serde_json::json!({ "name": n.latest.name, "versions": n.live, "latest": n.latest }))
             .collect();
         return print_json(&entries);
     }
     let rows: Vec<Vec<String>> = latest
         .iter()
-        .map(|(count, v)| {
+        .map(|n| {
+            let v = &n.latest;
             vec![
                 v.name.clone(),
-                count.to_string(),
+                n.live.to_string(),
                 v.number.to_string(),
                 output::utc_time(v.pushed_ms),
                 output::size(v.size),
@@ -802,15 +842,14 @@ fn remove(cx: &Cx, spec: &str) -> Result<()> {
         },
         None => None,
     };
-    let network_log = swarm.as_ref().map(|swarm| NetworkLog::new(session.catalog(), swarm, true));
+    let network_log = swarm.as_ref().map(|swarm| NetworkLog::new(session.catalog(), session.index(), swarm, true));
     let catalog: &dyn Catalog = match &network_log {
         Some(log) => log,
         None => session.catalog(),
     };
-    let history = transfer::history(catalog, &owner)?;
-    let versions: Vec<Version> = history.select(spec)?.into_iter().cloned().collect();
+    let versions: Vec<Version> = session.index().sync(&owner, catalog, true)?.select(spec)?;
     let labels: Vec<String> = versions.iter().map(Version::label).collect();
-    let retracted = record::retract_versions(catalog, swarm.as_ref(), &owner, &versions)?;
+    let retracted = record::retract_versions(catalog, session.index(), swarm.as_ref(), &owner, &versions)?;
 
     // Every node that may hold a pin of these versions and did not confirm
     // the unpin hears of it again from later commands.
@@ -951,7 +990,8 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         (None, None) => bail!("this home's store is neither open here nor served"),
     };
     owners.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-    let live: Vec<&Version> = history.versions().iter().filter(|v| v.is_live()).collect();
+    let tip = history.tip();
+    drop(history);
     let pending: Vec<pending::PendingUnpin> =
         pending::load(home)?.into_iter().filter(|p| p.owner == owner.owner_id()).collect();
     let owner_id = owner.owner_id().to_string();
@@ -960,9 +1000,9 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
         "node_id": session.keys().node_id().to_string(),
         "served_by_pid": session.served().map(|s| s.pid()),
         "owner_id": owner_id,
-        "names": history.live_names().len(),
-        "live_versions": live.len(),
-        "logical_bytes": live.iter().map(|v| v.size).sum::<u64>(),
+        "names": tip.live_names,
+        "live_versions": tip.live_versions,
+        "logical_bytes": tip.live_bytes,
         "stored_chunks": chunk_count,
         "stored_bytes": chunk_bytes,
         "pending_removals": pending,
@@ -998,8 +1038,8 @@ fn status(cx: &Cx, json: bool) -> Result<()> {
     println!("owner id   {owner_id}");
     println!(
         "versions   {} live, of {}, {} in all",
-        live.len(),
-        output::count(history.live_names().len() as u64, "name", "names"),
+        tip.live_versions,
+        output::count(tip.live_names, "name", "names"),
         output::size(status["logical_bytes"].as_u64().unwrap_or(0))
     );
     let quota = max_storage.map_or(String::new(), |q| format!(" (quota {})", output::size(q)));

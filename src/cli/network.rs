@@ -529,7 +529,8 @@ pub(super) fn key_import(cx: &Cx, file: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     let owner = home.keys().owner_keys();
-    let versions = crate::transfer::history(home.store(), &owner)?.versions().len();
+    let index = crate::transfer::index::HistoryIndex::open(home.path(), crate::store::DEFAULT_PATIENCE)?;
+    let versions = index.sync(&owner, home.store(), false)?.tip().versions;
     if versions > 0 && !force {
         bail!(
             "this home has {versions} versions of its own owner, which the new key could not read; \

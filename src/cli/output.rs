@@ -64,15 +64,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        padded.join("  ").trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out += &line(row.iter().map(String::as_str).collect());
+    let mut out = row(header, &widths);
+    for cells in rows {
+        out += &row(&cells.iter().map(String::as_str).collect::<Vec<_>>(), &widths);
     }
     out
+}
+
+/// One line of a table whose column widths are known: each cell padded to
+/// its width (a longer one pushes the rest along), two spaces between.
+pub fn row(cells: &[&str], widths: &[usize]) -> String {
+    let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+    padded.join("  ").trim_end().to_owned() + "\n"
 }
 
 /// A byte progress bar on stderr when it is a terminal and output is not

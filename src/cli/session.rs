@@ -20,11 +20,12 @@ use crate::node::ServeInfo;
 use crate::store::Store;
 use crate::transfer::catalog::Catalog;
 use crate::transfer::daemon::Daemon;
+use crate::transfer::index::HistoryIndex;
 
 /// A home, opened or reached through its node.
 pub(super) enum Session {
-    /// This process owns the home.
-    Owned(Box<Home>),
+    /// This process owns the home; the home's history index.
+    Owned(Box<Home>, HistoryIndex),
     /// `p2pfs serve` owns it.
     Served(Box<Served>),
 }
@@ -36,6 +37,7 @@ pub(super) struct Served {
     info: ServeInfo,
     link: Link,
     daemon: Daemon,
+    index: HistoryIndex,
 }
 
 /// An async runtime and a QUIC endpoint, for talking to peers. Dropping it
@@ -86,25 +88,27 @@ impl Session {
     /// serving it. A home that another command holds in a way `access`
     /// cannot share (`gc`) is waited for with `wait`, and refused without.
     pub(super) fn open(path: &Path, access: Access, wait: bool) -> Result<Self> {
+        let patience = if wait { std::time::Duration::MAX } else { crate::store::DEFAULT_PATIENCE };
+        let index = || HistoryIndex::open(path, patience).context("opening the home's history index");
         let locked = match Home::open_for(path, access, false) {
-            Ok(home) => return Ok(Session::Owned(Box::new(home))),
+            Ok(home) => return Ok(Session::Owned(Box::new(home), index()?)),
             Err(e @ HomeError::Locked { .. }) => e,
             Err(e) => return Err(e.into()),
         };
         if let Some(info) = ServeInfo::read(path) {
-            return Served::connect(path, info).map(|served| Session::Served(Box::new(served)));
+            return Served::connect(path, info, index()?).map(|served| Session::Served(Box::new(served)));
         }
         if !wait {
             return Err(locked.into());
         }
         eprintln!("p2pfs: waiting for another p2pfs command to finish with {} (--wait)", path.display());
-        Ok(Session::Owned(Box::new(Home::open_for(path, access, true)?)))
+        Ok(Session::Owned(Box::new(Home::open_for(path, access, true)?), index()?))
     }
 
     /// The home's keys.
     pub(super) fn keys(&self) -> &Keys {
         match self {
-            Session::Owned(home) => home.keys(),
+            Session::Owned(home, _) => home.keys(),
             Session::Served(served) => &served.keys,
         }
     }
@@ -112,15 +116,23 @@ impl Session {
     /// The home's configuration.
     pub(super) fn config(&self) -> &Config {
         match self {
-            Session::Owned(home) => home.config(),
+            Session::Owned(home, _) => home.config(),
             Session::Served(served) => &served.config,
+        }
+    }
+
+    /// The home's history index.
+    pub(super) fn index(&self) -> &HistoryIndex {
+        match self {
+            Session::Owned(_, index) => index,
+            Session::Served(served) => &served.index,
         }
     }
 
     /// The home's log, manifests and pins.
     pub(super) fn catalog(&self) -> &dyn Catalog {
         match self {
-            Session::Owned(home) => home.store(),
+            Session::Owned(home, _) => home.store(),
             Session::Served(served) => &served.daemon,
         }
     }
@@ -128,7 +140,7 @@ impl Session {
     /// The home's store, when this process owns it.
     pub(super) fn store(&self) -> Option<&Store> {
         match self {
-            Session::Owned(home) => Some(home.store()),
+            Session::Owned(home, _) => Some(home.store()),
             Session::Served(_) => None,
         }
     }
@@ -136,7 +148,7 @@ impl Session {
     /// The node serving the home, if one is.
     pub(super) fn served(&self) -> Option<&Served> {
         match self {
-            Session::Owned(_) => None,
+            Session::Owned(..) => None,
             Session::Served(served) => Some(served),
         }
     }
@@ -151,14 +163,14 @@ impl Session {
     pub(super) fn link(&self) -> Result<LinkRef<'_>> {
         match self {
             Session::Served(served) => Ok(LinkRef::Held(&served.link)),
-            Session::Owned(home) => Link::new(home.keys()).map(|link| LinkRef::Made(Box::new(link))),
+            Session::Owned(home, _) => Link::new(home.keys()).map(|link| LinkRef::Made(Box::new(link))),
         }
     }
 
     /// Peers to dial besides the known ones: the home's own node, if it serves.
     pub(super) fn own_node(&self) -> Vec<KnownPeer> {
         match self {
-            Session::Owned(_) => Vec::new(),
+            Session::Owned(..) => Vec::new(),
             Session::Served(served) => vec![KnownPeer { node: served.info.node, addrs: served.info.addrs.clone() }],
         }
     }
@@ -166,7 +178,7 @@ impl Session {
     /// Fails, naming the running node, for commands that need the store itself.
     pub(super) fn require_owned(&self, command: &str) -> Result<&Home> {
         match self {
-            Session::Owned(home) => Ok(home),
+            Session::Owned(home, _) => Ok(home),
             Session::Served(served) => bail!(
                 "`p2pfs {command}` needs this home's store, which `p2pfs serve` (pid {}) is using: stop the node, \
                  run `p2pfs {command}`, then start it again",
@@ -177,7 +189,7 @@ impl Session {
 }
 
 impl Served {
-    fn connect(path: &Path, info: ServeInfo) -> Result<Self> {
+    fn connect(path: &Path, info: ServeInfo, index: HistoryIndex) -> Result<Self> {
         let keys = Keys::load(path)?;
         let config = Config::load(path)?;
         let link = Link::new(&keys)?;
@@ -192,7 +204,7 @@ impl Served {
         match link.client.connect(info.node, &info.addrs) {
             Ok((peer, addr)) => {
                 let daemon = Daemon::new(link.client.clone(), peer, addr, keys.owner_keys());
-                Ok(Self { keys, config, info, link, daemon })
+                Ok(Self { keys, config, info, link, daemon, index })
             }
             Err(e) => Err(anyhow::Error::new(e).context(not_answering())),
         }

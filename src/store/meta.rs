@@ -18,17 +18,16 @@
 //! one write transaction.
 
 use std::collections::HashSet;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{
-    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableHandle, WriteTransaction,
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::db::{Db, Txn, db_err};
 use crate::id::{ChunkId, ManifestId, OwnerId};
 use crate::manifest::log::LogEntry;
 
@@ -139,54 +138,8 @@ pub struct OwnerUsage {
 
 /// The metadata database, held open or opened for each transaction.
 pub struct Meta {
-    handle: Handle,
+    db: Db,
     path: PathBuf,
-}
-
-/// How a [`Meta`] reaches its database file.
-enum Handle {
-    /// This process alone uses the store (a node, `gc`): the database stays open.
-    Held(Database),
-    /// Other commands may use the store at once (`ls` during a push): each
-    /// transaction opens the file and closes it after, so no one holds it
-    /// for longer than a transaction. Writes fail when not `writable`.
-    PerTransaction {
-        /// Whether write transactions are allowed.
-        writable: bool,
-        /// How long to wait for another process's transaction to end.
-        patience: Duration,
-    },
-}
-
-/// A transaction, and the database it came from when it was opened for it
-/// alone: the database closes after the transaction ends, never before.
-pub(super) struct Txn<T> {
-    txn: T,
-    _db: Option<Opened>,
-}
-
-/// A database opened for one transaction.
-enum Opened {
-    ReadOnly(ReadOnlyDatabase),
-    Writable(Database),
-}
-
-impl<T> Deref for Txn<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.txn
-    }
-}
-
-impl Txn<WriteTransaction> {
-    fn commit(self) -> Result<(), redb::CommitError> {
-        self.txn.commit()
-    }
-
-    fn abort(self) -> Result<(), redb::StorageError> {
-        self.txn.abort()
-    }
 }
 
 /// The page cache of a database this process holds open (a node, `gc`):
@@ -217,7 +170,7 @@ impl Meta {
     /// older store (keyed by manifest alone) to owner-keyed pins.
     pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::builder().set_cache_size(CACHE_SIZE).create(path).map_err(db_err(path))?;
-        let meta = Self { handle: Handle::Held(db), path: path.to_owned() };
+        let meta = Self { db: Db::held(db, path), path: path.to_owned() };
         meta.create_tables()?;
         Ok(meta)
     }
@@ -228,7 +181,7 @@ impl Meta {
     /// creates the tables and migrates an older store first; a read-only one
     /// never writes, so it works on a read-only disk.
     pub(super) fn open_shared(path: &Path, writable: bool, patience: Duration) -> Result<Self, StoreError> {
-        let meta = Self { handle: Handle::PerTransaction { writable, patience }, path: path.to_owned() };
+        let meta = Self { db: Db::per_transaction(path, writable, patience), path: path.to_owned() };
         if writable {
             meta.create_tables()?;
         } else {
@@ -256,60 +209,12 @@ impl Meta {
         txn.commit().map_err(meta.err())
     }
 
-    /// A read transaction.
     fn read(&self) -> Result<Txn<ReadTransaction>, StoreError> {
-        match &self.handle {
-            Handle::Held(db) => Ok(Txn { txn: db.begin_read().map_err(self.err())?, _db: None }),
-            Handle::PerTransaction { patience, .. } => {
-                let db = self.retry_while_busy(*patience, || match ReadOnlyDatabase::open(&self.path) {
-                    // A database not closed cleanly must be repaired first,
-                    // which takes a writable open.
-                    Err(DatabaseError::RepairAborted) => Database::create(&self.path).map(Opened::Writable),
-                    other => other.map(Opened::ReadOnly),
-                })?;
-                let txn = match &db {
-                    Opened::ReadOnly(db) => db.begin_read(),
-                    Opened::Writable(db) => db.begin_read(),
-                }
-                .map_err(self.err())?;
-                Ok(Txn { txn, _db: Some(db) })
-            }
-        }
+        self.db.read()
     }
 
-    /// A write transaction.
     fn write(&self) -> Result<Txn<WriteTransaction>, StoreError> {
-        match &self.handle {
-            Handle::Held(db) => Ok(Txn { txn: db.begin_write().map_err(self.err())?, _db: None }),
-            Handle::PerTransaction { writable: false, .. } => Err(StoreError::ReadOnly(self.path.clone())),
-            Handle::PerTransaction { writable: true, patience } => {
-                let db = self.retry_while_busy(*patience, || Database::create(&self.path))?;
-                let txn = db.begin_write().map_err(self.err())?;
-                Ok(Txn { txn, _db: Some(Opened::Writable(db)) })
-            }
-        }
-    }
-
-    /// Runs `open` until the database is not open in another process, or
-    /// `patience` runs out. Transactions are short, so the wait is too.
-    fn retry_while_busy<D>(
-        &self,
-        patience: Duration,
-        mut open: impl FnMut() -> Result<D, DatabaseError>,
-    ) -> Result<D, StoreError> {
-        // `None`: wait as long as it takes.
-        let deadline = Instant::now().checked_add(patience);
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match open() {
-                Err(DatabaseError::DatabaseAlreadyOpen) if deadline.is_none_or(|d| Instant::now() < d) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Busy(self.path.clone())),
-                other => return other.map_err(self.err()),
-            }
-        }
+        self.db.write()
     }
 
     /// Moves every row of the old `pins` table to `owner_pins`; refcounts
@@ -352,12 +257,13 @@ impl Meta {
         Ok(())
     }
 
-    /// Every log entry of `owner`, in sequence order (unverified: replay checks them).
-    pub fn log(&self, owner: &OwnerId) -> Result<Vec<LogEntry>, StoreError> {
+    /// The log entries of `owner` from sequence number `from` on, in
+    /// order (unverified: the history index checks them).
+    pub fn log(&self, owner: &OwnerId, from: u64) -> Result<Vec<LogEntry>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(LOG).map_err(self.err())?;
         let mut out = Vec::new();
-        for row in table.range((owner.as_bytes(), 0)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
+        for row in table.range((owner.as_bytes(), from)..=(owner.as_bytes(), u64::MAX)).map_err(self.err())? {
             let (key, value) = row.map_err(self.err())?;
             out.push(self.decode_entry(key.value().1, value.value())?);
         }
@@ -886,11 +792,6 @@ fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {
     ids.iter().flat_map(|id| *id.as_bytes()).collect()
 }
 
-fn db_err<E: Into<redb::Error>>(path: &Path) -> impl FnOnce(E) -> StoreError + use<E> {
-    let path = path.to_owned();
-    move |e| StoreError::Db { path, source: Box::new(e.into()) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1077,7 +978,7 @@ mod tests {
         // A byte budget smaller than one entry still returns one, so a reader makes progress.
         assert_eq!(meta.log_from(&id, 1, 9, 1).unwrap(), (encoded[1..2].to_vec(), true));
         assert_eq!(meta.log_from(&id, 5, 9, usize::MAX).unwrap(), (vec![], false));
-        assert_eq!(meta.log(&id).unwrap().len(), 5);
+        assert_eq!(meta.log(&id, 0).unwrap().len(), 5);
         assert_eq!(meta.head(&id).unwrap(), encoded.last().cloned(), "the last append is the head");
     }
 }

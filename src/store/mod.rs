@@ -25,6 +25,7 @@
 //! time: what a push was told is here stays for the grace period, long
 //! enough for its pin to arrive.
 
+pub(crate) mod db;
 mod files;
 mod meta;
 #[cfg(test)]

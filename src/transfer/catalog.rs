@@ -31,8 +31,10 @@ pub struct Change<'a> {
 
 /// A home's records: the home's store, or the node serving the home.
 pub trait Catalog: Sync {
-    /// Every log entry of `owner`, in sequence order (unverified: replay checks them).
-    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError>;
+    /// The entries of `owner`'s log from sequence number `from` on, in
+    /// order (unverified: the history index checks them). A source whose
+    /// log went apart from what the caller knows may answer from entry 0.
+    fn log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<LogEntry>, TransferError>;
 
     /// The id of the chunk sealed under a key with this tag, if it is known.
     fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError>;
@@ -51,8 +53,8 @@ pub trait Catalog: Sync {
 }
 
 impl Catalog for Store {
-    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
-        Ok(self.meta().log(&owner.owner_id())?)
+    fn log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<LogEntry>, TransferError> {
+        Ok(self.meta().log(&owner.owner_id(), from)?)
     }
 
     fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {

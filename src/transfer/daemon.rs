@@ -63,11 +63,11 @@ impl Daemon {
 }
 
 impl Catalog for Daemon {
-    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
-        let encoded = self.call(|peer| async move { peer.get_log(owner).await })?;
+    fn log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<LogEntry>, TransferError> {
+        let encoded = self.call(|peer| async move { peer.get_log_from(owner, from).await })?;
         let mut entries = Vec::with_capacity(encoded.len());
-        for (seq, bytes) in encoded.iter().enumerate() {
-            entries.push(LogEntry::decode(seq as u64, bytes)?);
+        for (seq, bytes) in (from..).zip(&encoded) {
+            entries.push(LogEntry::decode(seq, bytes)?);
         }
         Ok(entries)
     }

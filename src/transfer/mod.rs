@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod check;
 pub mod daemon;
 pub mod fetch;
+pub mod index;
 pub mod network_log;
 pub mod placement;
 pub mod pull;
@@ -30,12 +31,10 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chunk::InvalidChunkerConfig;
-use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId};
 use crate::manifest::ManifestError;
-use crate::manifest::log::{History, LogError};
+use crate::manifest::log::LogError;
 use crate::store::StoreError;
-use catalog::Catalog;
 
 /// A push, pull or removal that failed.
 #[derive(Debug, thiserror::Error)]
@@ -222,11 +221,6 @@ impl Parallelism {
     pub fn for_network() -> Self {
         Self { workers: 16, buffers: 20 }
     }
-}
-
-/// The owner's verified history, from the home's log.
-pub fn history(catalog: &dyn Catalog, owner: &OwnerKeys) -> Result<History, TransferError> {
-    Ok(History::replay(owner, catalog.log(owner)?)?)
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use super::TransferError;
 use super::catalog::{Catalog, Change};
+use super::index::HistoryIndex;
 use super::swarm::Swarm;
 use crate::crypto::OwnerKeys;
 use crate::id::{ChunkId, ManifestId};
@@ -64,6 +65,9 @@ pub const LOG_READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// that hold it (see the module doc).
 pub struct NetworkLog<'a> {
     inner: &'a dyn Catalog,
+    /// What the home has verified of the log: where an incremental read
+    /// starts, and what it must agree with.
+    index: &'a HistoryIndex,
     swarm: &'a Swarm,
     /// Whether the home's copy of the log may be rewritten (push, rm);
     /// read-only commands only read it.
@@ -93,8 +97,8 @@ struct Copy {
 impl<'a> NetworkLog<'a> {
     /// Wraps `inner`, the home's records; with `persist`, reads also bring
     /// the home's copy of the log up to date.
-    pub fn new(inner: &'a dyn Catalog, swarm: &'a Swarm, persist: bool) -> Self {
-        Self { inner, swarm, persist, synced: Mutex::default(), notes: Mutex::new(Vec::new()) }
+    pub fn new(inner: &'a dyn Catalog, index: &'a HistoryIndex, swarm: &'a Swarm, persist: bool) -> Self {
+        Self { inner, index, swarm, persist, synced: Mutex::default(), notes: Mutex::new(Vec::new()) }
     }
 
     /// What went wrong with members' copies (unreachable, refused, altered),
@@ -175,7 +179,7 @@ impl<'a> NetworkLog<'a> {
     /// module doc), made known to the holders that lag and, with
     /// `persist`, to the home's copy.
     fn sync(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
-        let local = self.inner.log(owner)?;
+        let local = self.inner.log_from(owner, 0)?;
         // The home's own copy is checked as any other (replay fails on damage).
         History::replay(owner, local.iter().cloned())?;
         let copies = self.read_copies(owner, &local);
@@ -238,6 +242,123 @@ impl<'a> NetworkLog<'a> {
         Ok(chain)
     }
 
+    /// The log from entry `from` on, read incrementally: the home's index
+    /// holds entry `from`, and every copy that answers either carries that
+    /// same entry (then only what follows it is read and checked) or ends
+    /// before it and is a prefix of the home's copy. `None` when some copy
+    /// went apart, or the home's own copy does not hold the entry: the
+    /// whole log is then merged ([`Self::sync`]).
+    fn sync_from(&self, owner: &OwnerKeys, from: u64) -> Result<Option<Vec<LogEntry>>, TransferError> {
+        let owner_id = owner.owner_id();
+        let Some(anchor) = self.index.hash_at(&owner_id, from)? else { return Ok(None) };
+        let home = self.inner.log_from(owner, from)?;
+        // The home's copy may end before the entry (a command that only
+        // reads does not write it, so it lags what the index learned from
+        // members before); one that appends builds on it, so merges whole.
+        let home_lags = home.is_empty() && !self.persist;
+        if home.first().map(LogEntry::hash) != Some(anchor) && !home_lags {
+            return Ok(None);
+        }
+        let readers: Vec<usize> = self.swarm.ranked(owner_id.as_bytes()).into_iter().take(LOG_READERS).collect();
+        let reads = readers.iter().map(|&index| {
+            self.swarm.with_retry(index, move |peer| {
+                let short = peer.node_id().short(16);
+                let read = async move {
+                    let tail = read_chain(&peer, owner, from, None).await?;
+                    // A copy that ends before `from` is read whole, to see
+                    // whether it only lags.
+                    match tail.is_empty() {
+                        true => Ok((0, read_chain(&peer, owner, 0, None).await?)),
+                        false => Ok((from, tail)),
+                    }
+                };
+                async move {
+                    tokio::time::timeout(LOG_READ_TIMEOUT, read)
+                        .await
+                        .map_err(|_| NetError::Timeout { node: short, what: "reading the owner's log" })?
+                }
+            })
+        });
+        let results = self.swarm.client().run_all(reads);
+        // Each copy as (member, its length, what it holds from `from` on).
+        let mut extending: Vec<(usize, Vec<LogEntry>)> = Vec::new();
+        let mut lagging: Vec<(usize, u64)> = Vec::new();
+        for (member, result) in readers.into_iter().zip(results) {
+            let short = self.swarm.member(member).node().short(16);
+            match result {
+                Ok((start, copy)) if start == from => {
+                    if copy.first().map(LogEntry::hash) != Some(anchor) {
+                        return Ok(None);
+                    }
+                    extending.push((member, copy));
+                }
+                Ok((_, copy)) => {
+                    // It ends before `from`: a prefix of what the index holds, or apart.
+                    let len = copy.len() as u64;
+                    let last = copy.last().map(LogEntry::hash);
+                    let held = match len {
+                        0 => None,
+                        _ => self.index.hash_at(&owner_id, len - 1)?,
+                    };
+                    if len > 0 && held != last {
+                        return Ok(None);
+                    }
+                    lagging.push((member, len));
+                }
+                Err(e) => {
+                    self.note(format!("{short} did not give its copy of the log: {e}"));
+                    self.failed(member, &e);
+                }
+            }
+        }
+
+        // The longest member copy (on a tie, the one whose last entry has
+        // the lowest hash), then the home's if it carries that one further;
+        // every other copy must be where it starts, or the whole log is merged.
+        let rank = |entries: &Vec<LogEntry>| (entries.len(), std::cmp::Reverse(entries.last().map(LogEntry::hash)));
+        let mut chain: Vec<LogEntry> =
+            extending.iter().map(|(_, e)| e).max_by_key(|e| rank(e)).cloned().unwrap_or_default();
+        if is_prefix(&chain, &home) {
+            chain = home.clone();
+        }
+        if !is_prefix(&home, &chain) || extending.iter().any(|(_, e)| !is_prefix(e, &chain)) {
+            return Ok(None);
+        }
+        // What the copies that stop short lack: from the home's copy before
+        // `from`, then the chain.
+        let end = from + chain.len() as u64;
+        let mut ranked: Vec<(usize, u64)> =
+            extending.iter().map(|(m, e)| (*m, from + e.len() as u64)).chain(lagging).collect();
+        let order = self.swarm.ranked(owner_id.as_bytes());
+        ranked.sort_by_key(|(m, _)| order.iter().position(|o| o == m));
+        ranked.truncate(LOG_HOLDERS);
+        let holders: Vec<usize> = ranked.iter().map(|(m, _)| *m).collect();
+        for (member, len) in ranked.into_iter().filter(|(_, len)| *len < end) {
+            let mut missing: Vec<LogEntry> = match len < from {
+                true => self.inner.log_from(owner, len)?.into_iter().take((from - len) as usize).collect(),
+                false => Vec::new(),
+            };
+            if len < from && missing.len() as u64 != from - len {
+                // The home's copy lacks them too: a later command catches it up.
+                continue;
+            }
+            missing.extend(chain[(len.max(from) - from) as usize..].iter().cloned());
+            self.append_to(&[(member, 0)], &missing);
+        }
+        let live = self.swarm.live_members();
+        let holders: Vec<usize> = holders.into_iter().filter(|m| live.contains(m)).collect();
+        *self.synced.lock().unwrap_or_else(PoisonError::into_inner) =
+            Synced { holders, len: end, owner: Some(owner.clone()) };
+        if chain.is_empty() {
+            // No copy holds the entry the index ends with: merge whole.
+            return Ok(None);
+        }
+        if self.persist && chain.len() > home.len() {
+            self.inner.adopt_log(owner, from + home.len() as u64, &chain[home.len()..])?;
+        }
+        Ok(Some(chain))
+    }
+
     /// Sends each member the entries of `chain` from its length on, in
     /// order; failures are only noted (the next read catches them up).
     fn append_to(&self, members: &[(usize, usize)], chain: &[LogEntry]) {
@@ -271,7 +392,15 @@ impl<'a> NetworkLog<'a> {
 }
 
 impl Catalog for NetworkLog<'_> {
-    fn log(&self, owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
+    /// From `from` on when every copy agrees with the home's index up to
+    /// there and none went apart after it; otherwise the whole log, merged
+    /// as the module doc says.
+    fn log_from(&self, owner: &OwnerKeys, from: u64) -> Result<Vec<LogEntry>, TransferError> {
+        if from > 0
+            && let Some(tail) = self.sync_from(owner, from)?
+        {
+            return Ok(tail);
+        }
         self.sync(owner)
     }
 

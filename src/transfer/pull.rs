@@ -79,7 +79,12 @@ impl Target {
     /// Which manifest `wanted` means. A version spec goes through the
     /// owner's log; a whole manifest id the log does not know is still
     /// tried (it may be in a store, or on peers).
-    pub fn resolve(catalog: &dyn Catalog, owner: &OwnerKeys, wanted: &Wanted) -> Result<Self, TransferError> {
+    pub fn resolve(
+        catalog: &dyn Catalog,
+        index: &super::index::HistoryIndex,
+        owner: &OwnerKeys,
+        wanted: &Wanted,
+    ) -> Result<Self, TransferError> {
         match wanted {
             Wanted::Shared(ticket) => Ok(Target {
                 id: ticket.manifest,
@@ -88,13 +93,14 @@ impl Target {
                 peers: ticket.peers.iter().map(KnownPeer::from_wire).collect(),
             }),
             Wanted::Version(spec) => {
-                let history = super::history(catalog, owner)?;
+                let history = index.sync(owner, catalog, false)?;
                 let (id, label) = match history.select_one(spec) {
                     Ok(version) => (version.manifest, version.label()),
-                    Err(err) => match spec.parse::<ManifestId>() {
+                    Err(err @ TransferError::Resolve(_)) => match spec.parse::<ManifestId>() {
                         Ok(id) => (id, format!("manifest {}", id.short(16))),
-                        Err(_) => return Err(err.into()),
+                        Err(_) => return Err(err),
                     },
+                    Err(err) => return Err(err),
                 };
                 Ok(Target { id, label, file_key: None, peers: Vec::new() })
             }

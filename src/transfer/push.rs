@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use crate::chunk::{Chunker, ChunkerConfig, CutPoints, GearTable};
 use crate::crypto::{ChunkKey, EnvelopeRandomness, FileKey, OwnerKeys};
 use crate::id::{ChunkId, ManifestId};
-use crate::manifest::log::{History, LogOp, LogRecord, Version};
+use crate::manifest::log::{LogOp, LogRecord, Version};
 use crate::manifest::{ChunkRef, Erasure, MAX_CHUNKS, Manifest};
 use crate::sealing::{Sealing, max_sealed_len};
 use crate::store::Store;
 use crate::wire::Stripes;
 
 use super::catalog::Catalog;
+use super::index::{History, HistoryIndex};
 use super::{MAX_LOG_RETRIES, Parallelism, TransferError, record, unix_time_ms};
 
 /// How to push.
@@ -152,8 +153,10 @@ impl Destination for Store {
 /// `options.allow_same` asks for a new version anyway. Another command of
 /// the same owner may append to the log meanwhile: the entry is then made
 /// again on top of the log as it is now.
+#[allow(clippy::too_many_arguments)]
 pub fn push(
     catalog: &dyn Catalog,
+    index: &HistoryIndex,
     destination: &dyn Destination,
     owner: &OwnerKeys,
     name: &str,
@@ -163,7 +166,7 @@ pub fn push(
 ) -> Result<PushReport, TransferError> {
     let started = Instant::now();
     // A log that cannot be read fails the push before anything is sent.
-    History::replay(owner, catalog.log(owner)?)?;
+    index.sync(owner, catalog, true)?;
     let cuts = CutPoints::new(options.chunker, GearTable::from_seed(owner.chunker_seed()))?;
     let outcome = store_chunks(catalog, destination, owner, input, cuts, options, progress)?;
 
@@ -180,9 +183,9 @@ pub fn push(
     let code = erasure.as_ref().map(|e| (e.data, e.parity));
 
     // Judged against the log as it is now: an `rm` may have run meanwhile.
-    let history = History::replay(owner, catalog.log(owner)?)?;
+    let mut history = index.sync(owner, catalog, true)?;
     if !options.allow_same
-        && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks, code)
+        && let Some(latest) = same_as_latest(catalog, owner, &history, name, &outcome.chunks, code)?
     {
         return Ok(PushReport {
             version: latest,
@@ -213,10 +216,9 @@ pub fn push(
         },
     };
     let (pinned, stripes) = pin_list(&manifest);
-    let mut history = history;
     let mut attempts = 0;
     loop {
-        if history.by_manifest(&manifest_id).is_some() {
+        if history.by_manifest(&manifest_id)?.is_some() {
             // An earlier attempt's entry was taken after all (by a holder
             // whose reply was lost, or before the home's own commit found
             // another command's entry first): the log has the version once,
@@ -232,13 +234,13 @@ pub fn push(
             Ok(()) => break,
             Err(e) if e.is_log_conflict() && attempts < MAX_LOG_RETRIES => {
                 attempts += 1;
-                history = History::replay(owner, catalog.log(owner)?)?;
+                history = index.sync(owner, catalog, true)?;
             }
             Err(e) => return Err(e),
         }
     }
 
-    let version = history.by_manifest(&manifest_id).cloned().expect("the version was just appended to the history");
+    let version = history.by_manifest(&manifest_id)?.expect("the version was just appended to the history");
     Ok(PushReport {
         version,
         unchanged: false,
@@ -261,22 +263,22 @@ impl PushReport {
 fn same_as_latest(
     catalog: &dyn Catalog,
     owner: &OwnerKeys,
-    history: &History,
+    history: &History<'_>,
     name: &str,
     chunks: &[ChunkRef],
     code: Option<(u8, u8)>,
-) -> Option<Version> {
-    let latest = history.versions_of(name).filter(|v| v.is_live()).last()?;
+) -> Result<Option<Version>, TransferError> {
+    let Some(latest) = history.latest(name)? else { return Ok(None) };
     if latest.chunks != chunks.len() as u64 {
-        return None;
+        return Ok(None);
     }
-    let envelope = catalog.manifest(&latest.manifest).ok()??;
-    let (_, manifest) = Manifest::open(owner, latest.manifest, &envelope).ok()?;
+    let Ok(Some(envelope)) = catalog.manifest(&latest.manifest) else { return Ok(None) };
+    let Ok((_, manifest)) = Manifest::open(owner, latest.manifest, &envelope) else { return Ok(None) };
     if manifest.erasure.as_ref().map(|e| (e.data, e.parity)) != code {
-        return None;
+        return Ok(None);
     }
     let same = manifest.chunks.iter().zip(chunks).all(|(a, b)| a.id == b.id && a.len == b.len);
-    same.then(|| latest.clone())
+    Ok(same.then_some(latest))
 }
 
 struct Stored {
@@ -450,8 +452,8 @@ mod tests {
     }
 
     impl Catalog for TakenButRefused<'_> {
-        fn log(&self, _owner: &OwnerKeys) -> Result<Vec<LogEntry>, TransferError> {
-            Ok(self.log.lock().unwrap().clone())
+        fn log_from(&self, _owner: &OwnerKeys, from: u64) -> Result<Vec<LogEntry>, TransferError> {
+            Ok(self.log.lock().unwrap().iter().filter(|e| e.seq >= from).cloned().collect())
         }
 
         fn sealed(&self, tag: &[u8; 32]) -> Result<Option<ChunkId>, TransferError> {
@@ -489,9 +491,10 @@ mod tests {
             sealing: Sealing::current(3),
             allow_same: false,
         };
-        let report = push(&catalog, &store, &owner, "f", &[5u8; 100_000][..], &options, &|_| {}).unwrap();
-        let history = History::replay(&owner, catalog.log(&owner).unwrap()).unwrap();
-        let versions: Vec<_> = history.versions_of("f").map(|v| (v.number, v.manifest)).collect();
+        let index = HistoryIndex::in_memory(&dir.path().join("history.redb")).unwrap();
+        let report = push(&catalog, &index, &store, &owner, "f", &[5u8; 100_000][..], &options, &|_| {}).unwrap();
+        let history = index.sync(&owner, &catalog, true).unwrap();
+        let versions: Vec<_> = history.all(Some("f")).unwrap().iter().map(|v| (v.number, v.manifest)).collect();
         assert_eq!(versions, vec![(1, report.manifest())], "one push, one version");
     }
 }

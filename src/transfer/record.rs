@@ -22,8 +22,9 @@ use super::unix_time_ms;
 use crate::crypto::OwnerKeys;
 use std::collections::HashSet;
 
+use super::index::HistoryIndex;
 use crate::id::{ChunkId, ManifestId, NodeId};
-use crate::manifest::log::{History, LogOp, LogRecord, Version};
+use crate::manifest::log::{LogOp, LogRecord, Version};
 use crate::store::PinRecord;
 use crate::wire::{self, Pin, Stripes, Unpin};
 
@@ -95,6 +96,7 @@ pub struct Retracted {
 /// collection.
 pub fn retract_versions(
     catalog: &dyn Catalog,
+    index: &HistoryIndex,
     swarm: Option<&Swarm>,
     owner: &OwnerKeys,
     versions: &[Version],
@@ -102,13 +104,17 @@ pub fn retract_versions(
     let unpins: Vec<_> = versions.iter().map(|v| (owner.owner_id(), v.manifest)).collect();
     let mut attempts = 0;
     loop {
-        let mut history = History::replay(owner, catalog.log(owner)?)?;
+        let mut history = index.sync(owner, catalog, true)?;
         let mut entries = Vec::with_capacity(versions.len());
         // A version another command (or an earlier attempt of this one,
         // through a node that took part of it) removed already needs no
         // entry; it is still unpinned below.
-        let live: Vec<&Version> =
-            versions.iter().filter(|v| history.by_manifest(&v.manifest).is_some_and(Version::is_live)).collect();
+        let mut live = Vec::new();
+        for version in versions {
+            if history.by_manifest(&version.manifest)?.is_some_and(|v| v.is_live()) {
+                live.push(version);
+            }
+        }
         for version in live {
             let record = LogRecord { time_ms: unix_time_ms(), op: LogOp::Remove { manifest: version.manifest } };
             entries.push(history.append(owner, record, rand::random())?);
