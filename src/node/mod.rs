@@ -36,6 +36,8 @@ mod handler;
 pub mod mdns;
 mod members;
 mod repair;
+#[cfg(any(test, fuzzing))]
+pub mod request_model;
 mod requests;
 mod scrub;
 
