@@ -17,19 +17,20 @@ use bytes::Bytes;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::NodeState;
 use super::members::{BUDGET_SHARE, MEMBER_IDLE_TIMEOUT, Membership, RequestGuard};
+use super::requests::{Refusal, StoreRequests, hash_parts};
 use crate::crypto;
-use crate::id::{ChunkId, ManifestId};
+use crate::id::ManifestId;
 use crate::manifest::log::LogEntry;
 use crate::net::stream::{self, FrameReader, Pace, StreamError, write_frame};
 use crate::net::{Peer, owner_proof_holds};
-use crate::store::{Appended, PinRecord, Pinned, SignedPin, StoreError};
+use crate::store::{Appended, StoreError};
 use crate::wire::{
-    self, Ack, BoundedBytes, BoundedString, ChunkData, Error, ErrorCode, Frame, HasReply, Head, Log, ManifestData,
-    NotFound, OwnerBytes, Peers, Pong, Status,
+    self, Ack, BoundedBytes, BoundedString, Error, ErrorCode, Frame, Head, Log, ManifestData, NotFound, OwnerBytes,
+    Peers, Pong, Status,
 };
 
 /// Log entry bytes in one `Log` reply: with the largest entry on top, still
@@ -64,17 +65,7 @@ pub(super) async fn serve_connection(state: Arc<NodeState>, peer: Peer, membersh
     while requests.join_next().await.is_some() {}
 }
 
-/// Why a request could not be served: the code and message of its `Error` reply.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-}
-
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
     /// A payload that did not arrive whole and in time.
     fn payload(e: StreamError) -> Self {
         match e {
@@ -88,35 +79,6 @@ impl Refusal {
                 ),
             ),
             other => Refusal::new(ErrorCode::BAD_FRAME, format!("reading the payload: {other}")),
-        }
-    }
-}
-
-/// A store failure, as the peer is told of it: what kind, never where. The
-/// details (paths, OS errors) go to this node's log.
-impl From<StoreError> for Refusal {
-    fn from(e: StoreError) -> Self {
-        if let StoreError::OverQuota { .. } = e {
-            // The quota's figures are the node's own to give: no path in them.
-            debug!("refused a chunk: {e}");
-            return Refusal::new(ErrorCode::STORAGE_FULL, e.to_string());
-        }
-        let full = e
-            .io_error()
-            .is_some_and(|io| matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded));
-        warn!("serving a request: {e:#}");
-        if full {
-            return Refusal::new(ErrorCode::STORAGE_FULL, "this node's disk is full; try another node");
-        }
-        match e {
-            StoreError::PinRevoked(manifest) => Refusal::new(
-                ErrorCode::UNPINNED,
-                format!("its owner unpinned manifest {manifest} here; it is not pinned again"),
-            ),
-            _ => Refusal::new(
-                ErrorCode::INTERNAL,
-                "this node failed to read or write its store (its log says why); try another node",
-            ),
         }
     }
 }
@@ -237,52 +199,24 @@ impl Request {
             }
             Frame::Has(has) => {
                 let ids = has.ids.into_inner();
-                // A chunk said to be here is spared by GC for its grace: the
-                // asker may skip sending it and pin it later.
-                let present = self.blocking(move |s| Ok(s.home.store().hold_chunks(&ids))).await?;
-                let flags: Vec<bool> = present;
-                let bitmap = HasReply::from_flags(&flags).expect("as many flags as ids, within MAX_HAS_IDS");
-                reply(send, Frame::HasReply(bitmap)).await
+                let answer = self.blocking(move |s| Ok(s.requests().has(&ids))).await?;
+                reply(send, answer).await
             }
             Frame::PutChunk(put) => {
-                // Ciphertext is at least its tag: anything shorter is no chunk,
-                // and the store would only quarantine it later.
-                if (put.len as usize) < crypto::TAG_LEN {
-                    return Err(Refusal::new(
-                        ErrorCode::BAD_FRAME,
-                        format!("{} bytes cannot be a chunk ({} at least)", put.len, crypto::TAG_LEN),
-                    ));
-                }
-                let len = u64::from(put.len);
+                StoreRequests::check_chunk_len(put.len)?;
+                let (id, len) = (put.id, put.len);
                 // Refused before a byte of the payload is read (the refusal
                 // stops the stream); a chunk held already is acked as ever.
                 let _space = match self.state.storage.max_storage {
-                    Some(quota) => {
-                        let id = put.id;
-                        self.blocking(move |s| {
-                            let store = s.home.store();
-                            if store.hold_chunks(&[id]) == [true] {
-                                return Ok(None);
-                            }
-                            Ok(Some(store.reserve_chunk_space(len, quota)?))
-                        })
-                        .await?
-                    }
+                    Some(_) => self.blocking(move |s| s.requests().reserve_chunk_room(&id, len)).await?,
                     None => None,
                 };
+                let len = u64::from(len);
                 let _held = self.reserve(len).await?;
                 // The pieces quinn received, hashed and written as they are: no copy.
                 let parts = reader.payload_parts(put.len as usize, self.pace(len)).await.map_err(Refusal::payload)?;
-                let id = put.id;
-                self.blocking(move |s| {
-                    if ChunkId(hash_parts(&parts)) != id {
-                        return Err(Refusal::new(ErrorCode::BAD_FRAME, format!("chunk bytes do not hash to {id}")));
-                    }
-                    s.home.store().put_chunk_parts(&id, &parts)?;
-                    Ok(())
-                })
-                .await?;
-                reply(send, Frame::Ack(Ack { id: id.0 })).await
+                let answer = self.blocking(move |s| s.requests().put_chunk(&id, &parts)).await?;
+                reply(send, answer).await
             }
             Frame::GetChunk(get) => {
                 let id = get.id;
@@ -291,32 +225,20 @@ impl Request {
                 };
                 let len = len.min(u64::from(wire::MAX_CHUNK_PAYLOAD));
                 let held = self.reserve(len).await?;
-                // Served as it is on disk, not hashed here: the client
-                // verifies every chunk by its id, and a copy gone bad is
-                // found by the scrub, or replaced when a client that found
-                // the mismatch sends the good one (docs/PROTOCOL.md, "Who
-                // verifies a chunk").
-                let found = self
+                let (answer, bytes) = self
                     .blocking(move |s| {
                         // Room for the file and the byte that tells it ends there.
-                        let mut buf = s.reply_buffers.take(len as usize + 1);
-                        match s.home.store().read_chunk_unverified(&id, &mut buf) {
-                            Ok(true) => Ok(Some(buf)),
-                            Ok(false) => Ok(None),
-                            // A file of no chunk's length was quarantined: for the peer it is simply not here.
-                            Err(StoreError::ChunkCorrupted { .. }) => Ok(None),
-                            Err(e) => Err(e.into()),
-                        }
+                        let buf = s.reply_buffers.take(len as usize + 1);
+                        s.requests().get_chunk(&id, buf)
                     })
                     .await?;
-                match found {
-                    Some(bytes) if bytes.len() <= wire::MAX_CHUNK_PAYLOAD as usize => {
+                match answer {
+                    Frame::ChunkData(_) => {
                         let (pace, acked_by) = (self.pace(bytes.len() as u64), self.reply_deadline(bytes.len() as u64));
-                        let frame = Frame::ChunkData(ChunkData { id, len: bytes.len() as u32 });
                         let bytes = self.state.reply_buffers.share(bytes);
-                        reply_with_payload(send, frame, bytes, held, pace, acked_by).await
+                        reply_with_payload(send, answer, bytes, held, pace, acked_by).await
                     }
-                    _ => reply(send, Frame::NotFound(NotFound { id: id.0 })).await,
+                    other => reply(send, other).await,
                 }
             }
             Frame::PutManifest(put) => {
@@ -379,54 +301,20 @@ impl Request {
                 let _held = self.reserve(len * 4).await?;
                 let mut payload = Vec::new();
                 reader.payload(len as usize, &mut payload, self.pace(len)).await.map_err(Refusal::payload)?;
-                let chunks: Vec<ChunkId> = payload
-                    .chunks_exact(32)
-                    .map(|id| ChunkId(id.try_into().expect("chunks_exact yields 32 bytes")))
-                    .collect();
-                drop(payload);
-                let (domain, message) = wire::pin_signing(&pin.owner, &pin.manifest, &chunks, pin.erasure);
-                crypto::verify(&pin.owner, domain, &message, &pin.signature).map_err(|_| {
-                    Refusal::new(
-                        ErrorCode::BAD_SIGNATURE,
-                        format!("pin of {} is not signed by its owner", pin.manifest),
-                    )
-                })?;
-                // An erasure pin signs each stripe's chunk id too; it keeps the shards.
-                let kept = match pin.erasure {
-                    Some(stripes) => stripes.kept(&chunks),
-                    None => chunks.clone(),
-                };
-                let record = PinRecord { owner: pin.owner, manifest: pin.manifest, chunks: kept };
-                let signed = SignedPin {
-                    signature: pin.signature.to_bytes(),
-                    chunks,
-                    erasure: pin.erasure.map(|e| [e.data(), e.parity()]),
-                };
-                match self.blocking(move |s| Ok(s.home.store().pin_signed(&record, &signed)?)).await? {
-                    Pinned::New | Pinned::AlreadyHeld => reply(send, Frame::Ack(Ack { id: pin.manifest.0 })).await,
-                    Pinned::Revoked => Err(Refusal::new(
-                        ErrorCode::UNPINNED,
-                        format!("its owner unpinned manifest {} here; it is not pinned again", pin.manifest),
-                    )),
-                }
+                let answer = self.blocking(move |s| s.requests().pin(&pin, payload)).await?;
+                reply(send, answer).await
             }
             Frame::Unpin(unpin) => {
-                let message = wire::unpin_message(&unpin.owner, &unpin.manifest);
-                crypto::verify(&unpin.owner, wire::UNPIN_DOMAIN, &message, &unpin.signature).map_err(|_| {
-                    Refusal::new(
-                        ErrorCode::BAD_SIGNATURE,
-                        format!("unpin of {} is not signed by its owner", unpin.manifest),
-                    )
-                })?;
-                let (owner, manifest) = (unpin.owner, unpin.manifest);
-                self.blocking(move |s| {
-                    if s.home.store().meta().unpin(&owner, &manifest)? {
-                        s.gc_trigger.unpinned();
-                    }
-                    Ok(())
-                })
-                .await?;
-                reply(send, Frame::Ack(Ack { id: manifest.0 })).await
+                let answer = self
+                    .blocking(move |s| {
+                        let (answer, removed) = s.requests().unpin(&unpin)?;
+                        if removed {
+                            s.gc_trigger.unpinned();
+                        }
+                        Ok(answer)
+                    })
+                    .await?;
+                reply(send, answer).await
             }
             Frame::PutHead(put) => {
                 let entry = signed_entry(&put.entry)?;
@@ -572,15 +460,6 @@ async fn reply_with_payload(
     Ok(())
 }
 
-/// BLAKE3 of a payload received in pieces.
-fn hash_parts(parts: &[Bytes]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    *hasher.finalize().as_bytes()
-}
-
 /// A log entry from a frame, decoded and checked against its owner's signature.
 fn signed_entry(bytes: &[u8]) -> Result<LogEntry, Refusal> {
     let entry =
@@ -589,33 +468,4 @@ fn signed_entry(bytes: &[u8]) -> Result<LogEntry, Refusal> {
         .verify_signature()
         .map_err(|_| Refusal::new(ErrorCode::BAD_SIGNATURE, "log entry not signed by the owner it names"))?;
     Ok(entry)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_store_failure_is_reported_without_the_nodes_paths() {
-        let path = std::path::PathBuf::from("/home/alice/.local/share/p2pfs/store/chunks/ab/cd/abcd");
-        let io = StoreError::Io {
-            what: "storing chunk abcd".into(),
-            path: path.clone(),
-            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        };
-        let full = StoreError::Io {
-            what: "storing chunk abcd".into(),
-            path: path.clone(),
-            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
-        };
-        let corrupt =
-            StoreError::ChunkCorrupted { id: ChunkId([0xab; 32]), quarantined: path.with_file_name("quarantined") };
-        for (error, code) in
-            [(io, ErrorCode::INTERNAL), (full, ErrorCode::STORAGE_FULL), (corrupt, ErrorCode::INTERNAL)]
-        {
-            let refusal = Refusal::from(error);
-            assert_eq!(refusal.code, code);
-            assert!(!refusal.message.contains("/home") && !refusal.message.contains("alice"), "{}", refusal.message);
-        }
-    }
 }

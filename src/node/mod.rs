@@ -36,6 +36,9 @@ mod handler;
 pub mod mdns;
 mod members;
 mod repair;
+#[cfg(any(test, fuzzing))]
+pub mod request_model;
+mod requests;
 mod scrub;
 
 use std::future::Future;
@@ -156,6 +159,11 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
+    /// The store's side of the data requests, under this node's quota.
+    pub(crate) fn requests(&self) -> requests::StoreRequests<'_> {
+        requests::StoreRequests::new(self.home.store(), self.storage.max_storage)
+    }
+
     /// Learns peers from a `Peers` frame: unverified, until a connection
     /// to them succeeds (the exchange task tries soon). The table is
     /// written later, off the runtime.

@@ -731,9 +731,9 @@ impl Meta {
         Ok((forgotten, next))
     }
 
-    /// Every chunk's refcount, as the `refs` table holds it (for the model check).
-    #[cfg(test)]
-    pub(super) fn refcounts(&self) -> Result<std::collections::HashMap<ChunkId, u64>, StoreError> {
+    /// Every chunk's refcount, as the `refs` table holds it (for the model checks).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn refcounts(&self) -> Result<std::collections::HashMap<ChunkId, u64>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(REFS).map_err(self.err())?;
         let mut out = std::collections::HashMap::new();
@@ -744,9 +744,9 @@ impl Meta {
         Ok(out)
     }
 
-    /// Every (owner, manifest) tombstone of an unpin (for the model check).
-    #[cfg(test)]
-    pub(super) fn tombstones(&self) -> Result<HashSet<(OwnerId, ManifestId)>, StoreError> {
+    /// Every (owner, manifest) tombstone of an unpin (for the model checks).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn tombstones(&self) -> Result<HashSet<(OwnerId, ManifestId)>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(UNPINNED).map_err(self.err())?;
         let mut out = HashSet::new();
