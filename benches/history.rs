@@ -25,6 +25,9 @@ fn main() {
     let large: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
     let dir = tempfile::tempdir().expect("a temp dir");
+    if std::env::var_os("P2PFS_BENCH_KEEP").is_some() {
+        println!("keeping the homes in {}", dir.path().display());
+    }
     let mut small = Bench::new(dir.path(), "small", 10);
     let mut large = Bench::new(dir.path(), "large", large);
     for bench in [&mut small, &mut large] {
@@ -73,6 +76,9 @@ fn main() {
             mib(&bench.home.join("history.redb")),
             mib(&bench.home.join("store/meta.redb"))
         );
+    }
+    if std::env::var_os("P2PFS_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
     }
 }
 

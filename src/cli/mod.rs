@@ -748,14 +748,18 @@ fn show_log(cx: &Cx, name: Option<&str>, json: bool) -> Result<()> {
                 output::row(&["VERSION", "PUSHED", "SIZE", "CHUNKS", "NEW", "ID", ""], &widths).as_bytes(),
             )?,
         }
-        let (mut before, mut first) = (None, true);
+        // The first page is small, so `| head` reads little; pages then
+        // grow to the index's.
+        let (mut before, mut first, mut size) = (None, true, 16);
         loop {
-            let page = history.page(name, before, transfer::index::PAGE)?;
+            let page = history.page(name, before, size)?;
+            size = (size * 4).min(transfer::index::PAGE);
             let Some(&(last, _)) = page.last() else { break };
             for (_, v) in &page {
                 if json {
+                    let v = serde_json::to_string(v)?;
                     out.write_all(if first { b"\n  " } else { b",\n  " })?;
-                    serde_json::to_writer(&mut out, v)?;
+                    out.write_all(v.as_bytes())?;
                     first = false;
                     continue;
                 }

@@ -529,7 +529,7 @@ pub(super) fn key_import(cx: &Cx, file: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     let owner = home.keys().owner_keys();
-    let index = crate::transfer::index::HistoryIndex::open(home.path(), crate::store::DEFAULT_PATIENCE)?;
+    let index = crate::transfer::index::HistoryIndex::open(home.path(), crate::store::DEFAULT_PATIENCE);
     let versions = index.sync(&owner, home.store(), false)?.tip().versions;
     if versions > 0 && !force {
         bail!(

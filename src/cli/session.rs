@@ -89,7 +89,13 @@ impl Session {
     /// cannot share (`gc`) is waited for with `wait`, and refused without.
     pub(super) fn open(path: &Path, access: Access, wait: bool) -> Result<Self> {
         let patience = if wait { std::time::Duration::MAX } else { crate::store::DEFAULT_PATIENCE };
-        let index = || HistoryIndex::open(path, patience).context("opening the home's history index");
+        let index = || -> Result<HistoryIndex> {
+            let index = HistoryIndex::open(path, patience);
+            if let Some(why) = index.degraded() {
+                eprintln!("p2pfs: warning: {why}");
+            }
+            Ok(index)
+        };
         let locked = match Home::open_for(path, access, false) {
             Ok(home) => return Ok(Session::Owned(Box::new(home), index()?)),
             Err(e @ HomeError::Locked { .. }) => e,

@@ -198,7 +198,7 @@ impl LogEntry {
 }
 
 /// One pushed version, as the log tells it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
     /// The file's name.
     pub name: String,
@@ -219,6 +219,21 @@ pub struct Version {
 }
 
 impl Version {
+    /// Version `number` of what `record` pushed (`None` if it removes one).
+    pub fn pushed(number: u32, record: &LogRecord) -> Option<Self> {
+        let LogOp::Push { name, manifest, size, chunks, new_bytes } = &record.op else { return None };
+        Some(Version {
+            name: name.clone(),
+            number,
+            manifest: *manifest,
+            pushed_ms: record.time_ms,
+            size: *size,
+            chunks: *chunks,
+            new_bytes: *new_bytes,
+            removed_ms: None,
+        })
+    }
+
     /// Whether it has not been removed.
     pub fn is_live(&self) -> bool {
         self.removed_ms.is_none()
@@ -304,18 +319,9 @@ impl History {
 
     fn apply(&mut self, seq: u64, hash: EntryHash, record: LogRecord) -> Result<(), LogError> {
         match record.op {
-            LogOp::Push { name, manifest, size, chunks, new_bytes } => {
-                let number = self.versions.iter().filter(|v| v.name == name).count() as u32 + 1;
-                self.versions.push(Version {
-                    name,
-                    number,
-                    manifest,
-                    pushed_ms: record.time_ms,
-                    size,
-                    chunks,
-                    new_bytes,
-                    removed_ms: None,
-                });
+            LogOp::Push { ref name, .. } => {
+                let number = self.versions.iter().filter(|v| v.name == *name).count() as u32 + 1;
+                self.versions.extend(Version::pushed(number, &record));
             }
             LogOp::Remove { manifest } => {
                 let version = self

@@ -49,10 +49,6 @@ const BY_NAME: TableDefinition<(Owner, &str, u32), u64> = TableDefinition::new("
 const BY_MANIFEST: TableDefinition<(Owner, &[u8; 32], u64), ()> = TableDefinition::new("by_manifest");
 const NAMES: TableDefinition<(Owner, &str), &[u8]> = TableDefinition::new("names");
 
-/// Entries folded in per write transaction when indexing a long log: each
-/// commit is a consistent index, and memory stays bounded.
-const BATCH: usize = 4096;
-
 /// Rows read per transaction when walking versions, so a reader never
 /// holds the file for long (`p2pfs log | less` pauses between pages).
 pub const PAGE: usize = 256;
@@ -88,44 +84,61 @@ pub struct NameRow {
 /// The home's history index (see the module doc).
 pub struct HistoryIndex {
     db: Db,
+    /// Why it is kept in memory, if it is and that is worth saying.
+    degraded: Option<String>,
 }
 
 impl HistoryIndex {
     /// Opens (creating if needed) the index of the home at `home`, shared
     /// with other commands one transaction at a time. Where the file cannot
-    /// be made (a read-only disk, a full one) the index is kept in memory,
-    /// built anew by each command: it is derived from the log, so nothing
-    /// is lost, only time.
-    pub fn open(home: &Path, patience: Duration) -> Result<Self, TransferError> {
+    /// be used (a read-only disk, a full one, a damaged file) the index is
+    /// kept in memory, built anew by this command: it is derived from the
+    /// log, so nothing is lost, only time. [`Self::degraded`] then says why,
+    /// unless the home is simply read-only.
+    pub fn open(home: &Path, patience: Duration) -> Self {
         let path = home.join(INDEX_FILE);
-        let writable = match Database::create(&path) {
-            Ok(db) => {
-                drop(db);
-                true
+        let opened = match Database::create(&path) {
+            Ok(db) => Self::create_tables(&db).map_err(|e| e.to_string()),
+            // Another command has it open, so it was made.
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(()),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                tracing::debug!("keeping the history index in memory: {} cannot be written: {e}", path.display());
+                return Self::in_memory(&path, None);
             }
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => true,
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
-                tracing::debug!("keeping the history index in memory: {} cannot be made: {e}", path.display());
-                false
+            Err(e) => Err(e.to_string()),
+        };
+        match opened {
+            Ok(()) => Self { db: Db::per_transaction(&path, true, patience), degraded: None },
+            Err(e) => {
+                let why = format!(
+                    "the history index {} cannot be used ({e}): this command reads the whole log instead. Delete \
+                     the file; the next command builds it again from the log",
+                    path.display()
+                );
+                Self::in_memory(&path, Some(why))
             }
-            Err(e) => return Err(StoreError::Db { path, source: Box::new(e.into()) }.into()),
-        };
-        let index = match writable {
-            true => Self { db: Db::per_transaction(&path, true, patience) },
-            false => Self::in_memory(&path)?,
-        };
-        index.create_tables()?;
-        Ok(index)
+        }
+    }
+
+    /// Why the index is kept in memory, when that is worth saying.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
     }
 
     /// An index in memory, named after `path` in errors.
-    pub fn in_memory(path: &Path) -> Result<Self, TransferError> {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .map_err(|e| StoreError::Db { path: path.to_owned(), source: Box::new(e.into()) })?;
-        let index = Self { db: Db::held(db, path) };
-        index.create_tables()?;
-        Ok(index)
+    pub fn in_memory_at(path: &Path) -> Self {
+        Self::in_memory(path, None)
+    }
+
+    fn in_memory(path: &Path, degraded: Option<String>) -> Self {
+        let db = Database::builder().create_with_backend(InMemoryBackend::new()).expect("a database in memory opens");
+        Self::create_tables(&db).expect("tables in memory are made");
+        Self { db: Db::held(db, path), degraded }
     }
 
     /// The index file (or the name the one in memory goes by).
@@ -133,15 +146,22 @@ impl HistoryIndex {
         self.db.path()
     }
 
-    fn create_tables(&self) -> Result<(), TransferError> {
-        let txn = self.db.write()?;
-        txn.open_table(TIPS).map_err(self.db.err())?;
-        txn.open_table(CHAIN).map_err(self.db.err())?;
-        txn.open_table(VERSIONS).map_err(self.db.err())?;
-        txn.open_table(BY_NAME).map_err(self.db.err())?;
-        txn.open_table(BY_MANIFEST).map_err(self.db.err())?;
-        txn.open_table(NAMES).map_err(self.db.err())?;
-        txn.commit().map_err(self.db.err())?;
+    /// Makes the tables, unless they are there (a read costs no fsync).
+    fn create_tables(db: &Database) -> Result<(), redb::Error> {
+        use redb::ReadableDatabase;
+        match db.begin_read()?.open_table(NAMES) {
+            Ok(_) => return Ok(()),
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let txn = db.begin_write()?;
+        txn.open_table(TIPS)?;
+        txn.open_table(CHAIN)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(BY_NAME)?;
+        txn.open_table(BY_MANIFEST)?;
+        txn.open_table(NAMES)?;
+        txn.commit()?;
         Ok(())
     }
 
@@ -183,7 +203,7 @@ impl HistoryIndex {
         };
         if extends {
             let skip = usize::from(tip.next_seq > 0);
-            return self.extend(owner, entries.get(skip..).unwrap_or_default());
+            return self.extend(owner, entries.get(skip..).unwrap_or_default(), false);
         }
         let all = match entries.first() {
             Some(first) if first.seq == 0 => entries,
@@ -220,20 +240,18 @@ impl HistoryIndex {
             common
         };
         if common == tip.next_seq {
-            return self.extend(owner, &all[common as usize..]);
+            return self.extend(owner, &all[common as usize..], false);
         }
         if common == all.len() as u64 && !follow {
             return Ok(());
         }
         tracing::debug!("the log of {id} was rewritten after entry {common}: indexing it anew");
-        self.reset(&id)?;
-        self.extend(owner, all)
+        self.extend(owner, all, true)
     }
 
-    /// Forgets `owner`'s index.
-    fn reset(&self, owner: &OwnerId) -> Result<(), TransferError> {
+    /// Forgets `owner`'s index, in `txn`.
+    fn reset(&self, txn: &WriteTransaction, owner: &OwnerId) -> Result<(), TransferError> {
         let key = owner.as_bytes();
-        let txn = self.db.write()?;
         let db = &self.db;
         txn.open_table(TIPS).map_err(db.err())?.remove(key).map_err(db.err())?;
         let mut chain = txn.open_table(CHAIN).map_err(db.err())?;
@@ -246,20 +264,26 @@ impl HistoryIndex {
         by_manifest.retain_in((key, &[0; 32], 0).., |(o, _, _), _| o != key).map_err(db.err())?;
         let mut names = txn.open_table(NAMES).map_err(db.err())?;
         names.retain_in((key, "").., |(o, _), _| o != key).map_err(db.err())?;
-        drop((chain, versions, by_name, by_manifest, names));
-        txn.commit().map_err(db.err())?;
         Ok(())
     }
 
-    /// Verifies `entries` (consecutive, following what is indexed) and
-    /// folds them in, [`BATCH`] to a transaction. Entries another command
-    /// indexed meanwhile are skipped; one that contradicts the index fails.
-    fn extend(&self, owner: &OwnerKeys, entries: &[LogEntry]) -> Result<(), TransferError> {
+    /// Verifies `entries` (consecutive, following what is indexed, or
+    /// from entry 0 when `anew`, which forgets the owner's index first) and
+    /// folds them in, in one transaction: another command sees the index
+    /// before or after, never half built. Entries another command indexed
+    /// meanwhile are skipped; one that contradicts the index fails.
+    fn extend(&self, owner: &OwnerKeys, entries: &[LogEntry], anew: bool) -> Result<(), TransferError> {
         let id = owner.owner_id();
-        for batch in entries.chunks(BATCH) {
+        if entries.is_empty() && !anew {
+            return Ok(());
+        }
+        {
             let txn = self.db.write()?;
+            if anew {
+                self.reset(&txn, &id)?;
+            }
             let mut fold = Fold::open(&txn, &self.db, &id)?;
-            for entry in batch {
+            for entry in entries {
                 if entry.seq < fold.tip.next_seq {
                     // Indexed by another command since this one looked.
                     if fold.hash_at(entry.seq)? != Some(entry.hash()) {
@@ -316,43 +340,24 @@ fn decode<T: serde::de::DeserializeOwned>(db: &Db, bytes: &[u8]) -> Result<T, Tr
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("index rows always encode")
-}
-
-/// A version as the index keeps it.
-#[derive(Serialize, Deserialize)]
-struct VersionRow {
-    name: String,
-    number: u32,
-    manifest: ManifestId,
-    pushed_ms: u64,
-    size: u64,
-    chunks: u64,
-    new_bytes: u64,
-    removed_ms: Option<u64>,
-}
-
-impl From<VersionRow> for Version {
-    fn from(row: VersionRow) -> Self {
-        let VersionRow { name, number, manifest, pushed_ms, size, chunks, new_bytes, removed_ms } = row;
-        Version { name, number, manifest, pushed_ms, size, chunks, new_bytes, removed_ms }
-    }
-}
-
-impl From<&Version> for VersionRow {
-    fn from(v: &Version) -> Self {
-        VersionRow {
-            name: v.name.clone(),
-            number: v.number,
-            manifest: v.manifest,
-            pushed_ms: v.pushed_ms,
-            size: v.size,
-            chunks: v.chunks,
-            new_bytes: v.new_bytes,
-            removed_ms: v.removed_ms,
+/// The version `owner` pushed at entry `seq`, which the index lists.
+fn read_version(
+    table: &impl ReadableTable<(Owner<'static>, u64), &'static [u8]>,
+    db: &Db,
+    owner: &OwnerId,
+    seq: u64,
+) -> Result<Version, TransferError> {
+    match table.get((owner.as_bytes(), seq)).map_err(db.err())? {
+        Some(row) => decode(db, row.value()),
+        None => {
+            let reason = format!("entry {seq} is listed as a version but has no row; delete the file to rebuild it");
+            Err(StoreError::Corrupt { path: db.path().to_owned(), reason }.into())
         }
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("index rows always encode")
 }
 
 /// Folding entries into one owner's index inside a write transaction.
@@ -399,39 +404,23 @@ impl<'t> Fold<'t> {
         }
     }
 
-    fn version(&self, seq: u64) -> Result<VersionRow, TransferError> {
-        match self.versions.get((self.owner.as_bytes(), seq)).map_err(self.db.err())? {
-            Some(row) => decode(self.db, row.value()),
-            None => {
-                let reason =
-                    format!("entry {seq} is listed as a version but has no row; delete the file to rebuild it");
-                Err(StoreError::Corrupt { path: self.db.path().to_owned(), reason }.into())
-            }
-        }
+    fn version(&self, seq: u64) -> Result<Version, TransferError> {
+        read_version(&self.versions, self.db, &self.owner, seq)
     }
 
     fn apply(&mut self, seq: u64, hash: EntryHash, record: LogRecord) -> Result<(), TransferError> {
         let owner = *self.owner.as_bytes();
         let owner = &owner;
         match record.op {
-            LogOp::Push { name, manifest, size, chunks, new_bytes } => {
-                let mut row = self.name_row(&name)?;
+            LogOp::Push { ref name, manifest, size, .. } => {
+                let mut row = self.name_row(name)?;
                 row.versions += 1;
                 row.live += 1;
                 row.latest_live = Some(row.versions);
                 if row.live == 1 {
                     self.tip.live_names += 1;
                 }
-                let version = VersionRow {
-                    name,
-                    number: row.versions,
-                    manifest,
-                    pushed_ms: record.time_ms,
-                    size,
-                    chunks,
-                    new_bytes,
-                    removed_ms: None,
-                };
+                let version = Version::pushed(row.versions, &record).expect("a push makes a version");
                 self.versions.insert((owner, seq), encode(&version).as_slice()).map_err(self.db.err())?;
                 self.by_name.insert((owner, version.name.as_str(), version.number), seq).map_err(self.db.err())?;
                 self.by_manifest.insert((owner, manifest.as_bytes(), seq), ()).map_err(self.db.err())?;
@@ -551,18 +540,8 @@ impl History<'_> {
         let mut found = self.indexed_by_manifest(id)?;
         for (entry, record) in &self.pending {
             match &record.op {
-                LogOp::Push { name, manifest, size, chunks, new_bytes } if manifest == id && found.is_none() => {
-                    let number = self.next_number(name, entry.seq)?;
-                    found = Some(Version {
-                        name: name.clone(),
-                        number,
-                        manifest: *manifest,
-                        pushed_ms: record.time_ms,
-                        size: *size,
-                        chunks: *chunks,
-                        new_bytes: *new_bytes,
-                        removed_ms: None,
-                    });
+                LogOp::Push { name, manifest, .. } if manifest == id && found.is_none() => {
+                    found = Version::pushed(self.next_number(name, entry.seq)?, record);
                 }
                 LogOp::Remove { manifest } if manifest == id => {
                     if let Some(version) = found.as_mut() {
@@ -602,16 +581,8 @@ impl History<'_> {
     }
 
     fn version_in(&self, txn: &ReadTransaction, seq: u64) -> Result<Version, TransferError> {
-        let db = &self.index.db;
-        let table = txn.open_table(VERSIONS).map_err(db.err())?;
-        match table.get((self.owner.as_bytes(), seq)).map_err(db.err())? {
-            Some(row) => Ok(decode::<VersionRow>(db, row.value())?.into()),
-            None => {
-                let reason =
-                    format!("entry {seq} is listed as a version but has no row; delete the file to rebuild it");
-                Err(StoreError::Corrupt { path: db.path().to_owned(), reason }.into())
-            }
-        }
+        let table = txn.open_table(VERSIONS).map_err(self.index.db.err())?;
+        read_version(&table, &self.index.db, &self.owner, seq)
     }
 
     fn name(&self, name: &str) -> Result<Option<NameRow>, TransferError> {
@@ -721,14 +692,26 @@ impl History<'_> {
     }
 
     /// Names with at least one live version, sorted, each with its count
-    /// of live versions and its latest one.
+    /// of live versions and its latest one: one row per name, and one
+    /// version, in one read.
     pub fn names(&self) -> Result<Vec<NameSummary>, TransferError> {
-        let rows = self.name_rows()?;
+        let db = &self.index.db;
+        let txn = self.index.read()?;
+        let names = txn.open_table(NAMES).map_err(db.err())?;
+        let by_name = txn.open_table(BY_NAME).map_err(db.err())?;
+        let versions = txn.open_table(VERSIONS).map_err(db.err())?;
+        let key = self.owner.as_bytes();
         let mut out = Vec::new();
-        for (name, row) in rows {
-            if let Some(number) = row.latest_live
-                && let Some(latest) = self.version(&name, number)?
-            {
+        for row in names.range((key, "")..).map_err(db.err())? {
+            let (k, v) = row.map_err(db.err())?;
+            let (owner, name) = k.value();
+            if owner != key {
+                break;
+            }
+            let row: NameRow = decode(db, v.value())?;
+            let Some(number) = row.latest_live else { continue };
+            if let Some(seq) = by_name.get((key, name, number)).map_err(db.err())? {
+                let latest = read_version(&versions, db, &self.owner, seq.value())?;
                 out.push(NameSummary { live: row.live, latest });
             }
         }
@@ -945,7 +928,7 @@ mod tests {
             rewrite_at in 0usize..40,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let index = HistoryIndex::open(dir.path(), Duration::from_secs(5)).unwrap();
+            let index = HistoryIndex::open(dir.path(), Duration::from_secs(5));
             let log = Log::default();
             let (a, b) = ops.split_at(split.min(ops.len()));
             append(&log, a, 0);
@@ -967,7 +950,7 @@ mod tests {
     #[test]
     fn an_index_that_reaches_past_its_source_keeps_what_it_knows_unless_told_to_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let index = HistoryIndex::open(dir.path(), Duration::from_secs(5)).unwrap();
+        let index = HistoryIndex::open(dir.path(), Duration::from_secs(5));
         let log = Log::default();
         append(&log, &[(true, 1), (true, 2), (true, 3)], 0);
         index.sync(&owner(), &log, false).unwrap();
@@ -980,7 +963,7 @@ mod tests {
     #[test]
     fn a_tampered_entry_is_refused_and_nothing_after_it_is_indexed() {
         let dir = tempfile::tempdir().unwrap();
-        let index = HistoryIndex::open(dir.path(), Duration::from_secs(5)).unwrap();
+        let index = HistoryIndex::open(dir.path(), Duration::from_secs(5));
         let log = Log::default();
         append(&log, &[(true, 1), (true, 2)], 0);
         index.sync(&owner(), &log, true).unwrap();
@@ -992,7 +975,7 @@ mod tests {
 
     #[test]
     fn a_read_only_home_gets_an_index_in_memory() {
-        let index = HistoryIndex::open(Path::new("/proc/self"), Duration::from_secs(1)).unwrap();
+        let index = HistoryIndex::open(Path::new("/proc/self"), Duration::from_secs(1));
         let log = Log::default();
         append(&log, &[(true, 1)], 0);
         index.sync(&owner(), &log, false).unwrap();

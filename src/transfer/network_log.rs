@@ -87,6 +87,17 @@ struct Synced {
     owner: Option<OwnerKeys>,
 }
 
+/// What an incremental read of one member's copy found.
+enum Read {
+    /// Its entries from the one asked for on (not empty).
+    Tail(Vec<LogEntry>),
+    /// It holds nothing from there on; its newest entry, if any, which
+    /// comes before.
+    Head(Option<LogEntry>),
+    /// It holds nothing from there on, and said no more: its whole copy.
+    Whole(Vec<LogEntry>),
+}
+
 /// One member's copy of the log, as read.
 struct Copy {
     member: usize,
@@ -207,7 +218,8 @@ impl<'a> NetworkLog<'a> {
                 }
                 let record = entry.open(owner)?;
                 if needs_rebase(&history, &record) {
-                    chain.push(history.append(owner, record, rand::random())?);
+                    let nonce = rebase_nonce(&entry.hash(), chain.len() as u64, chain.last().map(LogEntry::hash));
+                    chain.push(history.append(owner, record, nonce)?);
                 }
             }
         }
@@ -265,11 +277,19 @@ impl<'a> NetworkLog<'a> {
                 let short = peer.node_id().short(16);
                 let read = async move {
                     let tail = read_chain(&peer, owner, from, None).await?;
-                    // A copy that ends before `from` is read whole, to see
-                    // whether it only lags.
-                    match tail.is_empty() {
-                        true => Ok((0, read_chain(&peer, owner, 0, None).await?)),
-                        false => Ok((from, tail)),
+                    if !tail.is_empty() {
+                        return Ok(Read::Tail(tail));
+                    }
+                    // A copy that ends before `from` says where it ends with
+                    // its head (one entry), not by being read whole; unless
+                    // it has no head to give, or a newer one (a head also
+                    // comes to every member when a version is published).
+                    let head = in_time(&peer, peer.get_head(owner)).await.ok();
+                    let decoded = head.as_ref().map(|h| h.as_deref().map(|b| LogEntry::decode(0, b)));
+                    match decoded {
+                        Some(None) => Ok(Read::Head(None)),
+                        Some(Some(Ok(entry))) if entry.seq < from => Ok(Read::Head(Some(entry))),
+                        _ => Ok(Read::Whole(read_chain(&peer, owner, 0, None).await?)),
                     }
                 };
                 async move {
@@ -280,27 +300,37 @@ impl<'a> NetworkLog<'a> {
             })
         });
         let results = self.swarm.client().run_all(reads);
-        // Each copy as (member, its length, what it holds from `from` on).
+        // The copies that carry the anchor: what they hold from `from` on;
+        // and the copies that end before it: their lengths.
         let mut extending: Vec<(usize, Vec<LogEntry>)> = Vec::new();
         let mut lagging: Vec<(usize, u64)> = Vec::new();
         for (member, result) in readers.into_iter().zip(results) {
             let short = self.swarm.member(member).node().short(16);
             match result {
-                Ok((start, copy)) if start == from => {
+                Ok(Read::Tail(copy)) => {
                     if copy.first().map(LogEntry::hash) != Some(anchor) {
                         return Ok(None);
                     }
                     extending.push((member, copy));
                 }
-                Ok((_, copy)) => {
-                    // It ends before `from`: a prefix of what the index holds, or apart.
+                Ok(Read::Head(None)) => lagging.push((member, 0)),
+                Ok(Read::Head(Some(head))) => {
+                    // The owner's entry, before `from`: a prefix of what the
+                    // index holds, or a copy that went apart (merged whole).
+                    if head.owner != owner_id || head.verify_signature().is_err() {
+                        self.note(format!("{short} sent a head of the log that is not the owner's; it is ignored"));
+                        continue;
+                    }
+                    if self.index.hash_at(&owner_id, head.seq)? != Some(head.hash()) {
+                        return Ok(None);
+                    }
+                    lagging.push((member, head.seq + 1));
+                }
+                Ok(Read::Whole(copy)) => {
+                    // Read whole (checked as it came): a prefix, or apart.
                     let len = copy.len() as u64;
                     let last = copy.last().map(LogEntry::hash);
-                    let held = match len {
-                        0 => None,
-                        _ => self.index.hash_at(&owner_id, len - 1)?,
-                    };
-                    if len > 0 && held != last {
+                    if len >= from || (len > 0 && self.index.hash_at(&owner_id, len - 1)? != last) {
                         return Ok(None);
                     }
                     lagging.push((member, len));
@@ -333,18 +363,27 @@ impl<'a> NetworkLog<'a> {
         ranked.sort_by_key(|(m, _)| order.iter().position(|o| o == m));
         ranked.truncate(LOG_HOLDERS);
         let holders: Vec<usize> = ranked.iter().map(|(m, _)| *m).collect();
+        let mut catch_up = Vec::new();
         for (member, len) in ranked.into_iter().filter(|(_, len)| *len < end) {
-            let mut missing: Vec<LogEntry> = match len < from {
-                true => self.inner.log_from(owner, len)?.into_iter().take((from - len) as usize).collect(),
-                false => Vec::new(),
-            };
-            if len < from && missing.len() as u64 != from - len {
-                // The home's copy lacks them too: a later command catches it up.
-                continue;
+            let mut missing: Vec<LogEntry> = Vec::new();
+            if len < from {
+                // From the home's copy, each entry the one the index holds
+                // (never an old branch of the home's).
+                for entry in self.inner.log_from(owner, len)?.into_iter().take((from - len) as usize) {
+                    if self.index.hash_at(&owner_id, entry.seq)? != Some(entry.hash()) {
+                        break;
+                    }
+                    missing.push(entry);
+                }
+                if missing.len() as u64 != from - len {
+                    // The home's copy lacks them too: a later command catches it up.
+                    continue;
+                }
             }
             missing.extend(chain[(len.max(from) - from) as usize..].iter().cloned());
-            self.append_to(&[(member, 0)], &missing);
+            catch_up.push((member, missing));
         }
+        self.catch_up(&catch_up);
         let live = self.swarm.live_members();
         let holders: Vec<usize> = holders.into_iter().filter(|m| live.contains(m)).collect();
         *self.synced.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -354,9 +393,33 @@ impl<'a> NetworkLog<'a> {
             return Ok(None);
         }
         if self.persist && chain.len() > home.len() {
+            // Only what opens: the home's copy never takes an entry the
+            // index would refuse.
+            for entry in &chain[home.len()..] {
+                entry.open(owner)?;
+            }
             self.inner.adopt_log(owner, from + home.len() as u64, &chain[home.len()..])?;
         }
         Ok(Some(chain))
+    }
+
+    /// Sends each member the entries it lacks, all members at once, each
+    /// within [`LOG_READ_TIMEOUT`]; failures are only noted (the next
+    /// command catches them up).
+    fn catch_up(&self, lacking: &[(usize, Vec<LogEntry>)]) {
+        let calls = lacking.iter().map(|(member, entries)| async move {
+            let short = self.swarm.member(*member).node().short(16);
+            tokio::time::timeout(LOG_READ_TIMEOUT, self.append(*member, entries))
+                .await
+                .map_err(|_| NetError::Timeout { node: short, what: "taking the log entries it lacks" })?
+        });
+        for ((member, _), result) in lacking.iter().zip(self.swarm.client().run_all(calls)) {
+            if let Err(e) = result {
+                let short = self.swarm.member(*member).node().short(16);
+                self.note(format!("{short} did not take the log entries it lacks: {e}"));
+                self.failed(*member, &e);
+            }
+        }
     }
 
     /// Sends each member the entries of `chain` from its length on, in
@@ -517,6 +580,19 @@ async fn in_time<T>(peer: &Peer, request: impl Future<Output = Result<T, NetErro
     tokio::time::timeout(LOG_REPLY_TIMEOUT, request)
         .await
         .map_err(|_| NetError::Timeout { node: peer.node_id().short(16), what: "a log request" })?
+}
+
+/// The nonce of an entry rebased as entry `seq` after `prev`: derived, so
+/// the same merge makes the same entries wherever and whenever it runs (a
+/// command that cannot store its result does not see a rewritten log the
+/// next time). It repeats only for the same record at the same place after
+/// the same entry, which seals to the very same bytes.
+fn rebase_nonce(original: &[u8; 32], seq: u64, prev: Option<[u8; 32]>) -> [u8; crate::crypto::XNONCE_LEN] {
+    let mut hasher = blake3::Hasher::new_derive_key("p2pfs log rebase nonce v1");
+    hasher.update(original).update(&seq.to_le_bytes()).update(&prev.unwrap_or_default());
+    let mut nonce = [0; crate::crypto::XNONCE_LEN];
+    hasher.finalize_xof().fill(&mut nonce);
+    nonce
 }
 
 /// Whether `short` is where `long` starts.

@@ -217,30 +217,31 @@ pub fn push(
     };
     let (pinned, stripes) = pin_list(&manifest);
     let mut attempts = 0;
-    loop {
-        if history.by_manifest(&manifest_id)?.is_some() {
+    let version = loop {
+        if let Some(version) = history.by_manifest(&manifest_id)? {
             // An earlier attempt's entry was taken after all (by a holder
             // whose reply was lost, or before the home's own commit found
             // another command's entry first): the log has the version once,
             // and only the home's records still need it.
             let kept = manifest.blobs();
             record::keep_version(catalog, owner, manifest_id, &envelope, &kept, &outcome.sealed)?;
-            break;
+            break version;
         }
         let entry = history.append(owner, record.clone(), rand::random())?;
+        // Read now: once recorded, the push has succeeded whatever happens next.
+        let reported = history.by_manifest(&manifest_id)?.expect("the version was just appended to the history");
         let version =
             Published { manifest: manifest_id, envelope: &envelope, chunks: &pinned, erasure: stripes, entry: &entry };
         match record::record_version(catalog, destination, owner, &version, &outcome.sealed) {
-            Ok(()) => break,
+            Ok(()) => break reported,
             Err(e) if e.is_log_conflict() && attempts < MAX_LOG_RETRIES => {
                 attempts += 1;
                 history = index.sync(owner, catalog, true)?;
             }
             Err(e) => return Err(e),
         }
-    }
+    };
 
-    let version = history.by_manifest(&manifest_id)?.expect("the version was just appended to the history");
     Ok(PushReport {
         version,
         unchanged: false,
@@ -491,7 +492,7 @@ mod tests {
             sealing: Sealing::current(3),
             allow_same: false,
         };
-        let index = HistoryIndex::in_memory(&dir.path().join("history.redb")).unwrap();
+        let index = HistoryIndex::in_memory_at(&dir.path().join("history.redb"));
         let report = push(&catalog, &index, &store, &owner, "f", &[5u8; 100_000][..], &options, &|_| {}).unwrap();
         let history = index.sync(&owner, &catalog, true).unwrap();
         let versions: Vec<_> = history.all(Some("f")).unwrap().iter().map(|v| (v.number, v.manifest)).collect();
